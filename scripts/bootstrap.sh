@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv in the checkout and install cxr-triage with everything it needs.
+# Idempotent and quick when nothing changed. Usage: scripts/bootstrap.sh [extras]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-all}"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+fi
+stamp=".venv/.cxr-installed-$EXTRAS"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    # The CPU build of torch first, so the extras do not pull a multi-GB CUDA build.
+    case "$EXTRAS" in
+        *all*|*train*) .venv/bin/pip install -q "torch==2.13.0" ;;
+    esac
+    .venv/bin/pip install -q -e ".[$EXTRAS]"
+    touch "$stamp"
+fi
