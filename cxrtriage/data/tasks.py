@@ -19,12 +19,16 @@ class Task:
         return len(self.classes)
 
     def index(self, label: str) -> int:
+        label = _COARSE.get((self.name, label), label)
         try:
             return self.classes.index(label)
         except ValueError:
             known = ", ".join(self.classes)
             raise ValueError(f"unknown class {label!r} for task {self.name!r} (known: {known})") from None
 
+
+# Fine labels that a coarser task accepts (a pneumonia3 manifest can train the binary task).
+_COARSE = {("pneumonia", "bacterial"): "pneumonia", ("pneumonia", "viral"): "pneumonia"}
 
 TASKS: dict[str, Task] = {
     "pneumonia": Task("pneumonia", ("normal", "pneumonia"), description="normal vs pneumonia"),

@@ -1,0 +1,159 @@
+"""The ``cxr`` command line: a thin layer over the package's stages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from cxrtriage import DISCLAIMER, __version__
+
+app = typer.Typer(
+    name="cxr",
+    help="Chest X-ray triage: score radiographs for pneumonia, show where the model looked, "
+    "sort the reading queue.\n\n" + DISCLAIMER,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    add_completion=False,
+)
+data_app = typer.Typer(help="Datasets: patient-wise splits and manifests.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        console.print(f"cxr-triage {__version__}")
+        raise typer.Exit()
+
+
+@data_app.command("split")
+def data_split(
+    root: Path = typer.Argument(..., help="Dataset root in the Kermany layout (<root>/train/{NORMAL,PNEUMONIA})."),
+    out: Path = typer.Option(Path("split.csv"), "--out", "-o", help="Manifest CSV to write."),
+    task: str = typer.Option("pneumonia", help="pneumonia (2 classes) or pneumonia3 (normal/bacterial/viral)."),
+    val_fraction: float = typer.Option(0.2, help="Fraction of patients held out for validation."),
+    seed: int = typer.Option(0, help="Random seed of the split."),
+    split: str = typer.Option("train", help="Which split folder of the release to divide."),
+) -> None:
+    """Make a patient-wise, stratified, seeded train/validation split and write it as a manifest CSV."""
+    from collections import Counter
+
+    from cxrtriage.data import kermany_samples, patient_split, write_manifest
+
+    try:
+        samples = patient_split(kermany_samples(root, split, task), val_fraction, seed)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    write_manifest(samples, out)
+    counts = Counter((s.split, s.label) for s in samples)
+    pats = {sp: len({s.patient_id for s in samples if s.split == sp}) for sp in ("train", "val")}
+    for sp in ("train", "val"):
+        per = ", ".join(f"{lab} {n}" for (s, lab), n in sorted(counts.items()) if s == sp)
+        console.print(f"{sp}: {sum(n for (s, _), n in counts.items() if s == sp)} images, {pats[sp]} patients ({per})")
+    console.print(f"manifest written to {out}")
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, metrics, curves, checkpoints, model)."),
+    data: Optional[Path] = typer.Option(None, help="Dataset root (Kermany layout); split patient-wise on the fly."),
+    manifest: Optional[Path] = typer.Option(None, help="Manifest CSV from `cxr data split` (preferred)."),
+    task: str = typer.Option("pneumonia", help="pneumonia or pneumonia3."),
+    arch: str = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200."),
+    image_size: Optional[int] = typer.Option(None, help="Input size in px (default: the architecture's)."),
+    epochs: int = typer.Option(20),
+    batch_size: int = typer.Option(64),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the architecture's)."),
+    optimizer: Optional[str] = typer.Option(None, help="adamw, adam or sgd (default: the architecture's)."),
+    seed: int = typer.Option(0),
+    patience: int = typer.Option(6, help="Early stopping: epochs without validation AUC gain."),
+    time_budget: Optional[float] = typer.Option(None, help="Stop after this many minutes of training."),
+    target_sensitivity: Optional[float] = typer.Option(None, help="Choose the threshold for this sensitivity."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
+    dropout: Optional[float] = typer.Option(None, help="Override the network's dropout."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Preprocessed image cache folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train a classifier; writes config, per-epoch metrics, curves, checkpoints and an ONNX model."""
+    from cxrtriage.train.config import TrainConfig
+    from cxrtriage.train.trainer import train as run
+
+    cfg = TrainConfig(
+        out_dir=str(out), data=str(data) if data else None, manifest=str(manifest) if manifest else None,
+        task=task, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, seed=seed, patience=patience,
+        time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
+        augment=not no_augment, dropout=dropout, device=device, cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    try:
+        run(cfg, resume=resume, progress=not quiet)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+def _collect(inputs: list[Path]) -> list[Path]:
+    from cxrtriage.io import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            fail(f"{p}: no such file or folder")
+    if not files:
+        fail("no images found")
+    return files
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Image files (DICOM, JPEG, PNG) and/or folders."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model (.onnx, sidecar .json or run folder); default: bundled."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per line instead of a table."),
+    batch_size: int = typer.Option(32),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads."),
+    sort: bool = typer.Option(True, help="Sort the table by triage priority (most urgent first)."),
+) -> None:
+    """Triage images: label, probability and priority for each file."""
+    from rich.table import Table
+
+    from cxrtriage.infer import PRIORITY_ORDER, Engine, ModelNotFoundError
+
+    files = _collect(inputs)
+    try:
+        engine = Engine(model, threads=threads)
+    except ModelNotFoundError as exc:
+        fail(str(exc))
+    preds = engine.predict_files(files, batch_size=batch_size, progress=not as_json and len(files) > 20)
+    if as_json:
+        for p in preds:
+            sys.stdout.write(json.dumps(p.to_dict()) + "\n")
+        return
+    if sort:
+        preds = sorted(preds, key=lambda p: (PRIORITY_ORDER[p.priority], -(p.score or 0.0)))
+    colours = {"urgent": "bold red", "review": "yellow", "routine": "green", "refused": "magenta", "error": "red"}
+    table = Table(title=f"Triage with {engine.info.name} ({engine.info.version}), threshold {engine.info.threshold:.3f}")
+    for col in ("file", "label", "P(abnormal)", "priority", "note"):
+        table.add_column(col, justify="right" if col == "P(abnormal)" else "left")
+    for p in preds:
+        note = p.error or (p.gate.get("reason") if p.priority == "refused" else "") or ""
+        table.add_row(Path(p.source).name, p.label or "-", f"{p.score:.3f}" if p.score is not None else "-",
+                      f"[{colours[p.priority]}]{p.priority}[/]", note)
+    console.print(table)
+    console.print(f"[dim]{DISCLAIMER}[/]")

@@ -1,0 +1,97 @@
+"""Operating-point selection for a binary triage score.
+
+A case is flagged positive when ``score >= threshold``. Every threshold returned here lies
+half-way between two adjacent distinct scores (never on a score itself), so a tiny change in a
+score, or a ``>`` versus ``>=`` comparison, cannot flip a case across it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+__all__ = ["choose_threshold", "high_priority_threshold", "THRESHOLD_METHODS"]
+
+THRESHOLD_METHODS = ("youden", "sensitivity")
+
+
+def _check_binary(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).ravel()
+    s = np.asarray(score, dtype=float).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"y_true and score differ in length ({y.size} vs {s.size})")
+    if y.size == 0:
+        raise ValueError("no samples")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("score contains NaN or infinite values")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must contain only 0 and 1")
+    y = y.astype(int)
+    if y.min() == y.max():
+        raise ValueError("choosing a threshold needs both positive and negative cases")
+    return y, s
+
+
+def _roc(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC over every distinct score; ``levels`` holds the distinct scores, highest first.
+
+    Entry ``k`` of ``fpr``/``tpr`` is the operating point that flags the ``k`` highest distinct
+    score levels (``k = 0`` flags nothing).
+    """
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, thr[1:]
+
+
+def _cut(levels: np.ndarray, k: int) -> float:
+    """A threshold that flags exactly the ``k`` highest score levels, midway between levels."""
+    m = levels.size
+    if 0 < k < m:
+        return float((levels[k - 1] + levels[k]) / 2.0)
+    if k >= m:  # flag everything: go below the lowest score
+        lowest = float(levels[-1])
+        floor = 0.0 if lowest > 0.0 else lowest - 1.0
+        return (lowest + floor) / 2.0
+    highest = float(levels[0])  # flag nothing: go above the highest score
+    ceiling = 1.0 if highest < 1.0 else highest + 1.0
+    return (highest + ceiling) / 2.0
+
+
+def choose_threshold(
+    y_true: np.ndarray,
+    score: np.ndarray,
+    method: str = "youden",
+    target_sensitivity: float | None = None,
+) -> float:
+    """Pick an operating threshold on validation data.
+
+    ``method="youden"`` maximises sensitivity + specificity - 1 (ties go to the higher threshold).
+    With ``target_sensitivity`` (or ``method="sensitivity"``) it returns the highest threshold
+    whose sensitivity is at least the target, i.e. the most specific such operating point.
+    """
+    y, s = _check_binary(y_true, score)
+    fpr, tpr, levels = _roc(y, s)
+    if target_sensitivity is not None or method == "sensitivity":
+        if target_sensitivity is None:
+            raise ValueError("method='sensitivity' needs target_sensitivity")
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise ValueError("target_sensitivity must be in (0, 1]")
+        reached = np.flatnonzero(tpr >= target_sensitivity - 1e-12)
+        return _cut(levels, int(reached[0]))
+    if method != "youden":
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(THRESHOLD_METHODS)}")
+    j = tpr - fpr
+    return _cut(levels, int(np.argmax(j)))
+
+
+def high_priority_threshold(y_true: np.ndarray, score: np.ndarray, specificity: float = 0.95) -> float:
+    """The lowest threshold whose specificity is at least ``specificity`` (for an "urgent" flag).
+
+    Lowest such threshold means the most sensitive operating point that keeps false alarms
+    within ``1 - specificity`` of the negatives.
+    """
+    if not 0.0 < specificity <= 1.0:
+        raise ValueError("specificity must be in (0, 1]")
+    y, s = _check_binary(y_true, score)
+    fpr, _, levels = _roc(y, s)
+    allowed = np.flatnonzero(fpr <= 1.0 - specificity + 1e-12)
+    return _cut(levels, int(allowed[-1]))

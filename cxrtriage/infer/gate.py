@@ -1,0 +1,82 @@
+"""Input-quality gate: is this a frontal chest radiograph the model can judge?
+
+Three checks, cheapest first: the DICOM view position (lateral views are refused), the
+pixel statistics (blank or near-constant images), and the Mahalanobis distance of the
+network's pooled features to those of the training radiographs, with a threshold set on
+validation radiographs (a chosen quantile, so the false-refusal rate is known).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "XTABLE"}
+MIN_STD = 0.02
+
+
+@dataclass
+class FeatureGate:
+    """Mahalanobis distance in the network's embedding space."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    threshold: float
+    quantile: float
+
+    def distance(self, emb: np.ndarray) -> np.ndarray:
+        d = emb.astype(np.float64) - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+
+    def save(self, path: str | Path) -> None:
+        np.savez_compressed(path, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
+                            threshold=np.float64(self.threshold), quantile=np.float64(self.quantile))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureGate":
+        z = np.load(path)
+        return cls(z["mean"].astype(np.float64), z["precision"].astype(np.float64),
+                   float(z["threshold"]), float(z["quantile"]))
+
+
+def fit_feature_gate(train_emb: np.ndarray, val_emb: np.ndarray, quantile: float = 0.995,
+                     margin: float = 1.05) -> FeatureGate:
+    """Fit mean and shrunk precision on training embeddings; threshold at a validation quantile."""
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf().fit(train_emb.astype(np.float64))
+    gate = FeatureGate(lw.location_, lw.precision_, float("inf"), quantile)
+    gate.threshold = float(np.quantile(gate.distance(val_emb), quantile) * margin)
+    return gate
+
+
+def view_refusal(meta: dict) -> str | None:
+    """A reason to refuse from DICOM metadata, or None."""
+    view = (meta.get("view_position") or "").upper().replace(" ", "")
+    if view in LATERAL_VIEWS:
+        return f"lateral view (ViewPosition {view}); the model reads frontal (PA/AP) chest radiographs only"
+    return None
+
+
+def pixel_refusal(pixels: np.ndarray) -> str | None:
+    """A reason to refuse from the pixels alone (blank or constant images), or None."""
+    if float(pixels.std()) < MIN_STD:
+        return "image is blank or nearly uniform; nothing to read"
+    return None
+
+
+def gate_path(onnx_path: Path) -> Path:
+    return onnx_path.with_suffix(".gate.npz")
+
+
+def attach_gate(onnx_path: Path, gate: FeatureGate, stats: dict) -> None:
+    """Save the gate beside the model and record it in the sidecar."""
+    gate.save(gate_path(onnx_path))
+    sidecar = onnx_path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    meta["gate"] = {"method": "mahalanobis on pooled features (Ledoit-Wolf)", "file": gate_path(onnx_path).name,
+                    "threshold": gate.threshold, "quantile": gate.quantile, **stats}
+    sidecar.write_text(json.dumps(meta, indent=2))

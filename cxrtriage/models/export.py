@@ -1,0 +1,75 @@
+"""Export a trained network to ONNX with a JSON sidecar (the serving format, torch-free to load).
+
+Graph input ``image``: (N, 1, S, S) float32 pixel values in 0..255. Outputs: ``probs``
+(N, C) softmax; for CAM-ready networks also ``cam`` (N, C, h, w), the class activation
+maps in logit units, and ``embedding`` (N, F), the pooled features used by the quality gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxrtriage.models.archs import CamNet
+
+
+class ServingGraph(nn.Module):
+    """Normalisation + network + softmax (+ CAM and embedding when the network allows)."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.model = model
+        self.mean, self.std = float(mean), float(std)
+        self.has_cam = isinstance(model, CamNet)
+
+    def forward(self, image: torch.Tensor):
+        x = (image / 255.0 - self.mean) / self.std
+        if not self.has_cam:
+            return torch.softmax(self.model(x), dim=1)
+        f = self.model.forward_features(x)
+        pooled = f.mean(dim=(2, 3))
+        logits = self.model.head(pooled)
+        w, b = self.model.head.weight, self.model.head.bias
+        cam = torch.einsum("nchw,kc->nkhw", f, w) + b.view(1, -1, 1, 1)
+        return torch.softmax(logits, dim=1), cam, pooled
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_onnx(model: nn.Module, out_path: str | Path, image_size: int, mean: float, std: float,
+                sidecar: dict) -> tuple[Path, Path]:
+    """Write ``out_path`` (.onnx) and its ``.json`` sidecar; returns both paths."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    graph = ServingGraph(model, mean, std).eval()
+    dummy = torch.full((2, 1, image_size, image_size), 128.0)
+    names = ["probs", "cam", "embedding"] if graph.has_cam else ["probs"]
+    axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    torch.onnx.export(
+        graph, (dummy,), str(out_path), input_names=["image"], output_names=names,
+        dynamic_axes=axes, opset_version=17, dynamo=False,
+    )
+    meta = dict(sidecar)
+    meta.update(
+        format="cxr-triage-onnx/1",
+        onnx_file=out_path.name,
+        sha256=file_sha256(out_path),
+        input={"name": "image", "size": image_size, "channels": 1, "range": [0, 255],
+               "mean": float(mean), "std": float(std), "resize": "square, bilinear, aspect not kept"},
+        outputs=names,
+        heatmap="cam" if graph.has_cam else "gradcam",
+    )
+    meta.setdefault("version", meta["sha256"][:12])
+    json_path = out_path.with_suffix(".json")
+    json_path.write_text(json.dumps(meta, indent=2))
+    return out_path, json_path

@@ -1,0 +1,43 @@
+"""Training configuration (saved as config.json in every run folder)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    data: str | None = None  # dataset root (Kermany layout) when no manifest is given
+    manifest: str | None = None  # CSV written by `cxr data split`
+    task: str = "pneumonia"
+    arch: str = "cxrnet"
+    image_size: int | None = None  # None: the architecture's default
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float | None = None  # None: the architecture's default
+    weight_decay: float = 1e-4
+    optimizer: str | None = None  # None: the architecture's default
+    label_smoothing: float = 0.05
+    dropout: float | None = None
+    augment: bool = True
+    val_fraction: float = 0.2
+    seed: int = 0
+    patience: int = 6
+    time_budget_s: float | None = None
+    warmup_fraction: float = 0.05
+    threshold_method: str = "youden"
+    target_sensitivity: float | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+    num_threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls(**json.loads(Path(path).read_text()))

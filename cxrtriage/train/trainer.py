@@ -1,0 +1,358 @@
+"""The training loop: cached data, augmentation, class weighting, AdamW + warmup/cosine,
+early stopping on validation AUC, a checkpoint every epoch, resume, DDP under torchrun,
+mixed precision on CUDA. Ends by choosing the threshold on validation and exporting ONNX.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import platform
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from cxrtriage import __version__
+from cxrtriage.data import get_task, kermany_samples, load_cached, patient_split, read_manifest
+from cxrtriage.data.samples import Sample, write_manifest
+from cxrtriage.models.archs import build_model, get_arch
+from cxrtriage.train import distributed as dist
+from cxrtriage.train.augment import augment_batch, sample_seeds
+from cxrtriage.train.config import TrainConfig
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_samples(cfg: TrainConfig) -> list[Sample]:
+    """Samples with split set: from the manifest, or a fresh patient-wise split of ``data``."""
+    if cfg.manifest:
+        samples = read_manifest(cfg.manifest)
+        if not any(s.split == "val" for s in samples):
+            samples = patient_split(samples, cfg.val_fraction, cfg.seed)
+        return [s for s in samples if s.split in ("train", "val")]
+    if not cfg.data:
+        raise ValueError("give --data ROOT (Kermany layout) or --manifest CSV")
+    return patient_split(kermany_samples(cfg.data, "train", cfg.task), cfg.val_fraction, cfg.seed)
+
+
+def triage_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC of the triage score 1 - P(normal) against 'any abnormal class'."""
+    pos = y != 0
+    if pos.all() or not pos.any():
+        return float("nan")
+    return float(roc_auc_score(pos, 1.0 - probs[:, 0]))
+
+
+def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    try:
+        return float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    except ValueError:
+        return float("nan")
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warmup then cosine decay to zero, over progress in [0, 1]."""
+    if progress < warmup:
+        return max(progress / warmup, 0.01)
+    p = min(1.0, (progress - warmup) / max(1e-8, 1 - warmup))
+    return 0.5 * (1 + math.cos(math.pi * p))
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, wd: float) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {name!r} (adamw, adam, sgd)")
+
+
+@torch.no_grad()
+def predict_arrays(model: torch.nn.Module, images: torch.Tensor, mean: float, std: float,
+                   device: torch.device, batch: int = 256) -> np.ndarray:
+    """Softmax probabilities for uint8 images (N, S, S); sharded over ranks when distributed."""
+    rank, _, ws = dist.world()
+    n = images.shape[0]
+    per = math.ceil(n / ws)
+    idx = torch.arange(rank * per, min(n, (rank + 1) * per))
+    model.eval()
+    out = []
+    for s in range(0, len(idx), batch):
+        x = images[idx[s:s + batch]].to(device).float().unsqueeze(1) / 255.0
+        out.append(torch.softmax(model((x - mean) / std).float(), dim=1))
+    probs = torch.cat(out) if out else torch.zeros(0, 1)
+    if ws > 1:
+        pad = per - probs.shape[0]
+        if pad:
+            probs = torch.cat([probs, torch.zeros(pad, probs.shape[1], device=probs.device)])
+        probs = dist.gather_cat(probs)[:n]
+    return probs.cpu().numpy()
+
+
+def _plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(ep, [r["train_loss"] for r in rows], label="train loss")
+    a.plot(ep, [r["val_loss"] for r in rows], label="validation loss")
+    a.set_xlabel("epoch"); a.legend(); a.set_title("Loss"); a.grid(alpha=0.3)
+    b.plot(ep, [r["val_auc"] for r in rows], label="validation ROC AUC", color="C2")
+    if rows and rows[0].get("val_macro_auc") is not None:
+        b.plot(ep, [r["val_macro_auc"] for r in rows], label="validation macro AUC", color="C3")
+    b.plot(ep, [r["val_acc"] for r in rows], label="validation accuracy", color="C1")
+    b.set_xlabel("epoch"); b.legend(); b.set_title("Validation"); b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Run one training; returns the run folder."""
+    t_start = time.time()
+    device = pick_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    dist.init(device)
+    rank, local_rank, ws = dist.world()
+    if device.type == "cuda" and ws > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    main = rank == 0
+    out = Path(cfg.out_dir)
+    if resume and (out / "config.json").exists():
+        saved = TrainConfig.load(out / "config.json")
+        saved.epochs, saved.time_budget_s = cfg.epochs, cfg.time_budget_s
+        cfg = saved
+    task = get_task(cfg.task)
+    spec = get_arch(cfg.arch)
+    size = cfg.image_size or spec.image_size
+    lr = cfg.lr or spec.lr
+    opt_name = cfg.optimizer or spec.optimizer
+    if cfg.batch_size % ws:
+        raise ValueError(f"batch size {cfg.batch_size} must divide by the number of processes {ws}")
+    local_bs = cfg.batch_size // ws
+    seed_everything(cfg.seed)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+
+    samples = load_samples(cfg)
+    train_s = [s for s in samples if s.split == "train"]
+    val_s = [s for s in samples if s.split == "val"]
+    if not train_s or not val_s:
+        raise ValueError("need both training and validation images (check the split)")
+    if main:
+        write_manifest(samples, out / "split.csv")
+        load_cached([s.path for s in samples], size, cfg.cache_dir, progress=progress)
+    dist.barrier()
+    arr = load_cached([s.path for s in samples], size, cfg.cache_dir, progress=False)
+    is_val = np.array([s.split == "val" for s in samples])
+    x_train = torch.from_numpy(np.ascontiguousarray(arr[~is_val]))
+    x_val = torch.from_numpy(np.ascontiguousarray(arr[is_val]))
+    y_train = torch.tensor([task.index(s.label) for s in train_s])
+    y_val = np.array([task.index(s.label) for s in val_s])
+    mean = float(x_train.float().mean() / 255.0)
+    std = float(x_train.float().std() / 255.0)
+
+    counts = torch.bincount(y_train, minlength=task.num_classes).float()
+    if (counts == 0).any():
+        missing = [c for c, n in zip(task.classes, counts) if n == 0]
+        raise ValueError(f"no training images of class(es) {missing}")
+    class_w = (counts.sum() / (task.num_classes * counts)).to(device)
+
+    model = build_model(cfg.arch, task.num_classes, size)
+    if cfg.dropout is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = cfg.dropout
+    model.to(device)
+    if ws > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = model.module if ws > 1 else model
+    opt = make_optimizer(model, opt_name, lr, cfg.weight_decay)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+
+    steps_per_epoch = len(y_train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(y_train)} training images")
+    total_steps = steps_per_epoch * cfg.epochs
+    history: list[dict] = []
+    start_epoch, step, best, stale, elapsed_before = 0, 0, -1.0, 0, 0.0
+    ckpt_last = out / "last.pt"
+    if resume and ckpt_last.exists():
+        ck = torch.load(ckpt_last, map_location=device, weights_only=False)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, step, best, stale = ck["epoch"] + 1, ck["step"], ck["best"], ck["stale"]
+        history, elapsed_before = ck["history"], ck.get("elapsed", 0.0)
+        torch.set_rng_state(ck["rng"])
+        if main:
+            print(f"resumed from {ckpt_last} at epoch {start_epoch}")
+
+    stop_reason = "epochs"
+    elapsed = elapsed_before
+    for epoch in range(start_epoch, cfg.epochs):
+        if stale >= cfg.patience:
+            stop_reason = "early stopping"
+            break
+        if cfg.time_budget_s and elapsed >= cfg.time_budget_s:
+            stop_reason = "time budget"
+            break
+        t_epoch = time.time()
+        sampler = DistributedSampler(
+            range(len(y_train)), num_replicas=ws, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(iter(sampler)))
+        model.train()
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (main and progress),
+                   leave=True, dynamic_ncols=True)
+        for b in bar:
+            idx = order[b * local_bs:(b + 1) * local_bs]
+            x = x_train[idx].float().unsqueeze(1) / 255.0
+            if cfg.augment:
+                x = augment_batch(x, sample_seeds(cfg.seed, epoch, idx))
+            x = ((x - mean) / std).to(device, non_blocking=True)
+            y = y_train[idx].to(device)
+            frac = step / max(1, total_steps)
+            if cfg.time_budget_s:
+                frac = max(frac, (elapsed + time.time() - t_epoch) / cfg.time_budget_s)
+            f = lr_factor(frac, cfg.warmup_fraction)
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * f
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(x)
+            per = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
+            loss = (per * class_w[y]).sum() / local_bs
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            if b % 5 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{base_lrs[0] * f:.1e}",
+                                val_auc=f"{history[-1]['val_auc']:.4f}" if history else "-")
+            if cfg.time_budget_s and elapsed + time.time() - t_epoch >= cfg.time_budget_s:
+                break
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        if ws > 1:
+            tl = torch.tensor([train_loss], device=device)
+            torch.distributed.all_reduce(tl)
+            train_loss = float(tl.item() / ws)
+        probs = predict_arrays(net, x_val, mean, std, device)
+        val_loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-8)), torch.from_numpy(y_val)))
+        auc = triage_auc(y_val, probs)
+        mauc = macro_auc(y_val, probs) if task.num_classes > 2 else None
+        acc = float((probs.argmax(1) == y_val).mean())
+        epoch_s = time.time() - t_epoch
+        elapsed += epoch_s
+        score = mauc if mauc is not None else auc
+        improved = score > best + 1e-5
+        if improved:
+            best, stale = score, 0
+        else:
+            stale += 1
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auc": auc,
+               "val_macro_auc": mauc, "val_acc": acc, "lr": base_lrs[0] * f, "seconds": epoch_s}
+        history.append(row)
+        if main:
+            state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+                     "best": best, "stale": stale, "history": history, "rng": torch.get_rng_state(),
+                     "elapsed": elapsed, "config": asdict(cfg), "arch": cfg.arch, "classes": task.classes,
+                     "image_size": size, "mean": mean, "std": std, "task": task.name}
+            torch.save(state, out / "last.tmp")
+            (out / "last.tmp").replace(ckpt_last)
+            if improved:
+                torch.save({k: state[k] for k in ("model", "arch", "classes", "image_size", "mean", "std",
+                                                  "task", "epoch", "config")}, out / "best.pt")
+            with (out / "metrics.csv").open("w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(row))
+                w.writeheader()
+                w.writerows(history)
+            _plot_curves(history, out / "curves.png")
+            msg = (f"epoch {epoch + 1}: loss {train_loss:.4f} val_loss {val_loss:.4f} val_auc {auc:.4f} "
+                   + (f"macro_auc {mauc:.4f} " if mauc is not None else "") + f"acc {acc:.4f} ({epoch_s:.0f}s)")
+            tqdm.write(msg) if progress else print(msg)
+        dist.barrier()
+    else:
+        stop_reason = "epochs"
+
+    if main:
+        finish(out, cfg, task, x_val, y_val, val_s, device, elapsed, stop_reason, t_start, history, len(y_train))
+    dist.barrier()
+    dist.cleanup()
+    return out
+
+
+def finish(out: Path, cfg: TrainConfig, task, x_val, y_val, val_s, device, train_seconds: float,
+           stop_reason: str, t_start: float, history: list[dict], n_train: int) -> None:
+    """Reload the best checkpoint, choose the threshold on validation, export ONNX, write a summary."""
+    from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
+    from cxrtriage.models.export import export_onnx
+
+    ck = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    model = build_model(ck["arch"], len(ck["classes"]), ck["image_size"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    probs = predict_arrays(model, x_val, ck["mean"], ck["std"], torch.device("cpu"))
+    score = 1.0 - probs[:, 0]
+    pos = (y_val != 0).astype(int)
+    thr = choose_threshold(pos, score, method=cfg.threshold_method, target_sensitivity=cfg.target_sensitivity)
+    thr_high = max(thr, high_priority_threshold(pos, score, specificity=0.95))
+    with (out / "val_predictions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "patient_id", "label", *[f"p_{c}" for c in task.classes]])
+        for s, p in zip(val_s, probs):
+            w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
+    hw = (torch.cuda.get_device_name(0) if device.type == "cuda" else
+          f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    sidecar = {
+        "name": f"cxr-{task.name}-{ck['arch']}",
+        "task": task.name, "kind": task.kind, "classes": list(task.classes),
+        "arch": ck["arch"], "threshold": float(thr), "threshold_high": float(thr_high),
+        "threshold_method": (f"sensitivity>={cfg.target_sensitivity}" if cfg.target_sensitivity
+                             else cfg.threshold_method) + " on validation",
+        "score": "1 - P(normal)",
+        "cxr_triage_version": __version__,
+        "training": {"epochs_run": len(history), "n_train": n_train,
+                     "best_epoch": ck["epoch"] + 1, "seconds": round(train_seconds, 1),
+                     "wall_seconds": round(time.time() - t_start, 1), "stop": stop_reason,
+                     "hardware": hw, "torch": torch.__version__, "seed": cfg.seed},
+        "validation": {"n": int(len(y_val)), "roc_auc": triage_auc(y_val, probs),
+                       "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
+                       "accuracy": float((probs.argmax(1) == y_val).mean())},
+    }
+    export_onnx(model, out / "model.onnx", ck["image_size"], ck["mean"], ck["std"], sidecar)
+    print(f"best epoch {ck['epoch'] + 1}; validation ROC AUC {sidecar['validation']['roc_auc']:.4f}; "
+          f"threshold {thr:.3f}; model: {out / 'model.onnx'}")
