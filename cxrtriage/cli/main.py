@@ -86,6 +86,7 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     cache_dir: Optional[Path] = typer.Option(None, help="Preprocessed image cache folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    stop_after: Optional[int] = typer.Option(None, help="Pause after this many epochs (continue with --resume)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a classifier; writes config, per-epoch metrics, curves, checkpoints and an ONNX model."""
@@ -97,7 +98,7 @@ def train(
         task=task, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, seed=seed, patience=patience,
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
-        augment=not no_augment, dropout=dropout, device=device, cache_dir=str(cache_dir) if cache_dir else None,
+        augment=not no_augment, dropout=dropout, stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
     )
     try:
         run(cfg, resume=resume, progress=not quiet)
@@ -157,3 +158,21 @@ def predict(
                       f"[{colours[p.priority]}]{p.priority}[/]", note)
     console.print(table)
     console.print(f"[dim]{DISCLAIMER}[/]")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Training run folder (with best.pt, config.json, split.csv)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="ONNX file to write (default: <run>/model.onnx)."),
+) -> None:
+    """Export a trained run to ONNX + JSON sidecar (+ quality gate), choosing the threshold on validation."""
+    if fmt != "onnx":
+        fail(f"unknown format {fmt!r} (supported: onnx)")
+    from cxrtriage.train.trainer import export_run
+
+    try:
+        path = export_run(run, out)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {path} and {path.with_suffix('.json')}")

@@ -37,7 +37,7 @@ _STYLE: dict[str, Any] = {
     "font.sans-serif": ["DejaVu Sans"],
     "font.size": 11,
     "axes.titlesize": 13,
-    "axes.titleweight": "semibold",
+    "axes.titleweight": "bold",
     "axes.titlelocation": "left",
     "axes.titlepad": 10,
     "axes.labelsize": 11,
@@ -191,7 +191,7 @@ def confusion_plot(
             dark = pct[i, j] > 0.55
             ax.text(
                 j, i - 0.09, f"{int(m[i, j]):,}", ha="center", va="center", fontsize=15,
-                fontweight="semibold", color="white" if dark else INK,
+                fontweight="bold", color="white" if dark else INK,
             )
             ax.text(
                 j, i + 0.2, f"{100 * pct[i, j]:.1f}% of row", ha="center", va="center", fontsize=9,
@@ -218,6 +218,7 @@ def reliability_plot(
     path: Path | str,
     *,
     n_bins: int = 10,
+    class_names: Sequence[str] = ("normal", "abnormal"),
     title: str = "Calibration (reliability diagram)",
 ) -> Path:
     """Observed positive rate per score bin against the mean score, with ECE and a score histogram."""
@@ -240,13 +241,13 @@ def reliability_plot(
     top.plot(mean[filled], frac[filled], "o-", color=BLUE, lw=1.8, ms=5.5, label="Mean score vs observed")
     top.set_ylim(0, 1.02)
     top.set_xlim(0, 1)
-    top.set_ylabel("Observed fraction abnormal")
+    top.set_ylabel(f"Observed fraction {class_names[1]}")
     top.set_title(f"{title}\nECE {cal['ece']:.3f}")
     top.legend(loc="upper left")
 
     bins = np.linspace(0, 1, 2 * n_bins + 1)
-    bottom.hist(s[y == 0], bins=bins, color="#9ca3af", alpha=0.75, label="Normal")
-    bottom.hist(s[y == 1], bins=bins, color=ACCENT, alpha=0.6, label="Abnormal")
+    bottom.hist(s[y == 0], bins=bins, color="#9ca3af", alpha=0.75, label=class_names[0])
+    bottom.hist(s[y == 1], bins=bins, color=ACCENT, alpha=0.6, label=class_names[1])
     bottom.set_xlabel("Predicted score")
     bottom.set_ylabel("Images")
     bottom.legend(loc="upper center", ncol=2, fontsize=8.5)

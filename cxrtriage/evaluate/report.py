@@ -61,17 +61,6 @@ def _fmt(key: str, v: float | None) -> str:
     return _pct(v) if key in _PROPORTIONS else _num(v)
 
 
-def _bar(value: float | None, ci: Sequence[float] | None) -> dict[str, float | None] | None:
-    if value is None:
-        return None
-    lo, hi = (ci[0], ci[1]) if ci else (None, None)
-    return {
-        "value": round(100 * value, 2),
-        "lo": None if lo is None else round(100 * lo, 2),
-        "width": None if lo is None else round(100 * (hi - lo), 2),
-    }
-
-
 def _count_of(num: int, den: int, what: str) -> str:
     return f"{num:,} of {den:,} {what}" if den else f"no {what}"
 
@@ -81,7 +70,7 @@ def _cards(result: dict[str, Any]) -> list[dict[str, Any]]:
     (tn, fp), (fn, tp) = b["confusion_matrix"]
     ci = b["ci"]
     hints = {
-        "roc_auc": "Ranking quality over all thresholds; 0.5 is chance.",
+        "roc_auc": "Abnormal ranked above normal, over all thresholds; 0.5 is chance.",
         "sensitivity": _count_of(tp, tp + fn, "abnormal images flagged"),
         "specificity": _count_of(tn, tn + fp, "normal images not flagged"),
         "ppv": _count_of(tp, tp + fp, "flagged images abnormal") + f" (prevalence {_pct(b['prevalence'])})",
@@ -93,7 +82,6 @@ def _cards(result: dict[str, Any]) -> list[dict[str, Any]]:
             "label": labels[k],
             "value": _fmt(k, b[k]),
             "ci": _ci(ci.get(k), k in _PROPORTIONS),
-            "bar": _bar(b[k], ci.get(k)),
             "hint": hints[k],
         }
         for k in labels
@@ -106,20 +94,33 @@ def _cards(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "label": "Macro AUC",
                 "value": _num(mc["macro_auc"]),
                 "ci": _ci(mc["ci"].get("macro_auc"), False),
-                "bar": _bar(mc["macro_auc"], mc["ci"].get("macro_auc")),
                 "hint": f"One-vs-rest ROC AUC averaged over {len(mc['classes'])} classes.",
             },
         )
     return cards
 
 
-def _confusion(cm: Sequence[Sequence[int]], names: Sequence[str], title: str = "", note: str = "") -> dict[str, Any]:
+def _confusion(
+    cm: Sequence[Sequence[int]],
+    names: Sequence[str],
+    title: str,
+    note: str = "",
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     rows = []
     for name, counts in zip(names, cm):
         total = int(sum(counts))
         cells = [{"count": int(c), "frac": (c / total if total else 0.0)} for c in counts]
         rows.append({"name": name, "cells": cells, "total": total})
-    return {"names": list(names), "rows": rows, "title": title, "note": note}
+    return {"names": list(names), "rows": rows, "title": title, "note": note, "errors": errors or []}
+
+
+def _triage_errors(b: dict[str, Any], normal: str, abnormal: str) -> list[dict[str, Any]]:
+    (tn, fp), (fn, tp) = b["confusion_matrix"]
+    return [
+        {"kind": "miss", "count": fn, "text": f"{abnormal} images not flagged (false negatives, {_pct(fn / (fn + tp) if fn + tp else None)} of {abnormal})"},
+        {"kind": "alarm", "count": fp, "text": f"{normal} images flagged (false positives, {_pct(fp / (fp + tn) if fp + tn else None)} of {normal})"},
+    ]
 
 
 def _metric_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -184,7 +185,11 @@ def _data_uri(path: Path) -> str:
 
 
 def write_report(out_dir: Path | str, result: dict[str, Any], plots: dict[str, Path]) -> Path:
-    """Write ``report.html`` for an ``evaluate_predictions`` result into ``out_dir``; return its path."""
+    """Write a self-contained ``report.html`` for an ``evaluate_predictions`` result; return its path.
+
+    ``plots`` maps a plot key (see ``PLOT_CAPTIONS``) to a PNG, embedded as a data URI. Confusion
+    matrices are drawn as HTML tables from ``result``, so ``confusion*`` PNGs are not embedded.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = result.get("meta") or {}
@@ -194,19 +199,21 @@ def write_report(out_dir: Path | str, result: dict[str, Any], plots: dict[str, P
     model_version = meta.get("model_version") or meta.get("version")
     created = result.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
+    abnormal = "abnormal" if len(classes) > 2 else classes[1]
     confusions = [
         _confusion(
             b["confusion_matrix"],
-            [classes[0], "abnormal" if len(classes) > 2 else classes[1]],
-            title="Triage (binary)" if result.get("multiclass") else "",
+            [classes[0], abnormal],
+            title=f"Triage decision at threshold {b['threshold']:.3f}",
+            errors=_triage_errors(b, classes[0], abnormal),
         )
     ]
     mc = result.get("multiclass")
     if mc:
         confusions.append(
             _confusion(
-                mc["confusion_matrix"], mc["classes"], title="Class (arg-max)",
-                note="Most probable class per image; independent of the triage threshold.",
+                mc["confusion_matrix"], mc["classes"], title="Most probable class (arg-max)",
+                note="Independent of the triage threshold.",
             )
         )
 
@@ -234,6 +241,7 @@ def write_report(out_dir: Path | str, result: dict[str, Any], plots: dict[str, P
         plots=[
             {"src": _data_uri(p), "caption": PLOT_CAPTIONS.get(k, k.replace("_", " ").capitalize())}
             for k, p in plots.items()
+            if not k.startswith("confusion")
         ],
         confusions=confusions,
         metric_rows=_metric_rows(result),

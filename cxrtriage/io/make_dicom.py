@@ -166,6 +166,7 @@ def build_dataset(
     instance_number: int = 1,
     pixel_spacing: tuple[float, float] | None = None,
     manufacturer: str = "",
+    burned_in_annotation: str | None = "NO",
     include_pixel_data: bool = True,
     compress_kwargs: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -294,7 +295,8 @@ def build_dataset(
         ds.PixelSpacing = [_ds_number(v) for v in pixel_spacing]
         if modality in ("DX", "CR"):
             ds.ImagerPixelSpacing = ds.PixelSpacing
-    ds.BurnedInAnnotation = "NO"
+    if burned_in_annotation is not None:
+        ds.BurnedInAnnotation = burned_in_annotation
     ds.LossyImageCompression = "00" if lossless else "01"
 
     # Modality LUT (rescale); DX and CT require it
@@ -324,9 +326,11 @@ def build_dataset(
             lut = np.asarray(voi_lut)
             if lut.ndim != 1 or lut.size == 0:
                 raise ValueError("voi_lut array must be 1-D and non-empty")
-            lut_bits = 8 if lut.dtype == np.uint8 else 16
-            if lut.min() < 0 or lut.max() > (1 << lut_bits) - 1:
-                raise ValueError(f"voi_lut values must fit in {lut_bits} bits")
+            if not np.issubdtype(lut.dtype, np.integer) or lut.min() < 0 or lut.max() > 65535:
+                raise ValueError("voi_lut values must be integers in 0..65535")
+            top = int(lut.max())
+            # LUT Descriptor depth: 8 or 10..16 bits, the smallest that holds the values.
+            lut_bits = 8 if top <= 255 else max(10, top.bit_length())
         else:
             n = int(np.ceil(out_hi)) - first + 1
             lut_bits = 16
@@ -442,8 +446,9 @@ def radiograph_to_dicom(
         not changed). DX gets ``(1, 0)`` and CT ``(1, -1024)`` when ``None``.
     voi_lut:
         ``True`` for a VOI LUT Sequence with an S-shaped 16-bit curve over the full
-        modality range, a 1-D array for a custom LUT starting at the lowest modality
-        value, or ``False``.
+        modality range, a 1-D integer array for a custom LUT starting at the lowest
+        modality value (its output depth is the smallest of 8, 10..16 bits that holds
+        the largest entry), or ``False``.
     number_of_frames:
         Repeat a single frame this many times (multi-frame object).
     rgb:
@@ -456,7 +461,9 @@ def radiograph_to_dicom(
         ``patient_sex``, ``patient_birth_date``, ``sop_class_uid``, ``study_date``,
         ``study_time``, ``accession_number``, ``study_id``, ``study_description``,
         ``series_description``, ``series_number``, ``instance_number``,
-        ``pixel_spacing``, ``manufacturer``, ``include_pixel_data`` (``False`` for an
+        ``pixel_spacing``, ``manufacturer``, ``burned_in_annotation`` (``"NO"``; say
+        ``"YES"`` when the pixels show text that could identify the patient, or
+        ``None`` to leave it out), ``include_pixel_data`` (``False`` for an
         object without Pixel Data), ``compress_kwargs`` and ``extra`` (a mapping of
         DICOM keywords to values set last).
     """

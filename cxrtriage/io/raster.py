@@ -12,6 +12,8 @@ from cxrtriage.io.errors import CorruptImageError, NotAnImageError
 
 Image.MAX_IMAGE_PIXELS = 200_000_000  # radiographs are large, but refuse decompression bombs
 
+_STRONG_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF8")
+
 
 def read_raster(data: bytes, name: str) -> tuple[np.ndarray, dict]:
     """Decode raster bytes to float32 grayscale in [0, 1] plus metadata."""
@@ -20,6 +22,9 @@ def read_raster(data: bytes, name: str) -> tuple[np.ndarray, dict]:
         fmt = img.format
         img.load()
     except UnidentifiedImageError as exc:
+        if data.startswith(_STRONG_SIGNATURES):  # a known image format, damaged header
+            kind = fmt_name(data)
+            raise CorruptImageError(f"{name}: {kind} header is truncated or corrupt") from exc
         raise NotAnImageError(f"{name}: not a recognised image or DICOM file") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"{name}: image data is truncated or corrupt ({exc})") from exc
@@ -47,6 +52,15 @@ def read_raster(data: bytes, name: str) -> tuple[np.ndarray, dict]:
         bits = 8
     meta = {"format": (fmt or "raster").lower(), "bits": bits, "mode": mode}
     return np.clip(arr, 0.0, 1.0).astype(np.float32), meta
+
+
+def fmt_name(data: bytes) -> str:
+    """Name of the raster format a signature announces ('image' when unknown)."""
+    for sig, kind in ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"II*", "TIFF"),
+                      (b"MM\x00*", "TIFF"), (b"GIF8", "GIF"), (b"BM", "BMP")):
+        if data.startswith(sig):
+            return kind
+    return "image"
 
 
 def looks_like_raster(data: bytes) -> bool:

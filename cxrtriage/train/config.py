@@ -27,6 +27,7 @@ class TrainConfig:
     seed: int = 0
     patience: int = 6
     time_budget_s: float | None = None
+    stop_after: int | None = None  # end this invocation after N more epochs (resume later)
     warmup_fraction: float = 0.05
     threshold_method: str = "youden"
     target_sensitivity: float | None = None

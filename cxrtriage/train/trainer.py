@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from cxrtriage import __version__
 from cxrtriage.data import get_task, kermany_samples, load_cached, patient_split, read_manifest
 from cxrtriage.data.samples import Sample, write_manifest
-from cxrtriage.models.archs import build_model, get_arch
+from cxrtriage.models.archs import CamNet, build_model, get_arch
+from cxrtriage.models.checkpoint import embeddings, load_checkpoint
 from cxrtriage.train import distributed as dist
 from cxrtriage.train.augment import augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
@@ -135,7 +136,6 @@ def _plot_curves(rows: list[dict], path: Path) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Run one training; returns the run folder."""
-    t_start = time.time()
     device = pick_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -148,7 +148,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     out = Path(cfg.out_dir)
     if resume and (out / "config.json").exists():
         saved = TrainConfig.load(out / "config.json")
-        saved.epochs, saved.time_budget_s = cfg.epochs, cfg.time_budget_s
+        saved.epochs, saved.time_budget_s, saved.stop_after = cfg.epochs, cfg.time_budget_s, cfg.stop_after
         cfg = saved
     task = get_task(cfg.task)
     spec = get_arch(cfg.arch)
@@ -222,6 +222,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     stop_reason = "epochs"
     elapsed = elapsed_before
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.stop_after is not None and epoch - start_epoch >= cfg.stop_after:
+            stop_reason = "paused"
+            break
         if stale >= cfg.patience:
             stop_reason = "early stopping"
             break
@@ -308,23 +311,34 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     else:
         stop_reason = "epochs"
 
-    if main:
-        finish(out, cfg, task, x_val, y_val, val_s, device, elapsed, stop_reason, t_start, history, len(y_train))
+    if main and stop_reason != "paused":
+        export_run(out, stop_reason=stop_reason, progress=progress)
     dist.barrier()
     dist.cleanup()
     return out
 
 
-def finish(out: Path, cfg: TrainConfig, task, x_val, y_val, val_s, device, train_seconds: float,
-           stop_reason: str, t_start: float, history: list[dict], n_train: int) -> None:
-    """Reload the best checkpoint, choose the threshold on validation, export ONNX, write a summary."""
+def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason: str = "",
+               progress: bool = False) -> Path:
+    """Reload a run's best checkpoint, choose the threshold on its validation split, fit the
+    quality gate and export ONNX + sidecar (``<run>/model.onnx`` unless ``onnx_path``)."""
     from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
     from cxrtriage.models.export import export_onnx
 
-    ck = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
-    model = build_model(ck["arch"], len(ck["classes"]), ck["image_size"])
-    model.load_state_dict(ck["model"])
-    model.eval()
+    out = Path(out)
+    cfg = TrainConfig.load(out / "config.json")
+    task = get_task(cfg.task)
+    model, ck = load_checkpoint(out / "best.pt")
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=False) if (out / "last.pt").exists() else best
+    history = last.get("history", [])
+    samples = read_manifest(out / "split.csv")
+    arr = load_cached([s.path for s in samples], ck["image_size"], cfg.cache_dir, progress=progress)
+    is_val = np.array([s.split == "val" for s in samples])
+    x_train = torch.from_numpy(np.ascontiguousarray(arr[~is_val]))
+    x_val = torch.from_numpy(np.ascontiguousarray(arr[is_val]))
+    val_s = [s for s in samples if s.split == "val"]
+    y_val = np.array([task.index(s.label) for s in val_s])
     probs = predict_arrays(model, x_val, ck["mean"], ck["std"], torch.device("cpu"))
     score = 1.0 - probs[:, 0]
     pos = (y_val != 0).astype(int)
@@ -335,6 +349,7 @@ def finish(out: Path, cfg: TrainConfig, task, x_val, y_val, val_s, device, train
         w.writerow(["path", "patient_id", "label", *[f"p_{c}" for c in task.classes]])
         for s, p in zip(val_s, probs):
             w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
+    device = pick_device(cfg.device)
     hw = (torch.cuda.get_device_name(0) if device.type == "cuda" else
           f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     sidecar = {
@@ -345,14 +360,34 @@ def finish(out: Path, cfg: TrainConfig, task, x_val, y_val, val_s, device, train
                              else cfg.threshold_method) + " on validation",
         "score": "1 - P(normal)",
         "cxr_triage_version": __version__,
-        "training": {"epochs_run": len(history), "n_train": n_train,
-                     "best_epoch": ck["epoch"] + 1, "seconds": round(train_seconds, 1),
-                     "wall_seconds": round(time.time() - t_start, 1), "stop": stop_reason,
+        "training": {"epochs_run": len(history), "n_train": int(len(x_train)), "best_epoch": best["epoch"] + 1,
+                     "seconds": round(float(last.get("elapsed", 0.0)), 1), "stop": stop_reason or None,
                      "hardware": hw, "torch": torch.__version__, "seed": cfg.seed},
         "validation": {"n": int(len(y_val)), "roc_auc": triage_auc(y_val, probs),
                        "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
                        "accuracy": float((probs.argmax(1) == y_val).mean())},
     }
-    export_onnx(model, out / "model.onnx", ck["image_size"], ck["mean"], ck["std"], sidecar)
-    print(f"best epoch {ck['epoch'] + 1}; validation ROC AUC {sidecar['validation']['roc_auc']:.4f}; "
-          f"threshold {thr:.3f}; model: {out / 'model.onnx'}")
+    onnx_path = Path(onnx_path) if onnx_path else out / "model.onnx"
+    export_onnx(model, onnx_path, ck["image_size"], ck["mean"], ck["std"], sidecar)
+    if isinstance(model, CamNet):
+        fit_gate(model, onnx_path, x_train, x_val, ck["mean"], ck["std"], cfg.seed)
+    print(f"best epoch {best['epoch'] + 1}; validation ROC AUC {sidecar['validation']['roc_auc']:.4f}; "
+          f"threshold {thr:.3f}; model: {onnx_path}")
+    return onnx_path
+
+
+def fit_gate(model: CamNet, onnx_path: Path, x_train: torch.Tensor, x_val: torch.Tensor, mean: float,
+             std: float, seed: int, max_train: int = 4000) -> None:
+    """Fit the quality gate on training embeddings; set its threshold on half of the validation
+    images and report the false-refusal rate on the other half."""
+    from cxrtriage.infer.gate import attach_gate, fit_feature_gate
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x_train), generator=g)[:max_train]
+    tr = embeddings(model, x_train[idx], mean, std)
+    va = embeddings(model, x_val, mean, std)
+    gate = fit_feature_gate(tr, va[0::2])
+    held = va[1::2]
+    refused = float((gate.distance(held) > gate.threshold).mean())
+    attach_gate(onnx_path, gate, {"val_false_refusal_rate": refused, "n_fit": int(len(tr)),
+                                  "n_threshold": int(len(va[0::2])), "n_heldout": int(len(held))})

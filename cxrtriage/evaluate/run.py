@@ -1,0 +1,147 @@
+"""Evaluate saved softmax predictions: metrics dict, and optionally metrics.json, plots and report.html."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import classification_report
+
+from cxrtriage import DISCLAIMER
+from cxrtriage.evaluate.metrics import binary_metrics, calibration_curve_data, jsonable, multiclass_metrics
+from cxrtriage.evaluate.plots import confusion_plot, multiclass_roc_plot, pr_plot, reliability_plot, roc_plot
+from cxrtriage.evaluate.report import write_report
+
+__all__ = ["evaluate_predictions", "triage_score"]
+
+_HEADLINE = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc", "brier", "ece")
+
+
+def triage_score(probs: np.ndarray) -> np.ndarray:
+    """Probability that an image is abnormal: ``1 - P(class 0)``, clipped to [0, 1]."""
+    return np.clip(1.0 - np.asarray(probs, dtype=float)[:, 0], 0.0, 1.0)
+
+
+def evaluate_predictions(
+    task_name: str,
+    classes: list[str],
+    y_true_idx: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    out_dir: Path | None,
+    meta: dict[str, Any],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate softmax ``probs`` (N, C) against class indices; class 0 is "normal".
+
+    The triage score ``1 - probs[:, 0]`` is scored against ``y_true_idx != 0`` at ``threshold``.
+    With 3+ classes the class-level metrics are added (and ``macro_auc`` at top level).
+    ``meta`` may hold model, model_version, data, split, date, task_description and
+    threshold_method (how the threshold was chosen). When ``out_dir`` is given, writes
+    metrics.json, the PNG plots and report.html there. Returns a JSON-serialisable dict.
+    """
+    y = np.asarray(y_true_idx).ravel().astype(np.int64)
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2 or p.shape != (y.size, len(classes)):
+        raise ValueError(f"probs must have shape ({y.size}, {len(classes)}), got {p.shape}")
+    if len(classes) < 2:
+        raise ValueError("need at least two classes")
+    y_bin = (y != 0).astype(np.int64)
+    score = triage_score(p)
+
+    binary = binary_metrics(y_bin, score, threshold, n_boot=n_boot, seed=seed)
+    result: dict[str, Any] = {
+        "task": task_name,
+        "classes": list(classes),
+        "n": binary["n"],
+        "n_pos": binary["n_pos"],
+        "n_neg": binary["n_neg"],
+        "threshold": float(threshold),
+        "threshold_method": meta.get("threshold_method", "given"),
+        **{k: binary[k] for k in _HEADLINE},
+        "roc_auc_ci": binary["ci"]["roc_auc"],
+    }
+    pred = (score >= threshold).astype(np.int64)
+    positive_name = classes[1] if len(classes) == 2 else "abnormal"
+    if len(classes) > 2:
+        multi = multiclass_metrics(y, p, classes, n_boot=n_boot, seed=seed)
+        result["macro_auc"] = multi["macro_auc"]
+        result["macro_auc_ci"] = multi["ci"]["macro_auc"]
+        result["multiclass"] = multi
+        result["classification_report"] = multi["classification_report"]
+        result["classification_report_kind"] = "arg-max class per image"
+    else:
+        result["classification_report"] = classification_report(
+            y_bin, pred, labels=[0, 1], target_names=[classes[0], positive_name],
+            output_dict=True, zero_division=np.nan,
+        )
+        result["classification_report_kind"] = f"triage decision at threshold {threshold:.3f}"
+    result.update(
+        {
+            "positive": f"any class other than {classes[0]!r}",
+            "score": f"1 - P({classes[0]})",
+            "binary": binary,
+            "calibration": calibration_curve_data(y_bin, score),
+            "meta": dict(meta),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "disclaimer": DISCLAIMER,
+        }
+    )
+    result = jsonable(result)
+
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plots = _write_plots(out, result, y, y_bin, score, p, classes, threshold, positive_name)
+        result["files"] = {k: v.name for k, v in plots.items()}
+        result["files"]["metrics"] = "metrics.json"
+        result["files"]["report"] = "report.html"
+        (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
+        write_report(out, result, plots)
+    return result
+
+
+def _write_plots(
+    out: Path,
+    result: dict[str, Any],
+    y: np.ndarray,
+    y_bin: np.ndarray,
+    score: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    threshold: float,
+    positive_name: str,
+) -> dict[str, Path]:
+    ci = result["binary"]["ci"]
+    both = 0 < y_bin.sum() < y_bin.size
+    plots: dict[str, Path] = {}
+    if both:
+        plots["roc"] = roc_plot(
+            y_bin, score, out / "roc.png", threshold=threshold, ci=ci["roc_auc"],
+            title=f"ROC · {positive_name} vs {classes[0]}",
+        )
+        plots["pr"] = pr_plot(
+            y_bin, score, out / "pr.png", threshold=threshold, ci=ci["pr_auc"],
+            title=f"Precision–recall · {positive_name}",
+        )
+    if "multiclass" in result:
+        plots["roc_per_class"] = multiclass_roc_plot(
+            y, probs, classes, out / "roc_per_class.png", ci=result["multiclass"]["per_class_auc_ci"]
+        )
+    plots["reliability"] = reliability_plot(
+        y_bin, score, out / "reliability.png", class_names=(classes[0], positive_name)
+    )
+    plots["confusion"] = confusion_plot(
+        result["binary"]["confusion_matrix"], [classes[0], positive_name], out / "confusion.png",
+        title=f"Triage at threshold {threshold:.3f}",
+    )
+    if "multiclass" in result:
+        plots["confusion_multiclass"] = confusion_plot(
+            result["multiclass"]["confusion_matrix"], classes, out / "confusion_multiclass.png",
+            title="Most probable class (arg-max)",
+        )
+    return plots

@@ -1,0 +1,40 @@
+"""Loading trained checkpoints back into torch modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrtriage.models.archs import CamNet, build_model
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, metadata) from ``best.pt``/``last.pt`` or a run folder."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "best.pt"
+    if not p.exists():
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    ck = torch.load(p, map_location="cpu", weights_only=False)
+    model = build_model(ck["arch"], len(ck["classes"]), ck["image_size"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    meta = {k: ck[k] for k in ("arch", "classes", "image_size", "mean", "std", "task") if k in ck}
+    return model, meta
+
+
+@torch.no_grad()
+def embeddings(model: torch.nn.Module, images: torch.Tensor | np.ndarray, mean: float, std: float,
+               batch: int = 256) -> np.ndarray:
+    """Pooled last-layer features of uint8 images (N, S, S), as used by the quality gate."""
+    if not isinstance(model, CamNet):
+        raise TypeError("embeddings need a network ending in global pooling + linear (CamNet)")
+    images = torch.as_tensor(np.asarray(images))
+    model.eval()
+    out = []
+    for s in range(0, len(images), batch):
+        x = images[s:s + batch].float().unsqueeze(1) / 255.0
+        out.append(model.forward_features((x - mean) / std).mean(dim=(2, 3)))
+    return torch.cat(out).numpy()

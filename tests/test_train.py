@@ -1,0 +1,106 @@
+"""Training end to end on a few dozen real radiographs: outputs, resume, export parity."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cxrtriage.data import kermany_samples, patient_split, write_manifest
+from cxrtriage.train.config import TrainConfig
+from cxrtriage.train.trainer import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(shared_root, tmp_path_factory):
+    """48 real radiographs (24 normal, 24 pneumonia), split by patient."""
+    rng = random.Random(0)
+    allsamples = kermany_samples(shared_root, "train", "pneumonia3")
+    pick = rng.sample([s for s in allsamples if s.label == "normal"], 24)
+    pick += rng.sample([s for s in allsamples if s.label != "normal"], 24)
+    path = tmp_path_factory.mktemp("manifest") / "tiny.csv"
+    write_manifest(patient_split(pick, 0.25, 0), path)
+    return path
+
+
+def _cfg(out, manifest, cache, **kw) -> TrainConfig:
+    base = dict(out_dir=str(out), manifest=str(manifest), epochs=2, batch_size=8, cache_dir=str(cache),
+                image_size=64, patience=10)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_manifest, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    out = train(_cfg(root / "run", tiny_manifest, root / "cache"), progress=False)
+    return out, root / "cache"
+
+
+def test_run_folder_has_everything(tiny_run):
+    out, _ = tiny_run
+    for name in ("config.json", "metrics.csv", "curves.png", "best.pt", "last.pt", "model.onnx", "model.json",
+                 "model.gate.npz", "split.csv", "val_predictions.csv"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == ["normal", "pneumonia"] and 0.0 < meta["threshold"] < 1.0
+    assert meta["input"]["size"] == 64 and meta["outputs"] == ["probs", "cam", "embedding"]
+    assert meta["gate"]["threshold"] > 0
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_manifest, tiny_run, tmp_path):
+    _, cache = tiny_run
+    straight = train(_cfg(tmp_path / "a", tiny_manifest, cache), progress=False)
+    train(_cfg(tmp_path / "b", tiny_manifest, cache, stop_after=1), progress=False)
+    assert not (tmp_path / "b" / "model.onnx").exists()  # paused, not finished
+    resumed = train(_cfg(tmp_path / "b", tiny_manifest, cache), resume=True, progress=False)
+    wa = torch.load(straight / "last.pt", weights_only=False)["model"]
+    wb = torch.load(resumed / "last.pt", weights_only=False)["model"]
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+
+
+def test_exported_model_matches_torch_on_real_images(tiny_run, shared_root):
+    from cxrtriage.data import to_model_input
+    from cxrtriage.infer import Engine
+    from cxrtriage.io import read_radiograph
+    from cxrtriage.models.checkpoint import load_checkpoint
+
+    out, _ = tiny_run
+    files = sorted((shared_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:6]
+    files += sorted((shared_root / "train" / "NORMAL").glob("*.jpeg"))[:6]
+    model, meta = load_checkpoint(out)
+    x = np.stack([to_model_input(read_radiograph(f), meta["image_size"]) for f in files])
+    with torch.no_grad():
+        t = torch.from_numpy(x).float().unsqueeze(1) / 255.0
+        ref = torch.softmax(model((t - meta["mean"]) / meta["std"]), 1).numpy()
+    engine = Engine(out, gate=False)
+    got = np.array([[p.probabilities[c] for c in engine.info.classes] for p in engine.predict_files(files)])
+    assert np.abs(got - ref).max() < 1e-4
+    # and a second engine (a reload) gives identical numbers
+    again = np.array([[p.probabilities[c] for c in ("normal", "pneumonia")]
+                      for p in Engine(out, gate=False).predict_files(files)])
+    assert np.array_equal(got, again)
+
+
+def test_three_class_task_trains(tiny_manifest, tiny_run, tmp_path):
+    _, cache = tiny_run
+    out = train(_cfg(tmp_path / "r3", tiny_manifest, cache, task="pneumonia3", epochs=1), progress=False)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == ["normal", "bacterial", "viral"]
+    assert meta["validation"]["macro_auc"] is not None
+
+
+def test_bad_configuration_is_refused(tiny_manifest, tmp_path):
+    with pytest.raises(ValueError, match="unknown architecture"):
+        train(_cfg(tmp_path / "x", tiny_manifest, tmp_path / "c", arch="resnet9000"), progress=False)
+    with pytest.raises(ValueError, match="larger than"):
+        train(_cfg(tmp_path / "y", tiny_manifest, tmp_path / "c", batch_size=4096), progress=False)
