@@ -66,7 +66,7 @@ DICOMS = [
         "person1_bacteria_1_CR.dcm",
         "person1_bacteria_1.jpeg",
         "CR, MONOCHROME1 (stored values inverted), 12 bits stored in 16, "
-        "JPEG 2000 Lossless",
+        "Window Center/Width 2048/4096, JPEG 2000 Lossless",
         dict(
             modality="CR",
             photometric="MONOCHROME1",

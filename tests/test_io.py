@@ -432,6 +432,20 @@ def test_writer_rejects_bad_input(tmp_path):
         build_dataset(np.zeros((64, 64), np.uint8), bits_stored=20)
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_image_file_to_dicom_round_trip(tmp_path, real_jpeg_path, real_gray_u8, bits):
+    from cxrtriage.io import image_file_to_dicom
+
+    src = real_jpeg_path
+    if bits == 16:
+        src = save_png(real_gray_u8.astype(np.uint16) * 257, tmp_path / "cxr16.png")
+    out = image_file_to_dicom(src, tmp_path / "out" / "cxr.dcm", modality="CR",
+                              patient_id="CONV-1", transfer_syntax=pydicom.uid.RLELossless)
+    rg = read_radiograph(out)
+    assert rg.meta["bits"] == bits and rg.dicom.PatientID == "CONV-1"
+    np.testing.assert_allclose(rg.pixels, real_gray_u8 / 255.0, atol=1e-6)
+
+
 def test_can_encode():
     assert can_encode(pydicom.uid.ExplicitVRLittleEndian)
     assert can_encode(pydicom.uid.RLELossless)

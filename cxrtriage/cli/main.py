@@ -82,6 +82,7 @@ def train(
     time_budget: Optional[float] = typer.Option(None, help="Stop after this many minutes of training."),
     target_sensitivity: Optional[float] = typer.Option(None, help="Choose the threshold for this sensitivity."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
+    class_weights: bool = typer.Option(True, help="Weight the loss by inverse class frequency."),
     dropout: Optional[float] = typer.Option(None, help="Override the network's dropout."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     cache_dir: Optional[Path] = typer.Option(None, help="Preprocessed image cache folder."),
@@ -98,7 +99,7 @@ def train(
         task=task, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, seed=seed, patience=patience,
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
-        augment=not no_augment, dropout=dropout, stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
+        augment=not no_augment, class_weights=class_weights, dropout=dropout, stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
     )
     try:
         run(cfg, resume=resume, progress=not quiet)
@@ -176,3 +177,63 @@ def export(
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     console.print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+@app.command()
+def explain(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders."),
+    out: Path = typer.Option(Path("explanations"), "--out", "-o", help="Folder for the overlay PNGs."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model (default: bundled). A run folder of a "
+                                         "network without an in-graph map uses Grad-CAM (needs torch)."),
+    npy: bool = typer.Option(False, "--npy", help="Also save each raw heatmap as .npy."),
+    opacity: float = typer.Option(0.5, min=0.0, max=1.0, help="Heatmap opacity."),
+) -> None:
+    """Write, per image, a PNG of the heatmap over the radiograph with the call and its probability."""
+    import numpy as np
+
+    from cxrtriage.explain import overlay_for
+    from cxrtriage.infer import Engine, ModelNotFoundError
+    from cxrtriage.io import ImageReadError, read_radiograph
+
+    files = _collect(inputs)
+    try:
+        engine = Engine(model)
+    except ModelNotFoundError as exc:
+        fail(str(exc))
+    gradcam_model = None
+    if not engine.info.has_cam:
+        from cxrtriage.models.checkpoint import load_checkpoint
+
+        run = Path(model) if model and Path(model).is_dir() else engine.info.onnx_path.parent
+        try:
+            gradcam_model = load_checkpoint(run)
+        except FileNotFoundError:
+            fail(f"{engine.info.name} has no in-graph heatmap and no checkpoint beside it for Grad-CAM")
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for f in files:
+        try:
+            rg = read_radiograph(f)
+        except ImageReadError as exc:
+            err.print(f"[red]skipped[/] {f}: {exc}")
+            failed += 1
+            continue
+        pred = engine.predict_radiographs([rg], heatmap=True)[0]
+        if gradcam_model is not None and pred.ok:
+            import torch
+
+            from cxrtriage.data import to_model_input
+            from cxrtriage.explain.gradcam import gradcam
+
+            net, meta = gradcam_model
+            x = torch.from_numpy(to_model_input(rg, meta["image_size"])).float()[None, None] / 255.0
+            target = 1 + int(np.argmax([pred.probabilities[c] for c in engine.info.classes[1:]]))
+            pred.heatmap = gradcam(net, (x - meta["mean"]) / meta["std"], target)[0]
+        png = out / f"{f.stem}.heatmap.png"
+        overlay_for(rg.pixels, pred, opacity=opacity).save(png)
+        if npy and pred.heatmap is not None:
+            np.save(out / f"{f.stem}.heatmap.npy", pred.heatmap)
+        console.print(f"{f.name}: {pred.label or pred.priority} "
+                      f"{'' if pred.score is None else f'{pred.score:.3f} '}-> {png}")
+    if failed:
+        raise typer.Exit(1)

@@ -76,7 +76,13 @@ def _cards(result: dict[str, Any]) -> list[dict[str, Any]]:
         "ppv": _count_of(tp, tp + fp, "flagged images abnormal") + f" (prevalence {_pct(b['prevalence'])})",
         "npv": _count_of(tn, tn + fn, "unflagged images normal"),
     }
-    labels = {"roc_auc": "ROC AUC", "sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV"}
+    labels = {
+        "roc_auc": "ROC AUC",
+        "sensitivity": "Sensitivity",
+        "specificity": "Specificity",
+        "ppv": "PPV",
+        "npv": "NPV",
+    }
     cards = [
         {
             "label": labels[k],
@@ -117,9 +123,11 @@ def _confusion(
 
 def _triage_errors(b: dict[str, Any], normal: str, abnormal: str) -> list[dict[str, Any]]:
     (tn, fp), (fn, tp) = b["confusion_matrix"]
+    missed = _pct(fn / (fn + tp) if fn + tp else None)
+    alarms = _pct(fp / (fp + tn) if fp + tn else None)
     return [
-        {"kind": "miss", "count": fn, "text": f"{abnormal} images not flagged (false negatives, {_pct(fn / (fn + tp) if fn + tp else None)} of {abnormal})"},
-        {"kind": "alarm", "count": fp, "text": f"{normal} images flagged (false positives, {_pct(fp / (fp + tn) if fp + tn else None)} of {normal})"},
+        {"kind": "miss", "count": fn, "text": f"{abnormal} images not flagged (false negatives, {missed} of {abnormal})"},
+        {"kind": "alarm", "count": fp, "text": f"{normal} images flagged (false positives, {alarms} of {normal})"},
     ]
 
 
@@ -164,7 +172,8 @@ def _report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, entry in report.items():
         if not isinstance(entry, dict):  # the overall "accuracy" entry is a bare number
-            rows.append({"name": name, "precision": "", "recall": "", "f1": _num(entry), "support": "", "summary": True})
+            blank = {"precision": "", "recall": "", "support": ""}
+            rows.append({"name": name, **blank, "f1": _num(entry), "summary": True})
             continue
         support = entry.get("support")
         rows.append(

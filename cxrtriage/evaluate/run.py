@@ -128,7 +128,7 @@ def _write_plots(
             y_bin, score, out / "pr.png", threshold=threshold, ci=ci["pr_auc"],
             title=f"Precision–recall · {positive_name}",
         )
-    if "multiclass" in result:
+    if "multiclass" in result and any(v is not None for v in result["multiclass"]["per_class_auc"].values()):
         plots["roc_per_class"] = multiclass_roc_plot(
             y, probs, classes, out / "roc_per_class.png", ci=result["multiclass"]["per_class_auc_ci"]
         )

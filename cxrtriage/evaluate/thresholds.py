@@ -46,7 +46,7 @@ def _cut(levels: np.ndarray, k: int) -> float:
     """A threshold that flags exactly the ``k`` highest score levels, midway between levels."""
     m = levels.size
     if 0 < k < m:
-        return float(levels[k - 1])
+        return float((levels[k - 1] + levels[k]) / 2.0)
     if k >= m:  # flag everything: go below the lowest score
         lowest = float(levels[-1])
         floor = 0.0 if lowest > 0.0 else lowest - 1.0

@@ -499,11 +499,13 @@ def image_file_to_dicom(src: str | Path, dst: str | Path, **kwargs: Any) -> Path
     """Convert a JPEG/PNG radiograph (or any file the reader accepts) to DICOM.
 
     8-bit sources are written with 8 bits stored unless ``bits_stored`` says otherwise;
-    deeper sources keep 16 bits. Other keyword arguments go to
+    deeper sources keep 16 bits. The window defaults to ``"full"`` so that a viewer
+    shows the picture as the source file does. Other keyword arguments go to
     :func:`radiograph_to_dicom`.
     """
     from cxrtriage.io.reader import read_radiograph
 
+    kwargs.setdefault("window", "full")
     rg = read_radiograph(src)
     if int(rg.meta.get("bits", 8)) <= 8:
         pixels: np.ndarray = rg.to_uint8()

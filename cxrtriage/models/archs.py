@@ -61,6 +61,11 @@ class CamNet(nn.Module):
         f = self.features(x).mean(dim=(2, 3))
         return self.head(self.dropout(f))
 
+    @staticmethod
+    def embed(features: torch.Tensor) -> torch.Tensor:
+        """Quality-gate embedding: features pooled on a 2x2 grid, so layout (orientation) counts."""
+        return torch.nn.functional.adaptive_avg_pool2d(features, 2).flatten(1)
+
 
 def cxrnet(num_classes: int, width: int = 16) -> CamNet:
     """Default: stem (stride 2) + 4 residual stages, 128 px in -> 8x8 map out."""

@@ -28,7 +28,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
 @torch.no_grad()
 def embeddings(model: torch.nn.Module, images: torch.Tensor | np.ndarray, mean: float, std: float,
                batch: int = 256) -> np.ndarray:
-    """Pooled last-layer features of uint8 images (N, S, S), as used by the quality gate."""
+    """Gate embeddings (last-layer features pooled 2x2) of uint8 images (N, S, S), as used by the quality gate."""
     if not isinstance(model, CamNet):
         raise TypeError("embeddings need a network ending in global pooling + linear (CamNet)")
     images = torch.as_tensor(np.asarray(images))
@@ -36,5 +36,5 @@ def embeddings(model: torch.nn.Module, images: torch.Tensor | np.ndarray, mean: 
     out = []
     for s in range(0, len(images), batch):
         x = images[s:s + batch].float().unsqueeze(1) / 255.0
-        out.append(model.forward_features((x - mean) / std).mean(dim=(2, 3)))
+        out.append(CamNet.embed(model.forward_features((x - mean) / std)))
     return torch.cat(out).numpy()

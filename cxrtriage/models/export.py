@@ -2,7 +2,7 @@
 
 Graph input ``image``: (N, 1, S, S) float32 pixel values in 0..255. Outputs: ``probs``
 (N, C) softmax; for CAM-ready networks also ``cam`` (N, C, h, w), the class activation
-maps in logit units, and ``embedding`` (N, F), the pooled features used by the quality gate.
+maps in logit units, and ``embedding`` (N, 4F), the features pooled on a 2x2 grid, used by the quality gate.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ServingGraph(nn.Module):
         logits = self.model.head(pooled)
         w, b = self.model.head.weight, self.model.head.bias
         cam = torch.einsum("nchw,kc->nkhw", f, w) + b.view(1, -1, 1, 1)
-        return torch.softmax(logits, dim=1), cam, pooled
+        return torch.softmax(logits, dim=1), cam, CamNet.embed(f)
 
 
 def file_sha256(path: str | Path) -> str:

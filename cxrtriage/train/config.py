@@ -21,6 +21,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     optimizer: str | None = None  # None: the architecture's default
     label_smoothing: float = 0.05
+    class_weights: bool = True  # weight the loss by inverse class frequency
     dropout: float | None = None
     augment: bool = True
     val_fraction: float = 0.2

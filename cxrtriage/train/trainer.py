@@ -6,6 +6,7 @@ mixed precision on CUDA. Ends by choosing the threshold on validation and export
 from __future__ import annotations
 
 import csv
+import json
 import math
 import platform
 import random
@@ -35,6 +36,12 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def hardware_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def seed_everything(seed: int) -> None:
@@ -185,7 +192,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if (counts == 0).any():
         missing = [c for c, n in zip(task.classes, counts) if n == 0]
         raise ValueError(f"no training images of class(es) {missing}")
-    class_w = (counts.sum() / (task.num_classes * counts)).to(device)
+    class_w = (counts.sum() / (task.num_classes * counts) if cfg.class_weights else torch.ones_like(counts)).to(device)
 
     model = build_model(cfg.arch, task.num_classes, size)
     if cfg.dropout is not None:
@@ -243,10 +250,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                    leave=True, dynamic_ncols=True)
         for b in bar:
             idx = order[b * local_bs:(b + 1) * local_bs]
-            x = x_train[idx].float().unsqueeze(1) / 255.0
+            x = x_train[idx].to(device, non_blocking=True).float().unsqueeze(1) / 255.0
             if cfg.augment:
                 x = augment_batch(x, sample_seeds(cfg.seed, epoch, idx))
-            x = ((x - mean) / std).to(device, non_blocking=True)
+            x = (x - mean) / std
             y = y_train[idx].to(device)
             frac = step / max(1, total_steps)
             if cfg.time_budget_s:
@@ -293,12 +300,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
                      "best": best, "stale": stale, "history": history, "rng": torch.get_rng_state(),
                      "elapsed": elapsed, "config": asdict(cfg), "arch": cfg.arch, "classes": task.classes,
+                     "hardware": hardware_name(device), "torch": torch.__version__,
                      "image_size": size, "mean": mean, "std": std, "task": task.name}
             torch.save(state, out / "last.tmp")
             (out / "last.tmp").replace(ckpt_last)
             if improved:
                 torch.save({k: state[k] for k in ("model", "arch", "classes", "image_size", "mean", "std",
-                                                  "task", "epoch", "config")}, out / "best.pt")
+                                                  "task", "epoch", "config", "hardware", "torch")}, out / "best.pt")
             with (out / "metrics.csv").open("w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=list(row))
                 w.writeheader()
@@ -343,15 +351,15 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     score = 1.0 - probs[:, 0]
     pos = (y_val != 0).astype(int)
     thr = choose_threshold(pos, score, method=cfg.threshold_method, target_sensitivity=cfg.target_sensitivity)
-    thr_high = max(thr, high_priority_threshold(pos, score, specificity=0.95))
+    thr_high = max(thr, high_priority_threshold(pos, score, specificity=0.995))
     with (out / "val_predictions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "patient_id", "label", *[f"p_{c}" for c in task.classes]])
         for s, p in zip(val_s, probs):
             w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
-    device = pick_device(cfg.device)
-    hw = (torch.cuda.get_device_name(0) if device.type == "cuda" else
-          f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    onnx_path = Path(onnx_path) if onnx_path else out / "model.onnx"
+    previous = json.loads(onnx_path.with_suffix(".json").read_text()).get("training", {}) \
+        if onnx_path.with_suffix(".json").exists() else {}
     sidecar = {
         "name": f"cxr-{task.name}-{ck['arch']}",
         "task": task.name, "kind": task.kind, "classes": list(task.classes),
@@ -362,12 +370,13 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
         "cxr_triage_version": __version__,
         "training": {"epochs_run": len(history), "n_train": int(len(x_train)), "best_epoch": best["epoch"] + 1,
                      "seconds": round(float(last.get("elapsed", 0.0)), 1), "stop": stop_reason or None,
-                     "hardware": hw, "torch": torch.__version__, "seed": cfg.seed},
+                     "hardware": best.get("hardware"), "torch": best.get("torch"), "seed": cfg.seed},
         "validation": {"n": int(len(y_val)), "roc_auc": triage_auc(y_val, probs),
                        "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
                        "accuracy": float((probs.argmax(1) == y_val).mean())},
     }
-    onnx_path = Path(onnx_path) if onnx_path else out / "model.onnx"
+    if not history and previous:  # exporting a run whose last checkpoint was not kept
+        sidecar["training"] = {**previous, "best_epoch": best["epoch"] + 1}
     export_onnx(model, onnx_path, ck["image_size"], ck["mean"], ck["std"], sidecar)
     if isinstance(model, CamNet):
         fit_gate(model, onnx_path, x_train, x_val, ck["mean"], ck["std"], cfg.seed)

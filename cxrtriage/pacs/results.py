@@ -1,0 +1,316 @@
+"""Triage results as DICOM objects that any viewer can show.
+
+For each triaged radiograph two objects go back into the source study:
+
+* a Secondary Capture (highdicom ``SCImage``) of the heatmap overlay, in its own series
+  whose Series Description is ``AI TRIAGE - NOT FOR DIAGNOSIS`` (the banner is also
+  burnt into the picture);
+* a Comprehensive 3D SR holding a TID 1500 Measurement Report: one TID 1501 measurement
+  group with the finding (pneumonia present/absent at the model's threshold), the
+  probability, the threshold and the algorithm (TID 4019: model name and version), in the
+  style of IHE AI Results, referencing the source image by its SOP Instance UID.
+
+A refused input (lateral view, blank image, out of distribution, unreadable pixels) gets
+only the SR: the finding is "indeterminate", there is no probability, and the reason is
+given as text.
+
+UIDs are new (``2.25.<uuid>``) but derived deterministically from the source instance
+and the model, so storing the results of the same instance twice cannot duplicate them
+in a PACS (the second store is the same SOP instance).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from cxrtriage import DISCLAIMER, __version__
+from cxrtriage.explain.overlay import BANNER, overlay_for
+from cxrtriage.infer.result import Prediction
+
+SERIES_DESCRIPTION = BANNER
+MANUFACTURER = "cxr-triage"
+SC_SERIES_NUMBER = 9901
+SR_SERIES_NUMBER = 9902
+DEFAULT_ORIENTATION = ("L", "F")
+
+# Source names such as "Anonymous" are copied as they are; highdicom's advice about them is noise here.
+warnings.filterwarnings("ignore", message=r'The string ".*" is unlikely to represent', category=UserWarning)
+
+_NAMESPACE = uuid.UUID("6f1c2a4e-3b55-4c1e-9a7d-2f0e8b9c1d42")
+
+PNEUMONIA = hd.sr.CodedConcept("233604007", "SCT", "Pneumonia")
+PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+THRESHOLD = hd.sr.CodedConcept("122411", "DCM", "Threshold Value")
+PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
+INDETERMINATE = hd.sr.CodedConcept("82334004", "SCT", "Indeterminate")
+CHEST_XRAY = hd.sr.CodedConcept("399208008", "SCT", "Plain X-ray of chest")
+NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
+
+_REFUSED_PREFIX = "Not assessed: "
+_PRIORITY_PREFIX = "Triage priority: "
+_LABEL_PREFIX = "Model label: "
+
+
+def derived_uid(*parts: str) -> UID:
+    """A valid UID (``2.25.<128-bit>``) that depends only on ``parts``."""
+    return UID(f"2.25.{uuid.uuid5(_NAMESPACE, '|'.join(parts)).int}")
+
+
+@dataclass
+class TriageResults:
+    """The DICOM objects written back for one source instance."""
+
+    prediction: Prediction
+    sr: Dataset
+    sc: Dataset | None = None
+
+    @property
+    def datasets(self) -> list[Dataset]:
+        return [d for d in (self.sc, self.sr) if d is not None]
+
+    @property
+    def refused(self) -> bool:
+        return not self.prediction.ok
+
+
+def is_own_output(ds: Any) -> bool:
+    """True for objects this package wrote (so watchers never triage their own results)."""
+    get = ds.get if hasattr(ds, "get") else (lambda k, d=None: getattr(ds, k, d))
+    return str(get("Manufacturer", "") or "") == MANUFACTURER or \
+        str(get("SeriesDescription", "") or "") == SERIES_DESCRIPTION
+
+
+def _now() -> tuple[str, str]:
+    now = _dt.datetime.now()
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
+def _model_key(pred: Prediction) -> str:
+    return f"{pred.model.get('name', '?')}|{pred.model.get('version', '?')}"
+
+
+def _copy_charset(src: Dataset, dst: Dataset) -> None:
+    if "SpecificCharacterSet" in src:
+        dst.SpecificCharacterSet = src.SpecificCharacterSet
+
+
+def _common(src: Dataset, dst: Dataset) -> None:
+    """Series-level labelling and provenance shared by the SC and the SR."""
+    _copy_charset(src, dst)
+    dst.SeriesDescription = SERIES_DESCRIPTION
+    date, time = _now()
+    dst.SeriesDate, dst.SeriesTime = date, time
+    dst.ContentDate, dst.ContentTime = date, time
+    dst.SoftwareVersions = f"cxr-triage {__version__}"
+    for kw in ("StudyDescription", "IssuerOfPatientID"):
+        if kw in src and kw not in dst:
+            setattr(dst, kw, src.get(kw))
+
+
+def build_sc(src: Dataset, pixels: np.ndarray, pred: Prediction) -> Dataset:
+    """Secondary Capture of the heatmap overlay, new series in the source's study."""
+    rgb = np.asarray(overlay_for(pixels, pred), dtype=np.uint8)
+    key = _model_key(pred)
+    orientation = tuple(src.get("PatientOrientation") or ()) or DEFAULT_ORIENTATION
+    if len(orientation) != 2:
+        orientation = DEFAULT_ORIENTATION
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=src,
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=derived_uid(str(src.StudyInstanceUID), key, "sc-series"),
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=derived_uid(str(src.SOPInstanceUID), key, "sc"),
+        instance_number=int(src.get("InstanceNumber") or 1),
+        manufacturer=MANUFACTURER,
+        patient_orientation=orientation,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    _common(src, sc)
+    sc.ImageComments = f"{BANNER}. {DISCLAIMER}"
+    sc.DerivationDescription = (f"heatmap of model {pred.model.get('name')} {pred.model.get('version')} "
+                                f"over the source radiograph")[:1024]
+    sc.BurnedInAnnotation = "NO"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    sc.SourceImageSequence = [ref]
+    return sc
+
+
+def _text(value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=COMMENT, value=value[:1024],
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
+def _device_context(pred: Prediction) -> hd.sr.ObservationContext:
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=derived_uid("device", _model_key(pred)),
+        name=f"cxr-triage {pred.model.get('name', '')}"[:64],
+        manufacturer_name=MANUFACTURER,
+        model_name=str(pred.model.get("name", ""))[:64],
+        serial_number=str(pred.model.get("version", ""))[:64],
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+
+
+def build_sr(src: Dataset, pred: Prediction, reason: str | None = None) -> Dataset:
+    """TID 1500 Measurement Report for ``pred``; a refusal (no score) when it is not ``ok``."""
+    key = _model_key(pred)
+    threshold = pred.threshold
+    params = [f"threshold={threshold:.6f}"] if threshold is not None else None
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=str(pred.model.get("name", "unknown")), version=str(pred.model.get("version", "unknown")),
+        parameters=params, manufacturer=MANUFACTURER)
+    texts: list[str] = []
+    measurements: list[hd.sr.Measurement] = []
+    if pred.ok and pred.score is not None:
+        present = threshold is not None and pred.score >= threshold
+        evaluation = hd.sr.QualitativeEvaluation(PNEUMONIA, PRESENT if present else ABSENT)
+        measurements.append(hd.sr.Measurement(name=PROBABILITY, value=float(pred.score), unit=NO_UNITS))
+        if threshold is not None:
+            measurements.append(hd.sr.Measurement(name=THRESHOLD, value=float(threshold), unit=NO_UNITS))
+        texts += [_PRIORITY_PREFIX + pred.priority, _LABEL_PREFIX + str(pred.label)]
+    else:
+        evaluation = hd.sr.QualitativeEvaluation(PNEUMONIA, INDETERMINATE)
+        why = reason or pred.gate.get("reason") or pred.error or "refused by the quality gate"
+        texts.append(_REFUSED_PREFIX + str(why))
+    texts.append(DISCLAIMER)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(str(src.SOPInstanceUID), key, "tracking"), identifier="AI triage: pneumonia"),
+        finding_type=PNEUMONIA,
+        algorithm_id=algorithm,
+        measurements=measurements or None,
+        qualitative_evaluations=[evaluation],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=src.SOPClassUID, referenced_sop_instance_uid=src.SOPInstanceUID)],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=_device_context(pred),
+        procedure_reported=CHEST_XRAY,
+        imaging_measurements=[group],
+    )
+    # TID 1500 row 12: free-text qualitative evaluations (refusal reason, priority, disclaimer).
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([_text(t) for t in texts])
+    report[0].ContentSequence.append(container)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[src],
+        content=report[0],
+        series_instance_uid=derived_uid(str(src.StudyInstanceUID), key, "sr-series"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=derived_uid(str(src.SOPInstanceUID), key, "sr"),
+        instance_number=int(src.get("InstanceNumber") or 1),
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+    )
+    _common(src, sr)
+    return sr
+
+
+def build_results(src: Dataset, pixels: np.ndarray | None, pred: Prediction,
+                  reason: str | None = None) -> TriageResults:
+    """SC + SR for an accepted prediction, SR only for a refusal or unreadable pixels."""
+    sr = build_sr(src, pred, reason)
+    sc = build_sc(src, pixels, pred) if pred.ok and pixels is not None else None
+    return TriageResults(prediction=pred, sr=sr, sc=sc)
+
+
+# -- reading results back ------------------------------------------------------------------
+
+def _walk(items: Any) -> Iterator[Dataset]:
+    for item in items or ():
+        yield item
+        yield from _walk(item.get("ContentSequence"))
+
+
+def _code(item: Dataset, attr: str) -> tuple[str, str] | None:
+    seq = item.get(attr)
+    if not seq:
+        return None
+    return str(seq[0].CodeValue), str(seq[0].CodingSchemeDesignator)
+
+
+@dataclass
+class ResultSummary:
+    """What a triage SR says, decoded with plain pydicom."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    source_sop_instance_uids: list[str] = field(default_factory=list)
+    probability: float | None = None
+    threshold: float | None = None
+    finding: str | None = None
+    refused: bool = False
+    reason: str | None = None
+    priority: str | None = None
+    label: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    texts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def read_result_sr(ds: Dataset) -> ResultSummary:
+    """Decode a triage SR (ours, or any TID 1500 report using the same codes)."""
+    out = ResultSummary(sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=str(ds.StudyInstanceUID))
+    meanings = {PRESENT.value: "present", ABSENT.value: "absent", INDETERMINATE.value: "indeterminate"}
+    for item in _walk(ds.get("ContentSequence")):
+        vt = item.get("ValueType")
+        name = _code(item, "ConceptNameCodeSequence")
+        if vt == "NUM" and item.get("MeasuredValueSequence"):
+            value = float(item.MeasuredValueSequence[0].NumericValue)
+            if name == (PROBABILITY.value, "DCM"):
+                out.probability = value
+            elif name == (THRESHOLD.value, "DCM"):
+                out.threshold = value
+        elif vt == "CODE" and name == (PNEUMONIA.value, "SCT"):
+            val = _code(item, "ConceptCodeSequence")
+            out.finding = meanings.get(val[0], val[0]) if val else None
+        elif vt == "TEXT":
+            text = str(item.get("TextValue", ""))
+            if name == ("111001", "DCM"):
+                out.model_name = text
+            elif name == ("111003", "DCM"):
+                out.model_version = text
+            elif name == (COMMENT.value, "DCM"):
+                out.texts.append(text)
+                if text.startswith(_REFUSED_PREFIX):
+                    out.refused, out.reason = True, text[len(_REFUSED_PREFIX):]
+                elif text.startswith(_PRIORITY_PREFIX):
+                    out.priority = text[len(_PRIORITY_PREFIX):]
+                elif text.startswith(_LABEL_PREFIX):
+                    out.label = text[len(_LABEL_PREFIX):]
+        elif vt == "IMAGE" and item.get("ReferencedSOPSequence"):
+            uid = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            if uid not in out.source_sop_instance_uids:
+                out.source_sop_instance_uids.append(uid)
+    if out.finding == "indeterminate" and out.probability is None:
+        out.refused = True
+    return out

@@ -1,0 +1,316 @@
+"""HTTP routes: the versioned JSON API under /api/v1, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from cxrtriage import DISCLAIMER
+from cxrtriage.io import ImageReadError, NotAnImageError
+from cxrtriage.serve.render import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE
+from cxrtriage.serve.service import EmptyFileError, NotReadyError, TriageService, UnknownStudyError
+
+log = logging.getLogger("cxrtriage.serve.api")
+API = "/api/v1"
+
+router = APIRouter(prefix=API)
+ops = APIRouter()
+
+StudyId = Annotated[str, Path(description="Study id, as returned by the upload", max_length=64)]
+MaxSide = Annotated[int, Query(ge=MIN_MAX_SIDE, le=MAX_MAX_SIDE, description="Longest side of the PNG in px")]
+Wait = Annotated[float, Query(ge=0, le=60, description="Seconds to wait for a pending result (long poll)")]
+
+ERRORS = {
+    400: {"description": "Malformed request (for example no file or an empty file)"},
+    401: {"description": "Missing or wrong API token"},
+    404: {"description": "Unknown study"},
+    413: {"description": "Upload larger than the limit"},
+    415: {"description": "Not a DICOM, PNG or JPEG file"},
+    422: {"description": "A radiograph that cannot be used (corrupt, too small, not a projection radiograph)"},
+}
+
+
+def svc(request: Request) -> TriageService:
+    return request.app.state.service
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _urls(sid: str) -> dict[str, str]:
+    base = f"{API}/studies/{sid}"
+    return {"self": base, "result": f"{base}/result", "image": f"{base}/image.png", "heatmap": f"{base}/heatmap.png",
+            "overlay": f"{base}/overlay.png", "analyze": f"{base}/analyze"}
+
+
+def result_json(res, sid: str) -> dict[str, Any]:
+    urls = _urls(sid)
+    has_heatmap = res["heatmap"] is not None
+    return {
+        "id": res["id"], "created_at": iso(res["created_at"]), "label": res["label"], "score": res["score"],
+        "probabilities": json.loads(res["probabilities"] or "{}"), "threshold": res["threshold"],
+        "priority": res["priority"], "gate": json.loads(res["gate"] or "{}"),
+        "model": {"name": res["model_name"], "version": res["model_version"]},
+        "timings_ms": json.loads(res["timings"] or "{}"), "error": res["error"], "error_type": res["error_type"],
+        "heatmap_url": f"{urls['heatmap']}?r={res['id']}" if has_heatmap else None,
+        "overlay_url": f"{urls['overlay']}?r={res['id']}", "disclaimer": DISCLAIMER,
+    }
+
+
+def study_json(row, res=None, window: dict | None = None) -> dict[str, Any]:
+    sid = row["id"]
+    pending = row["status"] in ("queued", "running")
+    d = {
+        "id": sid, "name": row["name"], "source": row["source"], "external_ref": row["external_ref"],
+        "status": row["status"], "created_at": iso(row["created_at"]), "completed_at": iso(row["completed_at"]),
+        "priority": row["priority"] or ("pending" if pending else None), "label": row["label"], "score": row["score"],
+        "patient_ref": row["patient_ref"],
+        "image": {"format": row["format"], "modality": row["modality"], "view_position": row["view_position"],
+                  "photometric": row["photometric"], "bits": row["bits"], "width": row["width"],
+                  "height": row["height"], "bytes": row["size"], "sha256": row["sha256"]},
+        "urls": _urls(sid),
+    }
+    if res is not None:
+        d["result"] = result_json(res, sid)
+    if window is not None:
+        d["window"] = window
+    return d
+
+
+def _not_found(sid: str) -> HTTPException:
+    return HTTPException(404, f"no study with id '{sid}' (it may have been deleted)")
+
+
+_ERROR_CODES = {400: "bad_request", 415: "unsupported_media_type", 422: "unprocessable"}
+
+
+def _status_for(exc: ImageReadError) -> int:
+    if isinstance(exc, EmptyFileError):
+        return 400
+    if isinstance(exc, NotAnImageError):
+        return 415
+    return 422
+
+
+def _detail(service: TriageService, sid: str) -> dict[str, Any]:
+    row = service.study(sid)
+    res = service.store.get_result(row["result_id"])
+    try:
+        window = service.window_info(row)
+    except (ImageReadError, OSError):
+        window = None
+    return study_json(row, res, window)
+
+
+# -- studies --------------------------------------------------------------------------
+@router.post("/studies", status_code=201, summary="Upload one or more radiographs",
+             responses={200: {"description": "Every file was already known (same bytes): their existing studies"},
+                        **ERRORS})
+async def upload(
+    request: Request,
+    files: Annotated[list[UploadFile] | None, File(description="DICOM, PNG or JPEG files (several allowed)")] = None,
+    file: Annotated[UploadFile | None, File(description="A single file (alternative field name)")] = None,
+    source: Annotated[Literal["upload", "pacs"], Query(
+        description="Where the study comes from: 'pacs' for a PACS bridge posting what it received")] = "upload",
+    external_ref: Annotated[str | None, Query(
+        max_length=256, description="The sender's reference for the study (e.g. its SOP Instance UID)")] = None,
+) -> JSONResponse:
+    """Store each file (identified by its sha256: the same file twice is one study) and queue it for
+    the model. Returns at once with the study ids; results appear at ``GET /api/v1/studies/{id}``."""
+    service = svc(request)
+    parts = [f for f in (files or []) if f is not None] + ([file] if file is not None else [])
+    if not parts:
+        ctype = request.headers.get("content-type", "")
+        if ctype and not ctype.lower().startswith("multipart/form-data"):
+            raise HTTPException(415, "upload files as multipart/form-data in one or more 'files' fields "
+                                     f"(got Content-Type {ctype.split(';')[0]})")
+        raise HTTPException(400, "no file in the upload: send multipart/form-data with one or more 'files' fields")
+    studies, errors = [], []
+    for part in parts:
+        data = await part.read()
+        try:
+            added = await run_in_threadpool(service.add_study_from_bytes, data, part.filename, source, external_ref)
+        except ImageReadError as exc:
+            status = _status_for(exc)
+            service.metrics.uploads.labels("rejected").inc()
+            service.metrics.rejections.labels(str(status), type(exc).__name__).inc()
+            log.info("upload refused: %s (%d bytes) -> %d", type(exc).__name__, len(data), status)
+            errors.append({"name": part.filename, "status": status, "error": _ERROR_CODES[status],
+                           "type": type(exc).__name__, "message": str(exc)})
+            continue
+        studies.append({"id": added.id, "name": part.filename, "created": added.created,
+                        "duplicate": not added.created, "url": f"{API}/studies/{added.id}"})
+    if not studies:
+        first = errors[0]
+        return JSONResponse({"status": first["status"], "error": first["error"], "type": first["type"],
+                             "message": first["message"], "errors": errors}, status_code=first["status"])
+    body = {"id": studies[0]["id"], "studies": studies, "errors": errors}
+    return JSONResponse(body, status_code=201 if any(s["created"] for s in studies) else 200)
+
+
+@router.get("/studies", summary="List studies (the worklist)")
+def list_studies(
+    request: Request,
+    sort: Annotated[Literal["priority", "time", "+time", "score"], Query(
+        description="priority: urgent first, then newest; time: newest first; +time: oldest first; "
+                    "score: highest P(abnormal) first")] = "priority",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    source: Annotated[Literal["upload", "pacs", "sample"] | None, Query()] = None,
+    status: Annotated[Literal["queued", "running", "done", "failed"] | None, Query()] = None,
+) -> dict[str, Any]:
+    service = svc(request)
+    total, rows = service.store.list_studies(sort, limit, offset, source, status)
+    return {"total": total, "limit": limit, "offset": offset, "sort": sort,
+            "items": [study_json(r) for r in rows]}
+
+
+@router.get("/studies/{study_id}", summary="A study with its latest result", responses=ERRORS)
+async def get_study(request: Request, study_id: StudyId, wait: Wait = 0) -> dict[str, Any]:
+    """``wait`` > 0 holds the answer until the pending result is ready (at most that many seconds)."""
+    service = svc(request)
+    try:
+        if wait > 0:
+            service.study(study_id)
+            await service.wait(study_id, lambda: service.finished(study_id), wait)
+        return await run_in_threadpool(_detail, service, study_id)
+    except UnknownStudyError:
+        raise _not_found(study_id) from None
+
+
+@router.get("/studies/{study_id}/result", summary="The latest result of a study",
+            responses={202: {"description": "No result yet"}, **ERRORS})
+async def get_result(request: Request, study_id: StudyId, wait: Wait = 0) -> Any:
+    service = svc(request)
+    try:
+        if wait > 0:
+            service.study(study_id)
+            await service.wait(study_id, lambda: service.finished(study_id), wait)
+        row = service.study(study_id)
+    except UnknownStudyError:
+        raise _not_found(study_id) from None
+    res = service.store.get_result(row["result_id"])
+    if res is None:
+        return JSONResponse({"id": study_id, "status": row["status"], "message": "no result yet"}, status_code=202)
+    return result_json(res, study_id)
+
+
+@router.post("/studies/{study_id}/analyze", summary="Run the model (again) on a study",
+             responses={202: {"description": "Queued; not finished within `wait` seconds"}, **ERRORS})
+async def analyze(request: Request, study_id: StudyId, wait: Wait = 30) -> Any:
+    """Queues a fresh model run and waits up to ``wait`` seconds for it; answers with the study and its
+    new result, or 202 when the run has not finished yet."""
+    service = svc(request)
+    try:
+        job = await run_in_threadpool(service.analyze, study_id)
+    except UnknownStudyError:
+        raise _not_found(study_id) from None
+    done = await service.wait(study_id, lambda: service.store.job_state(job) in ("done", "failed", None), wait)
+    if not done:
+        return JSONResponse({"id": study_id, "job": job, "status": "queued",
+                             "message": "queued; poll the study for the result"}, status_code=202)
+    try:
+        return await run_in_threadpool(_detail, service, study_id)
+    except UnknownStudyError:
+        raise _not_found(study_id) from None
+
+
+@router.delete("/studies/{study_id}", status_code=204, summary="Delete a study, its file and results",
+               responses=ERRORS)
+def delete_study(request: Request, study_id: StudyId) -> Response:
+    try:
+        svc(request).delete(study_id)
+    except UnknownStudyError:
+        raise _not_found(study_id) from None
+    return Response(status_code=204)
+
+
+def _png(data: bytes, cache: str = "private, max-age=300") -> Response:
+    return Response(data, media_type="image/png", headers={"cache-control": cache})
+
+
+@router.get("/studies/{study_id}/image.png", summary="The radiograph as PNG (optionally re-windowed)",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}, **ERRORS})
+def image_png(request: Request, study_id: StudyId, max_side: MaxSide = DEFAULT_MAX_SIDE,
+              wc: Annotated[float | None, Query(description="Window center (modality units for DICOM)")] = None,
+              ww: Annotated[float | None, Query(gt=0, description="Window width")] = None) -> Response:
+    """Without ``wc``/``ww`` the image as the file presents it (its own VOI window or LUT); with them, the
+    stored values re-windowed (DICOM: after the modality LUT; MONOCHROME1 shown inverted)."""
+    try:
+        return _png(svc(request).original_png(study_id, wc, ww, max_side))
+    except UnknownStudyError:
+        raise _not_found(study_id) from None
+    except (ImageReadError, FileNotFoundError) as exc:
+        raise HTTPException(422, f"the stored file cannot be shown: {type(exc).__name__}") from None
+
+
+@router.get("/studies/{study_id}/heatmap.png", summary="Where the model looked: a transparent overlay PNG",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}, **ERRORS})
+def heatmap_png(request: Request, study_id: StudyId, max_side: MaxSide = DEFAULT_MAX_SIDE,
+                opacity: Annotated[float, Query(ge=0, le=1)] = 1.0) -> Response:
+    """RGBA PNG of the size of ``image.png`` (same ``max_side``), to lay over it."""
+    try:
+        return _png(svc(request).heatmap_png(study_id, max_side, opacity), "private, no-cache")
+    except UnknownStudyError:
+        raise _not_found(study_id) from None
+    except NotReadyError as exc:
+        raise HTTPException(404, f"no heatmap: {exc}") from None
+
+
+@router.get("/studies/{study_id}/overlay.png", summary="Radiograph, heatmap, call and disclaimer in one PNG",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}, **ERRORS})
+def overlay_png(request: Request, study_id: StudyId, max_side: MaxSide = 768) -> Response:
+    try:
+        return _png(svc(request).overlay_png(study_id, max_side), "private, no-cache")
+    except UnknownStudyError:
+        raise _not_found(study_id) from None
+    except NotReadyError as exc:
+        raise HTTPException(404, f"no overlay: {exc}") from None
+    except (ImageReadError, FileNotFoundError) as exc:
+        raise HTTPException(422, f"the stored file cannot be shown: {type(exc).__name__}") from None
+
+
+@router.get("/info", summary="Model, version, limits and the disclaimer")
+def info(request: Request) -> dict[str, Any]:
+    return svc(request).info()
+
+
+# -- operations ----------------------------------------------------------------------------
+@ops.get("/healthz", summary="Liveness (no token needed)")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@ops.get("/readyz", summary="Readiness: model loaded, storage writable, worker running",
+         responses={503: {"description": "Not ready; the checks say why"}})
+def readyz(request: Request) -> JSONResponse:
+    service = svc(request)
+    w = service.worker
+    eng = w.engine
+    model = {"ok": w.ready.is_set()}
+    if eng is not None:
+        model.update(name=eng.info.name, version=eng.info.version)
+    if w.engine_error:
+        model["error"] = w.engine_error
+    elif not w.ready.is_set():
+        model["error"] = "loading"
+    checks = {"model": model, "storage": {"ok": service.store.writable()}, "worker": {"ok": w.alive}}
+    ok = all(c["ok"] for c in checks.values())
+    return JSONResponse({"ready": ok, "checks": checks, "queue": service.store.pending_count()},
+                        status_code=200 if ok else 503)
+
+
+@ops.get("/metrics", summary="Prometheus metrics", response_class=Response,
+         responses={200: {"content": {"text/plain": {}}}})
+def metrics(request: Request) -> Response:
+    m = svc(request).metrics
+    return Response(m.render(), media_type=m.content_type)

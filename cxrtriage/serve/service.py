@@ -1,0 +1,318 @@
+"""The triage service without HTTP: add studies, queue and await results, render images.
+
+The HTTP API (``api.py``) and the PACS bridge share it: the bridge calls
+:meth:`TriageService.add_study_from_bytes` with ``source="pacs"`` and its own reference
+(for example the SOP Instance UID), and the studies show up in the same worklist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxrtriage import DISCLAIMER, __version__
+from cxrtriage.infer.result import Prediction
+from cxrtriage.io import IMAGE_SUFFIXES, NotAnImageError, Radiograph, read_radiograph_bytes
+from cxrtriage.serve import render
+from cxrtriage.serve.metrics import Metrics
+from cxrtriage.serve.settings import Settings
+from cxrtriage.serve.store import SOURCES, Store, heatmap_from_row
+from cxrtriage.serve.worker import Worker
+
+log = logging.getLogger("cxrtriage.serve")
+
+
+class EmptyFileError(NotAnImageError):
+    """The upload holds no bytes."""
+
+
+class UnknownStudyError(KeyError):
+    """No study has this id."""
+
+
+class NotReadyError(LookupError):
+    """The study has no result (or no heatmap) yet."""
+
+
+@dataclass(frozen=True)
+class Added:
+    """Outcome of adding one file: the study id, and False in ``created`` when it was a duplicate."""
+
+    id: str
+    created: bool
+    job_id: int | None = None
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def display_name(name: str | None) -> str | None:
+    """The client's file name, for display only: last path component, no control characters, 120 chars."""
+    if not name:
+        return None
+    base = re.split(r"[\\/]", name)[-1]
+    base = _UNSAFE.sub("", base).strip()
+    return base[:120] or None
+
+
+def _patient_parts(rg: Radiograph) -> list[str] | None:
+    ds = rg.dicom
+    if ds is None:
+        return None
+    pid = str(ds.get("PatientID", "") or "").strip()
+    pname = str(ds.get("PatientName", "") or "").strip()
+    birth = str(ds.get("PatientBirthDate", "") or "").strip()
+    if pid:
+        return ["id", pid]
+    if pname:
+        return ["name", pname, birth]
+    return None
+
+
+class TriageService:
+    """Store + worker + the waiting room for results. ``start()`` before use, ``stop()`` after."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store = Store(settings.data_dir, fsync=settings.fsync)
+        self.worker = Worker(self.store, settings, self.metrics, on_done=self._on_done)
+        self.windows = render.WindowCache()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
+        self._lock = threading.Lock()
+        self.metrics.bind_queue(self._queue_depth)
+        self.started_at = time.time()
+
+    # -- life cycle ------------------------------------------------------------
+    def start(self) -> None:
+        self.store.lock()
+        rec = self.store.recover()
+        swept = self.store.sweep()
+        if rec["requeued"] or rec["failed"]:
+            log.info("resuming: %d job(s) queued again, %d given up", rec["requeued"], rec["failed"])
+        if swept["tmp"] or swept["orphans"]:
+            log.info("removed %d temporary and %d unreferenced file(s)", swept["tmp"], swept["orphans"])
+        if self.store.created and self.settings.samples:
+            self.offer_samples()
+        self.worker.start()
+        log.info("data in %s; %d job(s) waiting", self.settings.data_dir, self.store.pending_count())
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.store.close()
+
+    def offer_samples(self) -> int:
+        """Add the bundled sample radiographs (first start with an empty data directory)."""
+        if self.store.meta_get("samples_offered"):
+            return 0
+        folder = Path(self.settings.samples_dir)
+        n = 0
+        if folder.is_dir():
+            for p in sorted(folder.iterdir()):
+                if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+                    continue
+                try:
+                    if self.add_study_from_bytes(p.read_bytes(), p.name, source="sample").created:
+                        n += 1
+                except Exception as exc:  # a broken sample must not stop the service
+                    log.warning("sample %s not added: %s", p.name, type(exc).__name__)
+        self.store.meta_set("samples_offered", str(n))
+        if n:
+            log.info("offered %d sample radiograph(s) for the demo worklist", n)
+        return n
+
+    def _queue_depth(self) -> int:
+        try:
+            return self.store.pending_count()
+        except Exception:
+            return -1
+
+    # -- adding studies ----------------------------------------------------------
+    def add_study_from_bytes(self, data: bytes, name: str | None = None, source: str = "upload",
+                             external_ref: str | None = None) -> Added:
+        """Validate, store and queue one file (DICOM, PNG or JPEG).
+
+        Raises a :class:`cxrtriage.io.ImageReadError` subclass (message for the user) when the
+        file is not a usable radiograph. The same bytes twice give the same study.
+        """
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}")
+        shown = display_name(name)
+        if not data:
+            raise EmptyFileError(f"{shown or 'the upload'}: file is empty")
+        sha = hashlib.sha256(data).hexdigest()
+        row = self.store.find_by_sha(sha)
+        if row is not None:
+            self.metrics.uploads.labels("duplicate").inc()
+            return Added(row["id"], False)
+        rg = read_radiograph_bytes(data, shown or "upload")
+        meta = rg.meta
+        parts = _patient_parts(rg)
+        fields: dict[str, Any] = {
+            "sha256": sha, "source": source, "external_ref": external_ref, "name": shown, "size": len(data),
+            "format": meta.get("format"), "modality": meta.get("modality"),
+            "view_position": meta.get("view_position"), "photometric": meta.get("photometric"),
+            "bits": meta.get("bits"), "width": meta.get("width"), "height": meta.get("height"),
+            "patient_ref": self.store.pseudonym(*parts) if parts else None,
+        }
+        try:
+            win = render.window_defaults(rg)
+            fields.update(win_center=win["center"], win_width=win["width"], value_min=win["min"],
+                          value_max=win["max"])
+        except Exception:  # the viewer then works the window out when first asked
+            pass
+        self.store.put_object(data, sha)
+        sid, created, job_id = self.store.insert_study(fields)
+        if created:
+            self.worker.cache.put(job_id, rg)
+            self.worker.notify()
+            self.metrics.uploads.labels("created").inc()
+            log.info("study %s queued (%s, %d bytes, source %s)", sid, fields["format"], len(data), source)
+        else:
+            self.metrics.uploads.labels("duplicate").inc()
+        return Added(sid, created, job_id)
+
+    def analyze(self, study_id: str) -> int:
+        """Queue another model run for a study; returns the job id."""
+        job = self.store.enqueue(study_id, "analyze")
+        if job is None:
+            raise UnknownStudyError(study_id)
+        self.worker.notify()
+        return job
+
+    def delete(self, study_id: str) -> None:
+        if self.store.delete_study(study_id) is None:
+            raise UnknownStudyError(study_id)
+        self.windows.drop(study_id)
+        log.info("study %s deleted", study_id)
+
+    # -- waiting for results -------------------------------------------------------
+    def _on_done(self, study_ids: list[str]) -> None:
+        with self._lock:
+            waiting = [w for sid in set(study_ids) for w in self._waiters.pop(sid, [])]
+        for loop, fut in waiting:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    async def wait(self, study_id: str, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``done()`` is true (checked after each result of the study) or ``timeout`` s pass."""
+        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            fut = loop.create_future()
+            with self._lock:
+                self._waiters.setdefault(study_id, []).append((loop, fut))
+            if done():
+                self._forget(study_id, fut)
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._forget(study_id, fut)
+                return False
+            try:
+                await asyncio.wait_for(fut, left)
+            except asyncio.TimeoutError:
+                self._forget(study_id, fut)
+                return done()
+
+    def _forget(self, study_id: str, fut: asyncio.Future) -> None:
+        with self._lock:
+            lst = self._waiters.get(study_id)
+            if lst:
+                lst[:] = [w for w in lst if w[1] is not fut]
+                if not lst:
+                    self._waiters.pop(study_id, None)
+
+    # -- reading ---------------------------------------------------------------------
+    def study(self, study_id: str):
+        row = self.store.get_study(study_id)
+        if row is None:
+            raise UnknownStudyError(study_id)
+        return row
+
+    def finished(self, study_id: str) -> bool:
+        row = self.store.get_study(study_id)
+        return row is None or row["status"] in ("done", "failed")
+
+    def prediction(self, result_row) -> Prediction:
+        """A Prediction rebuilt from a stored result (for the annotated overlay)."""
+        return Prediction(
+            source=result_row["study_id"], label=result_row["label"], score=result_row["score"],
+            probabilities=json.loads(result_row["probabilities"] or "{}"), threshold=result_row["threshold"],
+            priority=result_row["priority"], gate=json.loads(result_row["gate"] or "{}"),
+            model={"name": result_row["model_name"], "version": result_row["model_version"]},
+            error=result_row["error"], error_type=result_row["error_type"], heatmap=heatmap_from_row(result_row))
+
+    def _decode(self, row) -> Radiograph:
+        return read_radiograph_bytes(self.store.read_object(row["sha256"]), f"study {row['id']}")
+
+    def window_source(self, row) -> render.WindowSource:
+        src = self.windows.get(row["id"])
+        if src is None:
+            data = self.store.read_object(row["sha256"])
+            src = render.window_source(data, name=f"study {row['id']}")
+            self.windows.put(row["id"], src)
+        return src
+
+    def window_info(self, row) -> dict[str, float]:
+        if row["win_width"] is not None:
+            return {"center": round(row["win_center"], 3), "width": round(row["win_width"], 3),
+                    "min": round(row["value_min"], 3), "max": round(row["value_max"], 3),
+                    "invert": str(row["photometric"] or "").upper() == "MONOCHROME1"}
+        src = self.window_source(row)
+        return {"center": round(src.default[0], 3), "width": round(src.default[1], 3),
+                "min": round(src.vmin, 3), "max": round(src.vmax, 3), "invert": src.invert}
+
+    def original_png(self, study_id: str, center: float | None, width: float | None, max_side: int) -> bytes:
+        row = self.study(study_id)
+        if center is None and width is None:
+            pixels = self._decode(row).pixels
+        else:
+            src = self.window_source(row)
+            c = src.default[0] if center is None else center
+            w = src.default[1] if width is None else width
+            pixels = src.render(c, w)
+        return render.png_bytes(render.gray_image(pixels, max_side))
+
+    def heatmap_png(self, study_id: str, max_side: int, opacity: float) -> bytes:
+        row = self.study(study_id)
+        res = self.store.get_result(row["result_id"])
+        hm = heatmap_from_row(res)
+        if hm is None:
+            why = "the study has not been analysed yet" if res is None else (
+                "the model gave no heatmap for this study (refused or unreadable)")
+            raise NotReadyError(why)
+        return render.heatmap_png(hm, row["width"], row["height"], max_side, opacity)
+
+    def overlay_png(self, study_id: str, max_side: int) -> bytes:
+        row = self.study(study_id)
+        res = self.store.get_result(row["result_id"])
+        if res is None:
+            raise NotReadyError("the study has not been analysed yet")
+        return render.overlay_png(self._decode(row).pixels, self.prediction(res), max_side)
+
+    def info(self) -> dict[str, Any]:
+        eng = self.worker.engine
+        model = None
+        if eng is not None:
+            i = eng.info
+            model = {"name": i.name, "version": i.version, "classes": list(i.classes), "threshold": i.threshold,
+                     "threshold_high": i.threshold_high, "input_size": i.input_size}
+        return {"service": "cxr-triage", "version": __version__, "disclaimer": DISCLAIMER, "model": model,
+                "ready": self.worker.ready.is_set(), "settings": self.settings.public()}
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(True)

@@ -1,0 +1,135 @@
+"""Service settings: defaults, environment variables and explicit arguments, in that order.
+
+Environment variables (all optional):
+
+``CXR_DATA_DIR``            where the database and the uploaded files live (default ``./cxr-data``)
+``CXR_MODEL``               model to serve (an .onnx, its .json sidecar or a run folder; default: bundled)
+``CXR_API_TOKEN``           API token; when set, every call but ``/healthz`` needs it
+``CXR_API_TOKEN_FILE``      file holding the token (first line), e.g. a Docker secret
+``CXR_MAX_UPLOAD_BYTES``    largest request body accepted (default 64 MiB); 413 beyond
+``CXR_CORS_ORIGINS``        comma-separated origins allowed by CORS (default: none, CORS closed)
+``CXR_THREADS``             ONNX Runtime threads (default: half the cores)
+``CXR_WORKER_BATCH``        most studies scored in one batch (default 16)
+``CXR_WORKER_DELAY_S``      artificial delay per study in the worker (tests of crash recovery only)
+``CXR_FSYNC``               ``0`` to skip fsync of uploads (faster, not crash-proof against power loss)
+``CXR_SAMPLES``             ``0`` not to offer the bundled sample radiographs on first start
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from cxrtriage.infer.bundle import ASSETS
+
+DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+SAMPLES_DIR = ASSETS / "samples"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from exc
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a number") from exc
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in ``path`` (first non-empty line, surrounding spaces removed)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read the API token file {p}: {exc.strerror or exc}") from exc
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    raise SettingsError(f"the API token file {p} is empty")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything :func:`cxrtriage.serve.create_app` needs. Build with :meth:`from_env`."""
+
+    data_dir: Path = field(default_factory=lambda: Path("cxr-data"))
+    model: str | None = None
+    token: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    cors_origins: tuple[str, ...] = ()
+    threads: int | None = None
+    batch_size: int = 16
+    worker_delay_s: float = 0.0
+    fsync: bool = True
+    samples: bool = True
+    samples_dir: Path = SAMPLES_DIR
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "samples_dir", Path(self.samples_dir))
+        if self.token is not None and not str(self.token).strip():
+            object.__setattr__(self, "token", None)
+        if self.max_upload_bytes < 1:
+            raise SettingsError("the upload limit must be at least 1 byte")
+        if self.batch_size < 1:
+            raise SettingsError("the worker batch size must be at least 1")
+        if self.worker_delay_s < 0:
+            raise SettingsError("the worker delay cannot be negative")
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        """Settings from ``CXR_*`` environment variables; keyword arguments that are not None win."""
+        token = os.environ.get("CXR_API_TOKEN") or None
+        token_file = overrides.pop("token_file", None) or os.environ.get("CXR_API_TOKEN_FILE")
+        if not token and token_file:
+            token = read_token_file(token_file)
+        origins = tuple(o.strip() for o in os.environ.get("CXR_CORS_ORIGINS", "").split(",") if o.strip())
+        threads = _env_int("CXR_THREADS", 0) or None
+        base = cls(
+            data_dir=Path(os.environ.get("CXR_DATA_DIR") or "cxr-data"),
+            model=os.environ.get("CXR_MODEL") or None,
+            token=token,
+            max_upload_bytes=_env_int("CXR_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES),
+            cors_origins=origins,
+            threads=threads,
+            batch_size=_env_int("CXR_WORKER_BATCH", 16),
+            worker_delay_s=_env_float("CXR_WORKER_DELAY_S", 0.0),
+            fsync=_env_bool("CXR_FSYNC", True),
+            samples=_env_bool("CXR_SAMPLES", True),
+        )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "cors_origins" in given:
+            given["cors_origins"] = tuple(given["cors_origins"])
+        return replace(base, **given)
+
+    def public(self) -> dict:
+        """Settings safe to show (never the token)."""
+        return {
+            "max_upload_bytes": self.max_upload_bytes,
+            "auth": self.token is not None,
+            "cors_origins": list(self.cors_origins),
+            "batch_size": self.batch_size,
+        }

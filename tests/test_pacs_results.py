@@ -1,0 +1,174 @@
+"""DICOM results (SC + TID 1500 SR), their decoding, the state store and small helpers: no PACS needed."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import UID
+
+for _dep in ("highdicom", "pynetdicom", "dicomweb_client"):  # the "pacs" extra
+    pytest.importorskip(_dep)
+pytest.register_assert_rewrite("pacs_fixtures")
+from pacs_fixtures import make_dicom, radiograph_pixels  # noqa: E402
+
+pytest_plugins = ["pacs_fixtures"]
+
+COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+          "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName", "StudyDescription",
+          "SpecificCharacterSet")
+
+
+def _roundtrip(ds: pydicom.Dataset) -> pydicom.Dataset:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+def _triage(engine, data: bytes):
+    from cxrtriage.pacs.pipeline import triage_bytes
+
+    return triage_bytes(engine, [("test.dcm", data)])[0]
+
+
+@pytest.fixture(scope="module")
+def dx_bytes() -> bytes:
+    return make_dicom(radiograph_pixels(1)[0][1], "dx")
+
+
+def test_scored_results_are_valid_dicom(triage_engine, dx_bytes):
+    from cxrtriage.pacs.results import SERIES_DESCRIPTION, read_result_sr
+
+    src = pydicom.dcmread(io.BytesIO(dx_bytes))
+    out = _triage(triage_engine, dx_bytes)
+    assert out.status == "results" and out.results is not None and not out.results.refused
+    sc, sr = (_roundtrip(d) for d in out.datasets)
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert sr.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    for ds in (sc, sr):
+        for kw in COPIED:
+            assert ds.get(kw) == src.get(kw), kw
+        assert ds.SeriesDescription == SERIES_DESCRIPTION
+        for uid in (ds.SOPInstanceUID, ds.SeriesInstanceUID):
+            assert UID(uid).is_valid and uid not in (src.SOPInstanceUID, src.SeriesInstanceUID)
+    assert sc.SeriesInstanceUID != sr.SeriesInstanceUID
+    assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[-1] == 3
+    assert sc.pixel_array.std() > 5
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    # highdicom can parse it back as a TID 1500 Measurement Report with one image-level group.
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    groups = hd.sr.MeasurementReport.from_sequence(report).get_image_measurement_groups()
+    assert len(groups) == 1 and groups[0].source_images[0].referenced_sop_instance_uid == src.SOPInstanceUID
+    summary = read_result_sr(sr)
+    expected = triage_engine.predict_bytes(dx_bytes, heatmap=False)
+    assert summary.probability == pytest.approx(expected.score, abs=1e-6)
+    assert summary.threshold == pytest.approx(expected.threshold, abs=1e-6)
+    assert summary.finding == ("present" if expected.score >= expected.threshold else "absent")
+    assert summary.model_name == triage_engine.info.name and summary.model_version == triage_engine.info.version
+    assert summary.source_sop_instance_uids == [src.SOPInstanceUID]
+    assert summary.priority == expected.priority and not summary.refused
+    assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
+        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
+
+
+def test_uids_are_deterministic_per_source_and_model(triage_engine, dx_bytes):
+    a, b = _triage(triage_engine, dx_bytes), _triage(triage_engine, dx_bytes)
+    assert [d.SOPInstanceUID for d in a.datasets] == [d.SOPInstanceUID for d in b.datasets]
+    other = _triage(triage_engine, make_dicom(radiograph_pixels(1)[0][1], "dx"))
+    assert not {d.SOPInstanceUID for d in a.datasets} & {d.SOPInstanceUID for d in other.datasets}
+
+
+def test_lateral_gets_a_refusal_sr_without_score(triage_engine):
+    from cxrtriage.pacs.results import read_result_sr
+
+    data = make_dicom(radiograph_pixels(1)[0][1], "lateral")
+    out = _triage(triage_engine, data)
+    assert out.status == "results" and out.results.refused and out.results.sc is None
+    sr = _roundtrip(out.results.sr)
+    nums = [i for i in _walk(sr.ContentSequence) if i.ValueType == "NUM"]
+    assert nums == []
+    summary = read_result_sr(sr)
+    assert summary.refused and summary.probability is None and summary.finding == "indeterminate"
+    assert "lateral" in summary.reason
+
+
+def test_ct_and_own_outputs_are_skipped(triage_engine, dx_bytes):
+    ct = _triage(triage_engine, make_dicom(radiograph_pixels(1)[0][1], "ct"))
+    assert ct.status == "skipped" and "modality CT" in ct.reason and ct.datasets == []
+    res = _triage(triage_engine, dx_bytes)
+    for ds in res.datasets:
+        again = _triage(triage_engine, pydicom_bytes(ds))
+        assert again.status == "skipped" and again.reason == "our own triage output"
+
+
+def test_unreadable_radiograph_gets_a_refusal(triage_engine):
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(radiograph_pixels(1)[0][1], "dx")))
+    ds.PixelData = ds.PixelData[:100]  # truncated pixel data
+    out = _triage(triage_engine, pydicom_bytes(ds))
+    assert out.status == "results" and out.results.refused and out.results.sc is None
+    assert "could not be read" in out.results.sr.ContentSequence[-1].ContentSequence[0].TextValue
+
+
+def test_state_never_hands_out_done_items_and_backs_off(tmp_path):
+    from cxrtriage.pacs.state import FAILED, PENDING, State, backoff_delay
+
+    assert [backoff_delay(a, 1.0, 10.0) for a in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 8, 10, 10]
+    path = tmp_path / "s.sqlite"
+    with State(path, max_attempts=3, backoff_base=0.05) as st:
+        assert st.enqueue([("a", {"x": 1}), ("b", {})], cursor=("feed", "7")) == 2
+        assert st.enqueue([("a", {})]) == 0
+        st.mark_done("a", ["1.2.3"])
+        (b,) = st.due()
+        assert b.key == "b"
+        assert st.mark_retry(b, "boom") == PENDING and st.due() == []
+        time.sleep(0.06)
+        (b,) = st.due()
+        assert b.attempts == 1
+    with State(path, max_attempts=3) as st:  # a restart
+        assert st.cursor("feed") == "7" and st.get("a").status == "done" and st.get("a").outputs == ["1.2.3"]
+        b = st.get("b")
+        assert st.mark_retry(b, "boom again") == PENDING
+        assert st.mark_retry(st.get("b"), "and again") == FAILED
+        c = st.enqueue([("c", {})]) and st.get("c")
+        for _ in range(10):  # outages never give up
+            assert st.mark_retry(c, "down", permanent_after=False) == PENDING
+            c = st.get("c")
+
+
+def test_parse_destination():
+    from cxrtriage.pacs.listen import parse_destination
+
+    d = parse_destination("ORTHANC@127.0.0.1:4242")
+    assert (d.ae_title, d.host, d.port) == ("ORTHANC", "127.0.0.1", 4242)
+    for bad in ("ORTHANC", "ORTHANC@host", "@h:1", "A@h:0", "A@h:x", "WAYTOOLONGAETITLE17@h:1"):
+        with pytest.raises(ValueError):
+            parse_destination(bad)
+
+
+def pydicom_bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _walk(items):
+    for item in items or ():
+        yield item
+        yield from _walk(item.get("ContentSequence"))
+
+
+def test_results_render_the_banner(triage_engine, dx_bytes):
+    """The SC shows the disclaimer banner: its pixels differ from an overlay without it."""
+    from cxrtriage.explain.overlay import BANNER
+
+    out = _triage(triage_engine, dx_bytes)
+    sc = out.results.sc
+    assert BANNER in sc.ImageComments
+    top = np.asarray(sc.pixel_array)[:20]
+    assert (top.max(axis=-1) > 150).any()  # light banner text on the dark title bar
