@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv in the checkout and install cxr-triage with everything it needs.
-# Idempotent and quick when nothing changed. Usage: scripts/bootstrap.sh [extras]
+# Idempotent and quick when nothing changed. Usage: scripts/bootstrap.sh [core|all|serve|train|...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-all}"
@@ -15,6 +15,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     case "$EXTRAS" in
         *all*|*train*) .venv/bin/pip install -q "torch==2.13.0" ;;
     esac
-    .venv/bin/pip install -q -e ".[$EXTRAS]"
+    if [ "$EXTRAS" = "core" ]; then
+        .venv/bin/pip install -q -e .
+    else
+        .venv/bin/pip install -q -e ".[$EXTRAS]"
+    fi
     touch "$stamp"
 fi

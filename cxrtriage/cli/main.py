@@ -237,3 +237,98 @@ def explain(
                       f"{'' if pred.score is None else f'{pred.score:.3f} '}-> {png}")
     if failed:
         raise typer.Exit(1)
+
+
+def _eval_samples(data: Optional[Path], manifest: Optional[Path], split: str, task: str, seed: int):
+    from cxrtriage.data import kermany_samples, patient_split, read_manifest
+
+    if manifest:
+        samples = read_manifest(manifest)
+        if any(s.split for s in samples):
+            samples = [s for s in samples if s.split == split]
+        return samples
+    if data is None:
+        fail("give --data ROOT (Kermany layout) or --manifest CSV")
+    if split == "val":  # the same patient-wise split training made
+        return [s for s in patient_split(kermany_samples(data, "train", task), 0.2, seed) if s.split == "val"]
+    return kermany_samples(data, split, task)
+
+
+@app.command()
+def evaluate(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model (default: bundled)."),
+    data: Optional[Path] = typer.Option(None, help="Dataset root in the Kermany layout."),
+    manifest: Optional[Path] = typer.Option(None, help="Manifest CSV (path,label,patient_id[,split])."),
+    split: str = typer.Option("test", help="test, train, or val (the patient-wise validation split of train/)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json, plots and report.html."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the metrics."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% confidence intervals."),
+    batch_size: int = typer.Option(64),
+) -> None:
+    """Score a labelled split: sensitivity, specificity, PPV/NPV, ROC/PR AUC with 95% CIs, calibration, report."""
+    import numpy as np
+
+    from cxrtriage.data import get_task
+    from cxrtriage.evaluate import evaluate_predictions
+    from cxrtriage.infer import Engine, ModelNotFoundError
+
+    try:
+        engine = Engine(model, gate=False)
+    except ModelNotFoundError as exc:
+        fail(str(exc))
+    info = engine.info
+    try:
+        task = get_task(info.task)
+        samples = _eval_samples(data, manifest, split, task.name, int(info.raw.get("training", {}).get("seed", 0)))
+        y = np.array([task.index(s.label) for s in samples])
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if not len(samples):
+        fail(f"no images in split {split!r}")
+    preds = engine.predict_files([s.path for s in samples], batch_size=batch_size, progress=not as_json)
+    bad = [p for p in preds if p.error]
+    if bad:
+        err.print(f"[yellow]{len(bad)} unreadable image(s) left out[/], e.g. {bad[0].source}: {bad[0].error}")
+    keep = np.array([p.error is None for p in preds])
+    probs = np.array([[p.probabilities[c] for c in info.classes] for p in preds if p.error is None])
+    meta = {"model": info.name, "model_version": info.version, "data": str(manifest or data), "split": split,
+            "threshold_method": info.raw.get("threshold_method", "stored with the model"),
+            "task_description": task.description, "unreadable": len(bad)}
+    result = evaluate_predictions(task.name, list(info.classes), y[keep], probs, info.threshold, out, meta,
+                                  n_boot=n_boot)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    ci = result.get("roc_auc_ci") or [float("nan")] * 2
+    console.print(f"[bold]{task.name}[/] on {split}: n={result['n']}  ROC AUC {result['roc_auc']:.4f} "
+                  f"[{ci[0]:.4f}, {ci[1]:.4f}]  accuracy {result['accuracy']:.4f}  "
+                  f"sensitivity {result['sensitivity']:.4f}  specificity {result['specificity']:.4f}  "
+                  f"threshold {result['threshold']:.3f}")
+    if result.get("macro_auc") is not None:
+        console.print(f"macro one-vs-rest AUC {result['macro_auc']:.4f}")
+    if out:
+        console.print(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all interfaces: set a token)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    model: Optional[Path] = typer.Option(None, help="Model (.onnx, its .json or a run folder); default: the bundled one."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Database and uploads (default: $CXR_DATA_DIR or ./cxr-data)."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the API token (or set CXR_API_TOKEN)."),
+    max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", help="Request size limit in MiB (default 64)."),
+    cors_origin: Optional[list[str]] = typer.Option(None, "--cors-origin", help="Allow this browser origin (repeatable; default: none)."),
+    samples: Optional[bool] = typer.Option(None, "--samples/--no-samples", help="Offer the bundled sample radiographs on first start (default: yes, or $CXR_SAMPLES)."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Run the triage service: HTTP API (docs at /docs), worklist and viewer, background inference."""
+    from cxrtriage.serve import SettingsError
+    from cxrtriage.serve import serve as run_service
+
+    try:
+        run_service(host, port, model, data_dir, None, token_file=token_file,
+                    max_upload_bytes=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None,
+                    cors_origins=cors_origin, samples=samples, log_level=log_level)
+    except SettingsError as exc:
+        fail(str(exc))
