@@ -127,3 +127,18 @@ def dicom_dir(tmp_path_factory: pytest.TempPathFactory, real_gray_u8: np.ndarray
             data = (out / src).read_bytes()
             (out / dst).write_bytes(data[: len(data) // 2])
     return out
+
+
+@pytest.fixture(scope="session")
+def val_images(shared_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Validation radiographs of the bundled model's patient-wise split at its input size:
+    (uint8 images (N, S, S), labels 0 = normal / 1 = pneumonia)."""
+    from cxrtriage.data import kermany_samples, load_cached, patient_split
+    from cxrtriage.infer import load_info
+
+    info = load_info(None)
+    seed = int(info.raw.get("training", {}).get("seed", 0))
+    val = [s for s in patient_split(kermany_samples(shared_root, "train"), 0.2, seed) if s.split == "val"]
+    cache = Path(os.environ.get("CXR_CACHE_DIR", ROOT / ".cache" / "images"))
+    arr = np.asarray(load_cached([s.path for s in val], info.input_size, cache, progress=False))
+    return arr, np.array([s.label != "normal" for s in val], dtype=int)

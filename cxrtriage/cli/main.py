@@ -23,7 +23,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Datasets: patient-wise splits and manifests.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(msg: str, code: int = 2) -> None:

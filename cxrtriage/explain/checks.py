@@ -20,6 +20,8 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
         small = b if big is a else a
         small = np.asarray(Image.fromarray(small.astype(np.float32), mode="F").resize(big.shape[::-1], Image.BILINEAR))
         a, b = big, small
+    if np.ptp(a) == 0 or np.ptp(b) == 0:  # a constant map ranks nothing
+        return 0.0
     r = spearmanr(a.ravel(), b.ravel()).statistic
     return float(0.0 if np.isnan(r) else r)
 

@@ -1,0 +1,85 @@
+"""Heatmaps: overlays, `cxr explain`, and the two sanity checks (randomisation, deletion)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from cxrtriage.cli.main import app
+from cxrtriage.explain import render_overlay
+from cxrtriage.explain.checks import deletion_check, rank_correlation
+from cxrtriage.infer import DEFAULT_MODEL, Engine
+
+
+def test_cli_explain_writes_overlays_and_heatmaps(samples_dir, tmp_path):
+    res = CliRunner().invoke(app, ["explain", str(samples_dir / "person1_bacteria_1.jpeg"),
+                                   str(samples_dir / "IM-0115-0001_DX.dcm"), "--out", str(tmp_path), "--npy"])
+    assert res.exit_code == 0, res.output
+    for stem in ("person1_bacteria_1", "IM-0115-0001_DX"):
+        img = Image.open(tmp_path / f"{stem}.heatmap.png")
+        assert img.mode == "RGB" and img.width >= 512
+        heat = np.load(tmp_path / f"{stem}.heatmap.npy")
+        assert heat.ndim == 2 and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+
+
+def test_overlay_keeps_the_aspect_ratio_and_shows_the_heatmap():
+    pixels = np.tile(np.linspace(0, 1, 300, dtype=np.float32), (200, 1))  # 300 wide, 200 high
+    heat = np.zeros((8, 8), np.float32)
+    heat[2, 5] = 1.0
+    plain = np.asarray(render_overlay(pixels, None, "t"))
+    over = np.asarray(render_overlay(pixels, heat, "t"))
+    assert plain.shape[1] == 512  # upscaled for legibility, width:height of the image kept
+    diff = np.abs(over[: plain.shape[0]].astype(int) - plain.astype(int)).sum(axis=2)
+    ys, xs = np.nonzero(diff > 30)
+    assert xs.mean() > 256  # the hot spot is in the right half, where the heatmap put it
+
+
+def _cams(session_or_engine, images):
+    out = session_or_engine.run_arrays(images)
+    return np.maximum(out["cam"][:, 1], 0)
+
+
+class _RandomEngine:
+    """The bundled graph with every weight replaced by random values of the same scale."""
+
+    def __init__(self, seed: int = 0):
+        import onnxruntime as ort
+
+        model = onnx.load(str(DEFAULT_MODEL))
+        rng = np.random.default_rng(seed)
+        for init in model.graph.initializer:
+            w = numpy_helper.to_array(init)
+            if w.dtype == np.float32 and w.ndim >= 2:
+                init.CopyFrom(numpy_helper.from_array(
+                    (rng.standard_normal(w.shape) * (w.std() or 0.1)).astype(np.float32), init.name))
+        self.s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def run_arrays(self, images):
+        outs = self.s.run(["probs", "cam"], {"image": images.astype(np.float32)[:, None]})
+        return dict(zip(["probs", "cam"], outs))
+
+
+def test_randomised_weights_change_the_heatmap(samples_dir):
+    from cxrtriage.data import to_model_input
+    from cxrtriage.io import read_radiograph
+
+    engine = Engine()
+    files = sorted(samples_dir.glob("*.jpeg"))
+    x = np.stack([to_model_input(read_radiograph(f), engine.info.input_size) for f in files])
+    trained, again, rand = _cams(engine, x), _cams(Engine(), x), _cams(_RandomEngine(), x)
+    self_corr = np.mean([rank_correlation(a, b) for a, b in zip(trained, again)])
+    rand_corr = np.mean([rank_correlation(a, b) for a, b in zip(trained, rand)])
+    assert self_corr == pytest.approx(1.0)
+    assert rand_corr < 0.5, rand_corr
+
+
+def test_deleting_the_hot_spots_lowers_the_score_more_than_random(val_images):
+    images, labels = val_images
+    pos = images[labels == 1][:300]
+    res = deletion_check(Engine(), pos, fraction=0.1, seed=0)
+    assert res["n"] == len(pos)
+    assert res["mean_drop_top"] > res["mean_drop_random"] + 0.02, res

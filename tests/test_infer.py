@@ -1,0 +1,120 @@
+"""The torch-free inference engine and `cxr predict` on real files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cxrtriage.cli.main import app
+from cxrtriage.infer import DEFAULT_MODEL, Engine, load_info
+from cxrtriage.io import read_radiograph
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine()
+
+
+def test_engine_does_not_import_torch(samples_dir):
+    code = (
+        "import sys; from cxrtriage.infer import Engine; from cxrtriage.explain import overlay_for; "
+        f"p = Engine().predict_files(sorted(__import__('pathlib').Path({str(samples_dir)!r}).glob('*.*'))); "
+        "assert any(x.score is not None for x in p); "
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
+        "print('TORCH' if bad else 'OK')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "OK", out.stderr
+
+
+def test_bundled_model_is_intact_and_described():
+    info = load_info(None)
+    assert hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest() == info.raw["sha256"]
+    assert info.classes == ("normal", "pneumonia")
+    assert 0.0 < info.threshold <= info.threshold_high < 1.0
+    assert DEFAULT_MODEL.stat().st_size < 5 * 2**20
+    assert info.has_cam and "embedding" in info.outputs
+
+
+def test_samples_are_scored_sensibly(engine, samples_dir):
+    files = sorted(samples_dir.glob("*.jpeg"))
+    preds = engine.predict_files(files)
+    assert all(p.ok for p in preds), [p.gate for p in preds if not p.ok]
+    truth = {f.name: not f.name.startswith("IM-") for f in files}
+    correct = sum((p.label == "pneumonia") == truth[f.name] for f, p in zip(files, preds))
+    assert correct >= len(files) - 1  # the bundled samples are easy cases from the training set
+    for p in preds:
+        assert abs(sum(p.probabilities.values()) - 1.0) < 1e-4
+        assert p.priority in ("urgent", "review", "routine")
+        assert p.model["version"] == engine.info.version
+
+
+def test_dicom_and_jpeg_of_the_same_radiograph_agree(engine, samples_dir):
+    jpeg, dcm = engine.predict_files([samples_dir / "IM-0115-0001.jpeg", samples_dir / "IM-0115-0001_DX.dcm"])
+    assert dcm.ok and abs(jpeg.score - dcm.score) < 0.02
+    jpeg, dcm = engine.predict_files([samples_dir / "person1_bacteria_1.jpeg",
+                                      samples_dir / "person1_bacteria_1_CR.dcm"])  # MONOCHROME1, JPEG 2000
+    assert dcm.ok and abs(jpeg.score - dcm.score) < 0.02
+
+
+def test_batch_equals_single(engine, samples_dir):
+    files = sorted(samples_dir.glob("*.jpeg"))
+    batch = engine.predict_files(files, batch_size=8)
+    single = [engine.predict_files([f])[0] for f in files]
+    for a, b in zip(batch, single):
+        assert abs(a.score - b.score) < 1e-5
+
+
+def test_bad_files_become_error_rows_and_lose_nothing(engine, samples_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    Image.new("L", (1, 1)).save(tmp_path / "tiny.png")
+    good = samples_dir / "IM-0117-0001.jpeg"
+    (tmp_path / "cut.jpeg").write_bytes(good.read_bytes()[:2000])
+    files = [tmp_path / "notes.txt", good, tmp_path / "tiny.png", tmp_path / "cut.jpeg"]
+    preds = engine.predict_files(files, batch_size=2)
+    assert [p.error_type for p in preds] == ["NotAnImageError", None, "ImageTooSmallError", "CorruptImageError"]
+    assert preds[1].ok and preds[1].score == engine.predict_files([good])[0].score
+    assert "1x1" in preds[2].error and preds[2].score is None
+
+
+def test_blank_and_lateral_images_are_refused(engine, samples_dir, tmp_path):
+    from cxrtriage.io.make_dicom import radiograph_to_dicom
+
+    rg = read_radiograph(samples_dir / "IM-0119-0001.jpeg")
+    lateral = tmp_path / "lateral.dcm"
+    radiograph_to_dicom(rg.to_uint8(), lateral, modality="DX", view_position="LL")
+    Image.new("L", (256, 256), 200).save(tmp_path / "blank.png")
+    lat, blank = engine.predict_files([lateral, tmp_path / "blank.png"])
+    assert lat.priority == "refused" and "lateral" in lat.gate["reason"] and lat.score is None
+    assert blank.priority == "refused" and "blank" in blank.gate["reason"] and blank.score is None
+
+
+def test_threads_are_configurable():
+    assert Engine(threads=1).session.get_session_options().intra_op_num_threads == 1
+
+
+def test_cli_predict_json_and_table(samples_dir):
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", str(samples_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    assert len(rows) == len([p for p in samples_dir.iterdir() if p.suffix in (".jpeg", ".dcm")])
+    assert all("disclaimer" in r and r["model"]["name"] == "cxr-pneumonia" for r in rows)
+    res = runner.invoke(app, ["predict", str(samples_dir / "IM-0117-0001.jpeg")])
+    assert res.exit_code == 0 and "IM-0117-0001.jpeg" in res.stdout and "not a diagnosis" in res.stdout
+
+
+def test_cli_errors_are_clear(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", str(tmp_path / "missing.jpeg")])
+    assert res.exit_code == 2 and "no such file" in res.output
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m.onnx"), str(tmp_path)])
+    assert res.exit_code == 2
