@@ -246,3 +246,22 @@ def test_orthanc_down_and_back_loses_nothing(orthanc, triage_engine, cxr_pixels,
         stop.set()
         t.join(15)
         w.close()
+
+
+def test_worker_processes_give_the_same_results(orthanc, triage_engine, cxr_pixels, tmp_path):
+    """``workers=2``: triage in two processes; same SR probabilities, nothing lost or doubled."""
+    from cxrtriage.pacs.results import read_result_sr
+    from cxrtriage.pacs.watch import watch
+
+    files = [make_dicom(cxr_pixels[i % len(cxr_pixels)][1], v) for i, v in enumerate(["dx", "mono1", "jpeg", "lateral"])]
+    for data in files:
+        orthanc.stow(data)
+    stats = watch(orthanc.url, mode="changes", once=True, state_path=tmp_path / "s.sqlite", workers=2,
+                  batch_size=1, **orthanc.credentials)
+    assert (stats.triaged, stats.refused, stats.failed, stats.pending) == (3, 1, 0, 0)
+    assert orthanc.count_instances() == 4 + 3 * 2 + 1
+    for data in files[:3]:
+        src = pydicom.dcmread(io.BytesIO(data))
+        (sr,) = study_objects(orthanc, src.StudyInstanceUID)["sr"]
+        expected = triage_engine.predict_bytes(data, heatmap=False)
+        assert read_result_sr(sr).probability == pytest.approx(expected.score, abs=1e-5)

@@ -159,9 +159,25 @@ _ENGINE: Engine | None = None
 
 
 def pool_init(model: str | None, threads: int = 1) -> None:
-    """Process-pool initializer: load the engine once per worker process."""
+    """Process-pool initializer: load the engine once per worker process.
+
+    The worker also exits by itself when its parent dies (a killed watcher must not leave
+    orphans waiting for work forever).
+    """
+    import os
+    import threading
+
     global _ENGINE
     logging.basicConfig(level=logging.WARNING)
+    parent = os.getppid()
+
+    def _watch_parent() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=_watch_parent, daemon=True, name="cxr-parent-watch").start()
     _ENGINE = Engine(model, threads=threads)
 
 

@@ -14,9 +14,10 @@ Results (see :mod:`cxrtriage.pacs.results`) go back into the source study with S
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import signal
 import threading
 import time
-import multiprocessing
 from collections import defaultdict
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -376,7 +377,17 @@ def watch(url: str, user: str | None = None, password: str | None = None, token:
     w = Watcher(url, user, password, token, mode, poll_s, state_path, model, engine=engine,
                 dicomweb_root=dicomweb_root, store=store, batch_size=batch_size, max_backoff_s=max_backoff_s,
                 backfill=backfill, lookback_days=lookback_days, workers=workers)
+    stop = stop or threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (service stop) ends the loop cleanly: in-flight results are stored first.
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         return w.run(once=once, stop=stop)
+    except KeyboardInterrupt:
+        log.info("interrupted; finishing in-flight results")
+        return w.stats
     finally:
         w.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
