@@ -210,6 +210,17 @@ def test_restart_keeps_state_and_never_duplicates(orthanc, triage_engine, cxr_pi
     lost = watch(orthanc.url, **dict(kw, state_path=tmp_path / "other.sqlite"))
     assert lost.triaged == 3 and orthanc.count_instances() == 10
 
+    # A cursor beyond the feed (Orthanc's database replaced): the feed is read again from the start,
+    # and only the instance not yet done is triaged.
+    from cxrtriage.pacs.state import State
+
+    with State(state) as st:
+        (name,) = [n for n in ("changes:" + orthanc.url,) if st.cursor(n) is not None]
+        st.enqueue([], cursor=(name, "999999"))
+    orthanc.stow(make_dicom(cxr_pixels[3][1], "dx"))
+    reset = watch(orthanc.url, **kw)
+    assert (reset.triaged, reset.failed) == (1, 0) and orthanc.count_instances() == 13
+
 
 def test_orthanc_down_and_back_loses_nothing(orthanc, triage_engine, cxr_pixels, tmp_path):
     from cxrtriage.pacs.watch import Watcher
@@ -253,7 +264,8 @@ def test_worker_processes_give_the_same_results(orthanc, triage_engine, cxr_pixe
     from cxrtriage.pacs.results import read_result_sr
     from cxrtriage.pacs.watch import watch
 
-    files = [make_dicom(cxr_pixels[i % len(cxr_pixels)][1], v) for i, v in enumerate(["dx", "mono1", "jpeg", "lateral"])]
+    files = [make_dicom(cxr_pixels[i % len(cxr_pixels)][1], v)
+             for i, v in enumerate(["dx", "mono1", "jpeg", "lateral"])]
     for data in files:
         orthanc.stow(data)
     stats = watch(orthanc.url, mode="changes", once=True, state_path=tmp_path / "s.sqlite", workers=2,

@@ -31,7 +31,8 @@ def test_plugin_route_stores_sc_and_sr(orthanc_python, triage_engine, cxr_pixels
     data = make_dicom(cxr_pixels[0][1], "dx")
     src = pydicom.dcmread(io.BytesIO(data))
     orthanc_id = srv.client().store(data)["ID"]
-    assert requests.get(srv.url + f"/cxr-triage/instances/{orthanc_id}/triage", auth=auth, timeout=10).status_code == 405
+    route = srv.url + f"/cxr-triage/instances/{orthanc_id}/triage"
+    assert requests.get(route, auth=auth, timeout=10).status_code == 405
     r = requests.post(srv.url + f"/cxr-triage/instances/{orthanc_id}/triage", auth=auth, timeout=180)
     assert r.status_code == 200, r.text
     body = r.json()

@@ -172,3 +172,21 @@ def test_results_render_the_banner(triage_engine, dx_bytes):
     assert BANNER in sc.ImageComments
     top = np.asarray(sc.pixel_array)[:20]
     assert (top.max(axis=-1) > 150).any()  # light banner text on the dark title bar
+
+
+@pytest.mark.parametrize("variant", ["dx", "lateral"])
+def test_fast_sr_document_matches_highdicom(triage_engine, variant):
+    """The direct SR builder writes what highdicom.sr.Comprehensive3DSR writes, item for item."""
+    from cxrtriage.io import read_radiograph_bytes
+    from cxrtriage.pacs.results import build_sr
+
+    rg = read_radiograph_bytes(make_dicom(radiograph_pixels(1)[0][1], variant), "x.dcm")
+    pred = triage_engine.predict_radiographs([rg])[0]
+    ref, fast = build_sr(rg.dicom, pred, fast=False), build_sr(rg.dicom, pred, fast=True)
+    assert [e.keyword for e in ref] == [e.keyword for e in fast]
+    volatile = {"InstanceCreationDate", "InstanceCreationTime", "SeriesDate", "SeriesTime", "ContentDate",
+                "ContentTime", "ContributingEquipmentSequence"}
+    for elem in ref:
+        if elem.keyword not in volatile:
+            assert fast[elem.tag].value == elem.value, elem.keyword
+    assert hd.sr.Comprehensive3DSR.from_dataset(_roundtrip(fast)).SOPInstanceUID == ref.SOPInstanceUID

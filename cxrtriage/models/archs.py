@@ -143,6 +143,12 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
+# Transfer-learning backbones (ImageNet weights with --pretrained / --weights), CAM-ready too.
+from cxrtriage.models.backbones import arch_specs as _backbone_specs  # noqa: E402
+
+ARCHS.update(_backbone_specs())
+
+
 def get_arch(arch: str) -> ArchSpec:
     """The :class:`ArchSpec` of ``arch``, with a clear error for an unknown name."""
     try:

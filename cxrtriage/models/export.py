@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -55,10 +56,12 @@ def export_onnx(model: nn.Module, out_path: str | Path, image_size: int, mean: f
     dummy = torch.full((2, 1, image_size, image_size), 128.0)
     names = ["probs", "cam", "embedding"] if graph.has_cam else ["probs"]
     axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
-    torch.onnx.export(
-        graph, (dummy,), str(out_path), input_names=["image"], output_names=names,
-        dynamic_axes=axes, opset_version=17, dynamo=False,
-    )
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but exact for these graphs
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            graph, (dummy,), str(out_path), input_names=["image"], output_names=names,
+            dynamic_axes=axes, opset_version=17, dynamo=False,
+        )
     meta = dict(sidecar)
     meta.update(
         format="cxr-triage-onnx/1",

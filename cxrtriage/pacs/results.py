@@ -26,13 +26,15 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
 from cxrtriage import DISCLAIMER, __version__
 from cxrtriage.explain.overlay import BANNER, overlay_for
@@ -172,8 +174,13 @@ def _device_context(pred: Prediction) -> hd.sr.ObservationContext:
             observer_type=codes.DCM.Device, observer_identifying_attributes=device))
 
 
-def build_sr(src: Dataset, pred: Prediction, reason: str | None = None) -> Dataset:
-    """TID 1500 Measurement Report for ``pred``; a refusal (no score) when it is not ``ok``."""
+def build_sr(src: Dataset, pred: Prediction, reason: str | None = None, fast: bool = True) -> Dataset:
+    """TID 1500 Measurement Report for ``pred``; a refusal (no score) when it is not ``ok``.
+
+    The content tree is highdicom's ``MeasurementReport``. ``fast=False`` wraps it with
+    ``highdicom.sr.Comprehensive3DSR`` (the reference); the default builds the same
+    document directly, about twice as fast.
+    """
     key = _model_key(pred)
     threshold = pred.threshold
     params = [f"threshold={threshold:.6f}"] if threshold is not None else None
@@ -214,19 +221,100 @@ def build_sr(src: Dataset, pred: Prediction, reason: str | None = None) -> Datas
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     container.ContentSequence = hd.sr.ContentSequence([_text(t) for t in texts])
     report[0].ContentSequence.append(container)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[src],
-        content=report[0],
-        series_instance_uid=derived_uid(str(src.StudyInstanceUID), key, "sr-series"),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=derived_uid(str(src.SOPInstanceUID), key, "sr"),
-        instance_number=int(src.get("InstanceNumber") or 1),
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-    )
+    series_uid = derived_uid(str(src.StudyInstanceUID), key, "sr-series")
+    sop_uid = derived_uid(str(src.SOPInstanceUID), key, "sr")
+    number = int(src.get("InstanceNumber") or 1)
+    if fast:
+        sr = _sr_document(src, report[0], series_uid, sop_uid, number)
+    else:
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[src], content=report[0], series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=sop_uid, instance_number=number, manufacturer=MANUFACTURER,
+            is_complete=True, is_final=False, is_verified=False)
     _common(src, sr)
+    return sr
+
+
+@lru_cache(maxsize=64)
+def _patient_study_keywords(sop_class_uid: str) -> tuple[str, ...]:
+    """Root-level attributes of the Patient and Study modules of the source's IOD (as highdicom copies them)."""
+    from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+
+    iod = get_sop_class_iod_map().get(sop_class_uid)
+    if iod is None:
+        return _FALLBACK_PATIENT_STUDY
+    attrs = get_module_attribute_map()
+    out: list[str] = []
+    for module in get_iod_module_map()[iod]:
+        if module["ie"] in ("Patient", "Study"):
+            out += [str(a["keyword"]) for a in attrs[module["key"]] if len(a["path"]) == 0]
+    return tuple(dict.fromkeys(out))
+
+
+_FALLBACK_PATIENT_STUDY = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+                           "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
+                           "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                           "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription")
+_TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _sr_document(src: Dataset, root: Dataset, series_uid: str, sop_uid: str, number: int) -> Dataset:
+    """The Comprehensive 3D SR document around a highdicom TID 1500 root item.
+
+    Produces the same attributes as ``highdicom.sr.Comprehensive3DSR`` for a single source
+    image in the same study (checked by the tests), without its generic deep copy and
+    content-tree search, which cost most of the time per instance.
+    """
+    now = _dt.datetime.now()
+    sr = Dataset()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = Comprehensive3DSRStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"CXRTRIAGE{__version__}"[:16]
+    sr.preamble = b"\x00" * 128
+    sr.file_meta = meta
+    if "SpecificCharacterSet" in src:
+        sr.SpecificCharacterSet = src.SpecificCharacterSet
+    sr.InstanceCreationDate = now.strftime("%Y%m%d")
+    sr.InstanceCreationTime = now.strftime("%H%M%S.%f")
+    sr.SOPClassUID = Comprehensive3DSRStorage
+    sr.SOPInstanceUID = sop_uid
+    for kw in _TYPE2_PATIENT_STUDY:
+        setattr(sr, kw, src.get(kw, "") or "")
+    sr.StudyInstanceUID = src.StudyInstanceUID
+    for kw in _patient_study_keywords(str(src.SOPClassUID)):
+        if kw in src:
+            sr.add(src[kw])
+    sr.Modality = "SR"
+    sr.SeriesInstanceUID = series_uid
+    sr.SeriesNumber = SR_SERIES_NUMBER
+    sr.InstanceNumber = number
+    sr.Manufacturer = MANUFACTURER
+    sr.ReferencedPerformedProcedureStepSequence = []
+    for elem in root:
+        sr[elem.tag] = elem
+    sr.PerformedProcedureCodeSequence = []
+    sop = Dataset()
+    sop.ReferencedSOPClassUID = src.SOPClassUID
+    sop.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    series = Dataset()
+    series.ReferencedSOPSequence = [sop]
+    series.SeriesInstanceUID = src.SeriesInstanceUID
+    study = Dataset()
+    study.ReferencedSeriesSequence = [series]
+    study.StudyInstanceUID = src.StudyInstanceUID
+    sr.CurrentRequestedProcedureEvidenceSequence = [study]
+    sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag = "COMPLETE", "UNVERIFIED", "PRELIMINARY"
+    equipment: list[Dataset] = []
+    try:
+        equipment.append(hd.ContributingEquipment.for_image_acquisition(src))
+    except Exception:
+        pass
+    equipment.append(hd.ContributingEquipment.for_highdicom())
+    sr.ContributingEquipmentSequence = equipment
     return sr
 
 

@@ -90,6 +90,13 @@ class ChangesSource:
         seq, added = int(since), 0
         while True:
             changes, last, done = self.client.changes(seq, self.page)
+            if not changes and seq > 0 and added == 0 and self.client.last_change() < seq:
+                # The feed restarted below our cursor: a new Orthanc database. Start again from 0.
+                log.warning("Orthanc's change feed restarted (last %d < cursor %d); reading it from the start",
+                            self.client.last_change(), seq)
+                seq = 0
+                state.enqueue([], cursor=(self.cursor_name, "0"))
+                continue
             new = [(f"orthanc:{c.id}", {"orthanc_id": c.id, "seq": c.seq}) for c in changes
                    if c.change_type == "NewInstance"]
             added += state.enqueue(new, cursor=(self.cursor_name, str(last)))
@@ -224,7 +231,12 @@ class Watcher:
                 self._count("retried")
                 return fetched, True
             except PacsError as exc:
-                self._retry(it, str(exc))
+                if exc.status == 404:
+                    self.state.mark_skipped(it.key, "deleted from the PACS before it was triaged")
+                    self._count("skipped")
+                    log.info("skip %s: deleted from the PACS before it was triaged", it.key)
+                else:
+                    self._retry(it, str(exc))
         return fetched, False
 
     def _retry(self, it: Item, error: str, outage: bool = False) -> None:
@@ -296,7 +308,8 @@ class Watcher:
                 continue
             self._count("stored", len(parts))
             for it, out in group:
-                self.state.mark_done(it.key, [uid for uid, _ in out.outputs], detail=out.reason if out.refused else None)
+                self.state.mark_done(it.key, [uid for uid, _ in out.outputs],
+                                     detail=out.reason if out.refused else None)
                 self._count("refused" if out.refused else "triaged")
                 self._inflight.discard(it.key)
 

@@ -75,7 +75,8 @@ def study_results(client: Any, study_uid: str) -> list[Any]:
 
 
 def open_pacs_study(url: str, study_uid: str, user: str | None = None, password: str | None = None,
-                    token: str | None = None, *, dicomweb_root: str = DEFAULT_ROOT) -> list[tuple[InstanceRef, Dataset]]:
+                    token: str | None = None, *,
+                    dicomweb_root: str = DEFAULT_ROOT) -> list[tuple[InstanceRef, Dataset]]:
     """The CR/DX images of a study (not our own outputs), as pydicom datasets in their stored syntax."""
     client = dicomweb_client(url, user, password, token, dicomweb_root)
     out = []

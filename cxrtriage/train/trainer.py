@@ -111,7 +111,10 @@ def predict_arrays(model: torch.nn.Module, images: torch.Tensor, mean: float, st
     for s in range(0, len(idx), batch):
         x = images[idx[s:s + batch]].to(device).float().unsqueeze(1) / 255.0
         out.append(torch.softmax(model((x - mean) / std).float(), dim=1))
-    probs = torch.cat(out) if out else torch.zeros(0, 1)
+    if not out:  # this rank's shard is empty (fewer images than ranks): learn the width from one image
+        width = model(torch.zeros(1, 1, *images.shape[1:], device=device)).shape[1]
+        out = [torch.zeros(0, width, device=device)]
+    probs = torch.cat(out)
     if ws > 1:
         pad = per - probs.shape[0]
         if pad:
@@ -157,6 +160,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         saved = TrainConfig.load(out / "config.json")
         saved.epochs, saved.time_budget_s, saved.stop_after = cfg.epochs, cfg.time_budget_s, cfg.stop_after
         cfg = saved
+    dist.barrier()  # every rank has read config.json before rank 0 rewrites it
     task = get_task(cfg.task)
     spec = get_arch(cfg.arch)
     size = cfg.image_size or spec.image_size
@@ -201,7 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 m.p = cfg.dropout
     model.to(device)
     if ws > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = dist.sync_batchnorm(model, device)  # BatchNorm over the global batch, as with one process
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = model.module if ws > 1 else model
     opt = make_optimizer(model, opt_name, lr, cfg.weight_decay)
@@ -257,7 +261,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             y = y_train[idx].to(device)
             frac = step / max(1, total_steps)
             if cfg.time_budget_s:
-                frac = max(frac, (elapsed + time.time() - t_epoch) / cfg.time_budget_s)
+                spent = dist.max_across(elapsed + time.time() - t_epoch)  # the same clock on every rank
+                frac = max(frac, spent / cfg.time_budget_s)
             f = lr_factor(frac, cfg.warmup_fraction)
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * f
@@ -273,7 +278,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             if b % 5 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{base_lrs[0] * f:.1e}",
                                 val_auc=f"{history[-1]['val_auc']:.4f}" if history else "-")
-            if cfg.time_budget_s and elapsed + time.time() - t_epoch >= cfg.time_budget_s:
+            if cfg.time_budget_s and dist.max_across(elapsed + time.time() - t_epoch) >= cfg.time_budget_s:
                 break
         train_loss = float(np.mean(losses)) if losses else float("nan")
         if ws > 1:
@@ -285,7 +290,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         auc = triage_auc(y_val, probs)
         mauc = macro_auc(y_val, probs) if task.num_classes > 2 else None
         acc = float((probs.argmax(1) == y_val).mean())
-        epoch_s = time.time() - t_epoch
+        epoch_s = dist.max_across(time.time() - t_epoch)
         elapsed += epoch_s
         score = mauc if mauc is not None else auc
         improved = score > best + 1e-5
