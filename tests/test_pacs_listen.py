@@ -66,6 +66,10 @@ def test_listen_triages_and_forwards_to_orthanc(orthanc, triage_engine, cxr_pixe
         (refusal,) = forwarded("lateral")
         assert read_result_sr(refusal).refused and read_result_sr(refusal).probability is None
         assert forwarded("ct") == []
+        deadline = time.monotonic() + 5  # forwards have landed; their bookkeeping follows
+        while time.monotonic() < deadline and (list((tmp_path / "spool").glob("*.dcm"))
+                                               or lst.state.counts().get("done") != 3):
+            time.sleep(0.05)
         assert lst.state.get(f"sop:{sent['ct'].SOPInstanceUID}").status == "skipped"
         assert list((tmp_path / "spool").glob("*.dcm")) == []  # everything handled
 
@@ -86,7 +90,7 @@ def test_listen_keeps_results_until_the_destination_is_back(orthanc, triage_engi
     port = free_port()
     orthanc.stop()
     lst = listen(port, "CXRTRIAGE", forward=f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", engine=triage_engine,
-                 spool_dir=tmp_path / "spool", block=False)
+                 spool_dir=tmp_path / "spool", max_backoff_s=1.0, block=False)
     try:
         data = make_dicom(cxr_pixels[0][1], "dx")
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -101,6 +105,10 @@ def test_listen_keeps_results_until_the_destination_is_back(orthanc, triage_engi
         while time.monotonic() < deadline and len(orthanc.study_instances(ds.StudyInstanceUID)) < 2:
             time.sleep(0.2)
         assert len(orthanc.study_instances(ds.StudyInstanceUID)) == 2
+        deadline = time.monotonic() + 5  # the forward has landed; its bookkeeping follows
+        while time.monotonic() < deadline and lst.state.get(key).status != "done":
+            time.sleep(0.05)
         assert lst.state.get(key).status == "done"
+        assert not list((tmp_path / "spool").glob("*.dcm"))
     finally:
         lst.stop()

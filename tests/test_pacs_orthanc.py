@@ -140,17 +140,28 @@ def test_lateral_view_gets_a_refusal_sr_and_no_score(live, cxr_pixels):
     assert "lateral" in summary.reason and summary.source_sop_instance_uids == [src.SOPInstanceUID]
 
 
-def test_results_are_not_triaged_again(live):
-    """Our own SC/SR arrive in the feed too; they are skipped as our own output."""
-    _, w = live
-    skipped = [it for it in w.state.items("skipped")]
-    reasons = {it.detail for it in skipped}
-    assert any("SR" in r or "OT" in r or "own" in r for r in reasons)
-    assert w.state.counts().get("failed", 0) == 0
+def test_results_are_not_triaged_again(live, cxr_pixels):
+    """Our own SC and SR arrive in the change feed too; they are skipped as not for triage."""
+    srv, w = live
+    data = make_dicom(cxr_pixels[1][1], "dx")
+    src = pydicom.dcmread(io.BytesIO(data))
+    srv.stow(data)
+    wait_results(srv, src.StudyInstanceUID)
+    ours = [i["ID"] for i in srv.study_instances(src.StudyInstanceUID)
+            if i["MainDicomTags"]["SOPInstanceUID"] != src.SOPInstanceUID]
+    assert len(ours) == 2
+
+    def settled():
+        items = [w.state.get(f"orthanc:{oid}") for oid in ours]
+        return all(it is not None and it.status != "pending" for it in items) and items
+    items = wait_for(settled, 10)
+    assert items and {it.status for it in items} == {"skipped"}
+    assert all("OT" in it.detail or "SR" in it.detail or "own" in it.detail for it in items)
+    assert len(srv.study_instances(src.StudyInstanceUID)) == 3
 
 
 def test_worklist_lists_pacs_studies_with_results(live, cxr_pixels):
-    from cxrtriage.pacs.worklist import list_pacs_studies, open_pacs_study
+    from cxrtriage.pacs import fetch_pacs_images, list_pacs_studies, open_pacs_study
 
     srv, _ = live
     data = make_dicom(cxr_pixels[3][1], "dx", patient_id="WL-1")
@@ -164,6 +175,8 @@ def test_worklist_lists_pacs_studies_with_results(live, cxr_pixels):
     assert len(row["triage"]) == 1 and row["triage"][0]["probability"] is not None
     images = open_pacs_study(srv.url, src.StudyInstanceUID, **srv.credentials)
     assert [ref.sop_uid for ref, _ in images] == [src.SOPInstanceUID]
+    ((sop, data),) = fetch_pacs_images(srv.url, src.StudyInstanceUID, **srv.credentials)
+    assert sop == src.SOPInstanceUID and pydicom.dcmread(io.BytesIO(data)).PatientID == "WL-1"
 
 
 def test_dicomweb_mode_qido_wado_stow(orthanc, triage_engine, cxr_pixels, tmp_path):

@@ -14,7 +14,7 @@ from pydicom.uid import UID
 for _dep in ("highdicom", "pynetdicom", "dicomweb_client"):  # the "pacs" extra
     pytest.importorskip(_dep)
 pytest.register_assert_rewrite("pacs_fixtures")
-from pacs_fixtures import make_dicom, radiograph_pixels  # noqa: E402
+from pacs_fixtures import make_dicom  # noqa: E402
 
 pytest_plugins = ["pacs_fixtures"]
 
@@ -36,8 +36,8 @@ def _triage(engine, data: bytes):
 
 
 @pytest.fixture(scope="module")
-def dx_bytes() -> bytes:
-    return make_dicom(radiograph_pixels(1)[0][1], "dx")
+def dx_bytes(cxr_pixels) -> bytes:
+    return make_dicom(cxr_pixels[0][1], "dx")
 
 
 def test_scored_results_are_valid_dicom(triage_engine, dx_bytes):
@@ -77,17 +77,17 @@ def test_scored_results_are_valid_dicom(triage_engine, dx_bytes):
     assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
 
 
-def test_uids_are_deterministic_per_source_and_model(triage_engine, dx_bytes):
+def test_uids_are_deterministic_per_source_and_model(triage_engine, dx_bytes, cxr_pixels):
     a, b = _triage(triage_engine, dx_bytes), _triage(triage_engine, dx_bytes)
     assert [d.SOPInstanceUID for d in a.datasets] == [d.SOPInstanceUID for d in b.datasets]
-    other = _triage(triage_engine, make_dicom(radiograph_pixels(1)[0][1], "dx"))
+    other = _triage(triage_engine, make_dicom(cxr_pixels[1][1], "dx"))
     assert not {d.SOPInstanceUID for d in a.datasets} & {d.SOPInstanceUID for d in other.datasets}
 
 
-def test_lateral_gets_a_refusal_sr_without_score(triage_engine):
+def test_lateral_gets_a_refusal_sr_without_score(triage_engine, cxr_pixels):
     from cxrtriage.pacs.results import read_result_sr
 
-    data = make_dicom(radiograph_pixels(1)[0][1], "lateral")
+    data = make_dicom(cxr_pixels[2][1], "lateral")
     out = _triage(triage_engine, data)
     assert out.status == "results" and out.results.refused and out.results.sc is None
     sr = _roundtrip(out.results.sr)
@@ -98,8 +98,8 @@ def test_lateral_gets_a_refusal_sr_without_score(triage_engine):
     assert "lateral" in summary.reason
 
 
-def test_ct_and_own_outputs_are_skipped(triage_engine, dx_bytes):
-    ct = _triage(triage_engine, make_dicom(radiograph_pixels(1)[0][1], "ct"))
+def test_ct_and_own_outputs_are_skipped(triage_engine, dx_bytes, cxr_pixels):
+    ct = _triage(triage_engine, make_dicom(cxr_pixels[2][1], "ct"))
     assert ct.status == "skipped" and "modality CT" in ct.reason and ct.datasets == []
     res = _triage(triage_engine, dx_bytes)
     for ds in res.datasets:
@@ -107,8 +107,8 @@ def test_ct_and_own_outputs_are_skipped(triage_engine, dx_bytes):
         assert again.status == "skipped" and again.reason == "our own triage output"
 
 
-def test_unreadable_radiograph_gets_a_refusal(triage_engine):
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(radiograph_pixels(1)[0][1], "dx")))
+def test_unreadable_radiograph_gets_a_refusal(triage_engine, cxr_pixels):
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(cxr_pixels[2][1], "dx")))
     ds.PixelData = ds.PixelData[:100]  # truncated pixel data
     out = _triage(triage_engine, pydicom_bytes(ds))
     assert out.status == "results" and out.results.refused and out.results.sc is None
@@ -175,12 +175,12 @@ def test_results_render_the_banner(triage_engine, dx_bytes):
 
 
 @pytest.mark.parametrize("variant", ["dx", "lateral"])
-def test_fast_sr_document_matches_highdicom(triage_engine, variant):
+def test_fast_sr_document_matches_highdicom(triage_engine, cxr_pixels, variant):
     """The direct SR builder writes what highdicom.sr.Comprehensive3DSR writes, item for item."""
     from cxrtriage.io import read_radiograph_bytes
     from cxrtriage.pacs.results import build_sr
 
-    rg = read_radiograph_bytes(make_dicom(radiograph_pixels(1)[0][1], variant), "x.dcm")
+    rg = read_radiograph_bytes(make_dicom(cxr_pixels[2][1], variant), "x.dcm")
     pred = triage_engine.predict_radiographs([rg])[0]
     ref, fast = build_sr(rg.dicom, pred, fast=False), build_sr(rg.dicom, pred, fast=True)
     assert [e.keyword for e in ref] == [e.keyword for e in fast]

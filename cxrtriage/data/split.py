@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
-
 from cxrtriage.data.samples import Sample
 
 
@@ -17,6 +15,8 @@ def patient_split(samples: list[Sample], val_fraction: float = 0.2, seed: int = 
     """
     if not 0.0 < val_fraction < 0.5:
         raise ValueError("val_fraction must be between 0 and 0.5")
+    from sklearn.model_selection import StratifiedGroupKFold
+
     n_folds = max(2, round(1.0 / val_fraction))
     labels = np.array([s.label for s in samples])
     groups = np.array([s.patient_id for s in samples])

@@ -5,7 +5,8 @@
   the same study (``cxr pacs watch``);
 * :func:`cxrtriage.pacs.listen.listen`: a C-STORE receiver that triages and forwards the
   results with C-STORE (``cxr pacs listen``);
-* :func:`list_pacs_studies` / :func:`open_pacs_study`: the PACS side of the worklist;
+* :func:`list_pacs_studies` / :func:`open_pacs_study` / :func:`fetch_pacs_images`: the PACS
+  side of the service's worklist;
 * ``orthanc_plugin.py``: the "AI triage" button of Orthanc Explorer (orthanc-python).
 
 Needs the ``pacs`` extra (highdicom, dicomweb-client, pynetdicom, requests). Importing
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["list_pacs_studies", "open_pacs_study", "read_result_sr", "study_results"]
+__all__ = ["fetch_pacs_images", "list_pacs_studies", "open_pacs_study", "read_result_sr", "study_results"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("list_pacs_studies", "open_pacs_study", "study_results"):
+    if name in ("fetch_pacs_images", "list_pacs_studies", "open_pacs_study", "study_results"):
         from cxrtriage.pacs import worklist
 
         return getattr(worklist, name)

@@ -244,16 +244,18 @@ class Listener:
 
 def listen(port: int, ae_title: str = "CXRTRIAGE", forward: str | None = None, model: str | Path | None = None,
            *, host: str = "0.0.0.0", state_path: str | Path | None = None, spool_dir: str | Path | None = None,
-           out_dir: str | Path | None = None, engine: Engine | None = None, block: bool = True) -> Listener:
+           out_dir: str | Path | None = None, engine: Engine | None = None, max_backoff_s: float = 60.0,
+           block: bool = True) -> Listener:
     """Receive images with C-STORE on ``port`` as ``ae_title``; triage them; forward results.
 
     ``forward``: ``AE@host:port`` that receives the SC and SR with C-STORE (without it, and
     without ``out_dir``, results are only logged). ``out_dir``: also write results as files.
+    Failed forwards are retried with exponential backoff up to ``max_backoff_s``.
     ``block=False`` returns the running :class:`Listener` (call ``stop()``); otherwise
     serve until interrupted.
     """
     lst = Listener(port, ae_title, forward, model, host=host, engine=engine, state_path=state_path,
-                   spool_dir=spool_dir, out_dir=out_dir).start()
+                   spool_dir=spool_dir, out_dir=out_dir, max_backoff_s=max_backoff_s).start()
     if block:
         lst.serve_forever()
     return lst

@@ -135,12 +135,20 @@ class State:
                 "WHERE status=? AND next_try<=? ORDER BY created, key LIMIT ?", (PENDING, now, limit)).fetchall()
         return [_item(r) for r in rows]
 
-    def next_due_in(self, now: float | None = None) -> float | None:
-        """Seconds until the next pending item is due (0 if one is due now), None if none pending."""
+    def next_due_in(self, now: float | None = None, exclude: set[str] | frozenset[str] = frozenset()) -> float | None:
+        """Seconds until the next pending item is due (0 if one is due now), None if none pending.
+
+        ``exclude``: keys being worked on now (not waiting for a turn).
+        """
         now = time.time() if now is None else now
+        exclude = set(exclude)
         with self._lock:
-            row = self._db.execute("SELECT MIN(next_try) FROM items WHERE status=?", (PENDING,)).fetchone()
-        return None if row[0] is None else max(0.0, row[0] - now)
+            rows = self._db.execute("SELECT key, next_try FROM items WHERE status=? ORDER BY next_try LIMIT ?",
+                                    (PENDING, len(exclude) + 1)).fetchall()
+        for key, next_try in rows:
+            if key not in exclude:
+                return max(0.0, next_try - now)
+        return None
 
     def _set(self, key: str, status: str, detail: str | None, outputs: list[str] | None = None,
              attempts: int | None = None, next_try: float = 0.0) -> None:

@@ -322,21 +322,33 @@ class Watcher:
         while self._stores:
             self._stores.pop(0).result()
 
-    def run_once(self) -> None:
-        """Discover new instances, then process everything due now. Raises PacsUnavailable."""
+    def run_once(self, drain: bool = True) -> None:
+        """Discover new instances, then start processing everything due now. Raises PacsUnavailable.
+
+        ``drain=False`` returns while the last results are still being stored (the loop
+        goes on discovering meanwhile); in-flight instances are never handed out twice.
+        """
         self.stats.cycles += 1
-        self._outage.clear()
+        for f in [f for f in self._stores if f.done()]:
+            self._stores.remove(f)
+            f.result()
+        if not self._stores:
+            self._outage.clear()
         self.stats.discovered += self.source.discover(self.state)
         try:
             while not self._outage.is_set():
-                items = [it for it in self.state.due(self.batch_size + len(self._inflight))
-                         if it.key not in self._inflight][: self.batch_size]
+                want = self.batch_size * self.workers
+                items = [it for it in self.state.due(want + len(self._inflight))
+                         if it.key not in self._inflight][:want]
                 if not items:
                     break
-                if self.process(items):
+                # Spread what is due over the worker processes (small batches keep latency low).
+                size = max(1, min(self.batch_size, -(-len(items) // self.workers)))
+                if any(self.process(items[i:i + size]) for i in range(0, len(items), size)):
                     break
         finally:
-            self.drain()
+            if drain or self._outage.is_set():
+                self.drain()
         if self._outage.is_set():
             raise PacsUnavailable("PACS became unreachable while processing")
 
@@ -347,8 +359,9 @@ class Watcher:
         log.info("watching %s (%s mode, store %s, model %s %s)", self.url, self.mode, self.storer.kind,
                  self.engine.info.name, self.engine.info.version)
         while not stop.is_set():
+            started = time.monotonic()
             try:
-                self.run_once()
+                self.run_once(drain=once)
                 failures = 0
             except PacsUnavailable as exc:
                 failures += 1
@@ -362,11 +375,12 @@ class Watcher:
                 continue
             if once:
                 break
-            wait = self.poll_s
-            due = self.state.next_due_in()
+            wait = max(0.0, self.poll_s - (time.monotonic() - started))
+            due = self.state.next_due_in(exclude=self._inflight)
             if due is not None:
                 wait = min(wait, max(0.05, due))
             stop.wait(wait)
+        self.drain()
         self.stats.pending = self.state.counts().get("pending", 0)
         return self.stats
 

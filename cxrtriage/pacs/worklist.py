@@ -15,6 +15,7 @@ from cxrtriage.pacs.dicomweb import (
     InstanceRef,
     _call,
     _value,
+    dataset_bytes,
     dicomweb_client,
     search_studies,
     study_series,
@@ -91,3 +92,11 @@ def open_pacs_study(url: str, study_uid: str, user: str | None = None, password:
                        media_types=(("application/dicom", "*"),))
             out.append((ref, ds))
     return out
+
+
+def fetch_pacs_images(url: str, study_uid: str, user: str | None = None, password: str | None = None,
+                      token: str | None = None, *, dicomweb_root: str = DEFAULT_ROOT) -> list[tuple[str, bytes]]:
+    """The CR/DX images of a study as ``(SOP Instance UID, Part-10 bytes)``, ready for
+    ``TriageService.add_study_from_bytes(data, name, source="pacs", external_ref=sop_uid)``."""
+    return [(ref.sop_uid, dataset_bytes(ds))
+            for ref, ds in open_pacs_study(url, study_uid, user, password, token, dicomweb_root=dicomweb_root)]
