@@ -23,7 +23,7 @@ RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin cxr
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cxrtriage ./cxrtriage
-RUN pip install -e ".[serve]"
+RUN pip install -e ".[serve,pacs]"
 
 USER 10001:10001
 VOLUME ["/data"]
