@@ -34,6 +34,7 @@ def serve(
     cors_origins: list[str] | tuple[str, ...] | None = None,
     threads: int | None = None,
     samples: bool | None = None,
+    pacs_url: str | None = None,
     log_level: str = "info",
     access_log: bool = True,
 ) -> None:
@@ -41,7 +42,9 @@ def serve(
 
     Arguments that are None fall back to the ``CXR_*`` environment variables (see
     :mod:`cxrtriage.serve.settings`), then to the defaults: the bundled model, ``./cxr-data``,
-    no token, 64 MiB uploads, CORS closed, the sample radiographs offered on first start.
+    no token, 64 MiB uploads, CORS closed, the sample radiographs offered on first start,
+    no PACS (``pacs_url``; its credentials come from ``CXR_PACS_USER``/``CXR_PACS_PASSWORD``
+    or ``CXR_PACS_TOKEN``).
     """
     import uvicorn
 
@@ -53,6 +56,7 @@ def serve(
         model=str(model) if model is not None else None,
         token=token, token_file=token_file, max_upload_bytes=max_upload_bytes,
         cors_origins=tuple(cors_origins) if cors_origins else None, threads=threads, samples=samples,
+        pacs_url=pacs_url,
     )
     if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API token: anyone who can reach this port can use the API "
@@ -60,8 +64,9 @@ def serve(
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, log_level=log_level.lower(),
                             access_log=access_log, timeout_graceful_shutdown=5, server_header=False)
-    log.info("cxr-triage on http://%s:%d/ (API docs at /docs)%s", host, port,
-             "; API token required" if settings.token else "")
+    log.info("cxr-triage on http://%s:%d/ (API docs at /docs)%s%s", host, port,
+             "; API token required" if settings.token else "",
+             f"; PACS {settings.pacs_url}" if settings.pacs else "")
     uvicorn.Server(config).run()
 
 

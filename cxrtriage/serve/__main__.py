@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cors-origin", action="append", default=None, help="allow this origin (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     p.add_argument("--no-samples", action="store_true", help="do not offer the bundled samples on first start")
+    p.add_argument("--pacs-url", default=None,
+                   help="DICOMweb PACS to list and open studies from (or set CXR_PACS_URL; credentials: "
+                        "CXR_PACS_USER/CXR_PACS_PASSWORD or CXR_PACS_TOKEN)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--no-access-log", action="store_true")
     a = p.parse_args(argv)
@@ -26,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(a.host, a.port, a.model, a.data_dir, None, token_file=a.token_file,
               max_upload_bytes=int(a.max_upload_mb * 1048576) if a.max_upload_mb else None,
               cors_origins=a.cors_origin, threads=a.threads, samples=False if a.no_samples else None,
-              log_level=a.log_level, access_log=not a.no_access_log)
+              pacs_url=a.pacs_url, log_level=a.log_level, access_log=not a.no_access_log)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

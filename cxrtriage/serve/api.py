@@ -7,14 +7,26 @@ import logging
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from cxrtriage import DISCLAIMER
+from cxrtriage.infer.result import PRIORITY_ORDER
 from cxrtriage.io import ImageReadError, NotAnImageError
+from cxrtriage.serve.middleware import error_body
 from cxrtriage.serve.render import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE
-from cxrtriage.serve.service import EmptyFileError, NotReadyError, TriageService, UnknownStudyError
+from cxrtriage.serve.service import (
+    EmptyFileError,
+    NotReadyError,
+    PacsFailedError,
+    PacsNotConfiguredError,
+    TriageService,
+    UnknownPacsStudyError,
+    UnknownStudyError,
+)
 
 log = logging.getLogger("cxrtriage.serve.api")
 API = "/api/v1"
@@ -277,6 +289,133 @@ def overlay_png(request: Request, study_id: StudyId, max_side: MaxSide = 768) ->
         raise HTTPException(404, f"no overlay: {exc}") from None
     except (ImageReadError, FileNotFoundError) as exc:
         raise HTTPException(422, f"the stored file cannot be shown: {type(exc).__name__}") from None
+
+
+# -- the PACS ------------------------------------------------------------------------------
+StudyUid = Annotated[str, Path(description="Study Instance UID in the PACS", min_length=1, max_length=64,
+                               pattern=r"^[0-9]+(\.[0-9]+)*$")]
+PACS_ERRORS = {
+    401: {"description": "Missing or wrong API token"},
+    404: {"description": "No PACS configured (CXR_PACS_URL), or no such study in the PACS"},
+    502: {"description": "The PACS does not answer, or refused the request"},
+}
+#: PACS calls block a thread each (DICOMweb over HTTP); at most this many at once, in their own
+#: threads, so a slow or hanging PACS cannot starve the rest of the API.
+PACS_CONCURRENCY = 4
+NO_PACS = ("no PACS is configured for this service: set CXR_PACS_URL (and CXR_PACS_USER/CXR_PACS_PASSWORD "
+           "or CXR_PACS_TOKEN), or start it with --pacs-url")
+
+
+async def _pacs(request: Request, fn, *args: Any) -> Any:
+    """Run a blocking PACS call in a worker thread of its own limited pool; map failures to HTTP."""
+    state = request.app.state
+    limiter = getattr(state, "pacs_limiter", None)
+    if limiter is None:
+        limiter = state.pacs_limiter = anyio.CapacityLimiter(PACS_CONCURRENCY)
+    try:
+        return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=limiter)
+    except PacsNotConfiguredError:
+        raise HTTPException(404, NO_PACS) from None
+    except PacsFailedError as exc:
+        raise HTTPException(502, str(exc), headers={"Retry-After": "30"} if exc.retry else None) from None
+
+
+def _local_summary(row) -> dict[str, Any]:
+    pending = row["status"] in ("queued", "running")
+    return {"id": row["id"], "name": row["name"], "status": row["status"], "external_ref": row["external_ref"],
+            "priority": row["priority"] or ("pending" if pending else None), "label": row["label"],
+            "score": row["score"], "url": f"{API}/studies/{row['id']}"}
+
+
+def _most_urgent(priorities: list[str | None]) -> str | None:
+    known = [p for p in priorities if p in PRIORITY_ORDER]
+    return min(known, key=PRIORITY_ORDER.__getitem__) if known else None
+
+
+def _pacs_ai(opened: list[dict[str, Any]], triage: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One line for the worklist: the service's own result when the study was opened and scored,
+    else the result stored in the PACS (our SRs), else None."""
+    done = [o for o in opened if o["status"] == "done" and o["priority"]]
+    if done:
+        top = min(done, key=lambda o: (PRIORITY_ORDER.get(o["priority"], 9), -(o["score"] or 0)))
+        return {"source": "service", "priority": top["priority"], "label": top["label"], "score": top["score"],
+                "study_id": top["id"]}
+    if any(o["priority"] == "pending" for o in opened):
+        return {"source": "service", "priority": "pending", "label": None, "score": None, "study_id": None}
+    if triage:
+        prios = [t.get("priority") or ("refused" if t.get("refused") else None) for t in triage]
+        scored = [t for t in triage if t.get("probability") is not None]
+        top = max(scored, key=lambda t: t["probability"]) if scored else triage[0]
+        return {"source": "pacs", "priority": _most_urgent(prios), "label": top.get("label") or top.get("finding"),
+                "score": top.get("probability"), "refused": all(t.get("refused") for t in triage),
+                "reason": top.get("reason"), "model": {"name": top.get("model_name"),
+                                                       "version": top.get("model_version")}}
+    return None
+
+
+def pacs_study_json(row: dict[str, Any]) -> dict[str, Any]:
+    d = {k: v for k, v in row.items() if k != "opened"}
+    d["opened"] = [_local_summary(r) for r in row.get("opened", [])]
+    d["ai"] = _pacs_ai(d["opened"], d.get("triage") or [])
+    d["urls"] = {"open": f"{API}/pacs/studies/{row.get('study_uid')}/open"}
+    return d
+
+
+@router.get("/pacs/studies", summary="Chest radiograph studies in the PACS (newest first)",
+            responses=PACS_ERRORS)
+async def pacs_studies(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=200)] = 25,
+    offset: Annotated[int, Query(ge=0, le=10000)] = 0,
+    patient_id: Annotated[str | None, Query(max_length=64, description="QIDO-RS PatientID (wildcards * ?)")] = None,
+    patient_name: Annotated[str | None, Query(max_length=64, description="QIDO-RS PatientName")] = None,
+    accession_number: Annotated[str | None, Query(max_length=64)] = None,
+    study_date: Annotated[str | None, Query(
+        pattern=r"^(\d{8}|\d{8}-|-\d{8}|\d{8}-\d{8})$",
+        description="YYYYMMDD, or a range: YYYYMMDD-, -YYYYMMDD, YYYYMMDD-YYYYMMDD")] = None,
+    results: Annotated[bool, Query(description="Read the AI results stored in the PACS (one more "
+                                               "request per study)")] = True,
+) -> Any:
+    """The PACS's studies holding CR or DX images, with ``triage`` (our results stored in the PACS, as
+    DICOM SR), ``opened`` (the service's studies it was opened as) and ``ai`` (one summary line).
+    404 when the service has no PACS; 502 when the PACS does not answer."""
+    service = svc(request)
+    filters = {k: v for k, v in (("PatientID", patient_id), ("PatientName", patient_name),
+                                 ("AccessionNumber", accession_number), ("StudyDate", study_date)) if v}
+    rows = await _pacs(request, service.pacs_studies, limit, offset, filters, results)
+    return {"pacs": service.settings.pacs_url, "limit": limit, "offset": offset,
+            "next_offset": offset + len(rows) if len(rows) >= limit else None,
+            "items": [pacs_study_json(r) for r in rows]}
+
+
+@router.post("/pacs/studies/{study_uid}/open", summary="Import a PACS study's radiographs and queue them",
+             responses={200: {"description": "Every image was already in the service: their existing studies"},
+                        422: {"description": "No image of the study could be used"}, **PACS_ERRORS},
+             status_code=201)
+async def open_pacs_study(request: Request, study_uid: StudyUid) -> Any:
+    """Fetches the study's CR/DX images (WADO-RS, as stored), adds each as a study with source
+    ``pacs`` (its SOP Instance UID as ``external_ref``) and queues it for the model, like an upload.
+    Returns the study ids at once; results appear at ``GET /api/v1/studies/{id}``. Opening again
+    gives the same ids (the store is content-addressed)."""
+    service = svc(request)
+    try:
+        opened = await _pacs(request, service.open_pacs_study, study_uid)
+    except UnknownPacsStudyError:
+        raise HTTPException(404, f"the PACS has no study '{study_uid}' with CR or DX images") from None
+    studies = [{"id": a.id, "sop_instance_uid": sop, "name": name, "created": a.created,
+                "duplicate": not a.created, "url": f"{API}/studies/{a.id}"} for sop, a, name in opened.added]
+    errors = []
+    for sop, exc in opened.errors:
+        status = _status_for(exc)
+        service.metrics.rejections.labels(str(status), type(exc).__name__).inc()
+        errors.append({"sop_instance_uid": sop, "status": status, "error": _ERROR_CODES[status],
+                       "type": type(exc).__name__, "message": str(exc)})
+    if not studies:
+        first = errors[0]
+        return JSONResponse({**error_body(first["status"], first["error"], first["message"]),
+                             "study_uid": study_uid, "errors": errors}, status_code=first["status"])
+    body = {"study_uid": study_uid, "ids": [s["id"] for s in studies], "studies": studies, "errors": errors}
+    return JSONResponse(body, status_code=201 if any(s["created"] for s in studies) else 200)
 
 
 @router.get("/info", summary="Model, version, limits and the disclaimer")

@@ -26,7 +26,7 @@ log = logging.getLogger("cxrtriage.serve")
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "unprocessable", 429: "too_many",
-          500: "internal_error", 503: "unavailable"}
+          500: "internal_error", 502: "bad_gateway", 503: "unavailable"}
 
 
 def _index_html() -> str:

@@ -3,6 +3,8 @@
 The HTTP API (``api.py``) and the PACS bridge share it: the bridge calls
 :meth:`TriageService.add_study_from_bytes` with ``source="pacs"`` and its own reference
 (for example the SOP Instance UID), and the studies show up in the same worklist.
+With a PACS configured (``CXR_PACS_URL``), :meth:`TriageService.pacs_studies` lists its
+chest radiograph studies and :meth:`TriageService.open_pacs_study` imports one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from cxrtriage import DISCLAIMER, __version__
 from cxrtriage.infer.result import Prediction
-from cxrtriage.io import IMAGE_SUFFIXES, NotAnImageError, Radiograph, read_radiograph_bytes
+from cxrtriage.io import IMAGE_SUFFIXES, ImageReadError, NotAnImageError, Radiograph, read_radiograph_bytes
 from cxrtriage.serve import render
 from cxrtriage.serve.metrics import Metrics
 from cxrtriage.serve.settings import Settings
@@ -41,6 +43,79 @@ class UnknownStudyError(KeyError):
 
 class NotReadyError(LookupError):
     """The study has no result (or no heatmap) yet."""
+
+
+class PacsNotConfiguredError(LookupError):
+    """The service has no PACS (``CXR_PACS_URL`` unset)."""
+
+
+class PacsFailedError(RuntimeError):
+    """The PACS did not answer, answered with an error, or PACS support is not installed.
+
+    ``status``: the PACS's HTTP status when it answered one; ``retry``: worth trying again later.
+    """
+
+    def __init__(self, message: str, status: int | None = None, retry: bool = True):
+        super().__init__(message)
+        self.status = status
+        self.retry = retry
+
+
+class UnknownPacsStudyError(LookupError):
+    """The PACS has no such study, or it holds no CR/DX image."""
+
+
+@dataclass(frozen=True)
+class PacsOpened:
+    """Outcome of opening a PACS study: one entry per radiograph, and those that could not be added."""
+
+    study_uid: str
+    added: list[tuple[str, Added, str | None]]  # (SOP Instance UID, outcome, display name)
+    errors: list[tuple[str, ImageReadError]]
+
+
+_PACS_KEY = "pacs_study:"  # meta key: Study Instance UID -> the local study ids it was opened as
+
+
+def _pacs_name(data: bytes, sop_uid: str, index: int, count: int) -> str:
+    """A display name for a radiograph opened from the PACS: description, view, accession."""
+    import io
+
+    import pydicom
+
+    parts: list[str] = []
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        for kw in ("StudyDescription", "SeriesDescription"):
+            text = str(ds.get(kw, "") or "").strip()
+            if text and text not in parts:
+                parts.append(text)
+                break
+        view = str(ds.get("ViewPosition", "") or "").strip()
+        if view:
+            parts.append(view)
+        acc = str(ds.get("AccessionNumber", "") or "").strip()
+        if acc:
+            parts.append(f"Acc {acc}")
+    except Exception:  # the name is cosmetic; the image is read (and judged) when it is added
+        pass
+    if not parts:
+        parts.append(f"PACS image …{sop_uid[-10:]}")
+    if count > 1:
+        parts.append(f"{index}/{count}")
+    return " · ".join(parts)
+
+
+def _pacs_reason(exc: Exception) -> str:
+    """A short, credential-free account of a failed PACS call for the user."""
+    status = getattr(exc, "status", None)
+    text = str(exc)
+    what = text.split(":", 1)[0] if ":" in text else ""
+    if status:
+        return f"{what + ': ' if what else ''}HTTP {status}"
+    cause = exc.__cause__ or exc.__context__
+    kind = type(cause).__name__ if cause is not None else type(exc).__name__
+    return f"{what + ': ' if what else ''}{kind}"
 
 
 @dataclass(frozen=True)
@@ -181,6 +256,82 @@ class TriageService:
             self.metrics.uploads.labels("duplicate").inc()
         return Added(sid, created, job_id)
 
+    # -- the PACS (DICOMweb) -------------------------------------------------------------
+    def _pacs_call(self, fn_name: str, *args: Any, **kw: Any) -> Any:
+        """Call :mod:`cxrtriage.pacs.worklist` ``fn_name`` with the configured PACS and credentials."""
+        st = self.settings
+        if not st.pacs:
+            raise PacsNotConfiguredError("no PACS is configured")
+        try:
+            from cxrtriage.pacs import worklist
+            from cxrtriage.pacs.orthanc import PacsError, PacsUnavailable
+        except ImportError as exc:
+            raise PacsFailedError(f"PACS support is not installed (pip install -e '.[pacs]'): {exc.name}",
+                                  retry=False) from exc
+        fn = getattr(worklist, fn_name)
+        try:
+            return fn(st.pacs_url, *args, user=st.pacs_user, password=st.pacs_password, token=st.pacs_token,
+                      dicomweb_root=st.pacs_dicomweb_root, **kw)
+        except PacsUnavailable as exc:
+            log.warning("PACS %s does not answer: %s", st.pacs_url, _pacs_reason(exc))
+            raise PacsFailedError(f"the PACS at {st.pacs_url} does not answer ({_pacs_reason(exc)}); "
+                                  "try again later", exc.status) from exc
+        except PacsError as exc:
+            log.warning("PACS %s refused a request: %s", st.pacs_url, _pacs_reason(exc))
+            why = "check CXR_PACS_USER/CXR_PACS_PASSWORD or CXR_PACS_TOKEN" if exc.status in (401, 403) else (
+                "is the URL a DICOMweb server (CXR_PACS_DICOMWEB_ROOT)?")
+            raise PacsFailedError(f"the PACS at {st.pacs_url} refused the request ({_pacs_reason(exc)}); {why}",
+                                  exc.status, retry=False) from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("PACS %s gave an unusable answer: %s", st.pacs_url, type(exc).__name__)
+            raise PacsFailedError(f"the PACS at {st.pacs_url} gave an answer that is not DICOMweb "
+                                  f"({type(exc).__name__}); check CXR_PACS_URL and CXR_PACS_DICOMWEB_ROOT",
+                                  retry=False) from exc
+
+    def pacs_studies(self, limit: int = 25, offset: int = 0, filters: dict[str, str] | None = None,
+                     with_results: bool = True) -> list[dict[str, Any]]:
+        """The PACS's CR/DX studies, newest first, each with ``triage`` (results stored in the PACS)
+        and ``opened`` (the rows of the local studies it was opened as, oldest first)."""
+        rows = self._pacs_call("list_pacs_studies", limit=limit, offset=offset, filters=filters or None,
+                               with_results=with_results)
+        for row in rows:
+            row["opened"] = self.pacs_opened(row.get("study_uid") or "")
+        return rows
+
+    def pacs_opened(self, study_uid: str) -> list[Any]:
+        """The local studies a PACS study was opened as (those not deleted since)."""
+        if not study_uid:
+            return []
+        raw = self.store.meta_get(_PACS_KEY + study_uid)
+        ids = json.loads(raw) if raw else []
+        return [row for row in (self.store.get_study(i) for i in ids) if row is not None]
+
+    def open_pacs_study(self, study_uid: str) -> PacsOpened:
+        """Fetch the study's CR/DX images from the PACS, add them (``source="pacs"``, the SOP
+        Instance UID as reference) and queue them for the model. The same image twice is the
+        same study (content-addressed), so opening again adds nothing."""
+        images = self._pacs_call("fetch_pacs_images", study_uid)
+        if not images:
+            raise UnknownPacsStudyError(study_uid)
+        added: list[tuple[str, Added, str | None]] = []
+        errors: list[tuple[str, ImageReadError]] = []
+        for i, (sop_uid, data) in enumerate(images, 1):
+            name = _pacs_name(data, sop_uid, i, len(images))
+            try:
+                added.append((sop_uid, self.add_study_from_bytes(data, name, source="pacs", external_ref=sop_uid),
+                              display_name(name)))
+            except ImageReadError as exc:
+                log.info("PACS image refused: %s (%d bytes)", type(exc).__name__, len(data))
+                errors.append((sop_uid, exc))
+        if added:
+            with self._lock:
+                known = [r["id"] for r in self.pacs_opened(study_uid)]
+                ids = known + [a.id for _, a, _ in added if a.id not in known]
+                self.store.meta_set(_PACS_KEY + study_uid, json.dumps(ids))
+        log.info("PACS study opened: %d image(s) added, %d already known, %d refused",
+                 sum(a.created for _, a, _ in added), sum(not a.created for _, a, _ in added), len(errors))
+        return PacsOpened(study_uid, added, errors)
+
     def analyze(self, study_id: str) -> int:
         """Queue another model run for a study; returns the job id."""
         job = self.store.enqueue(study_id, "analyze")
@@ -310,7 +461,8 @@ class TriageService:
             model = {"name": i.name, "version": i.version, "classes": list(i.classes), "threshold": i.threshold,
                      "threshold_high": i.threshold_high, "input_size": i.input_size}
         return {"service": "cxr-triage", "version": __version__, "disclaimer": DISCLAIMER, "model": model,
-                "ready": self.worker.ready.is_set(), "settings": self.settings.public()}
+                "ready": self.worker.ready.is_set(), "settings": self.settings.public(),
+                "pacs": {"configured": self.settings.pacs, "url": self.settings.pacs_url}}
 
 
 def _resolve(fut: asyncio.Future) -> None:

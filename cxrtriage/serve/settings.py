@@ -13,6 +13,12 @@ Environment variables (all optional):
 ``CXR_WORKER_DELAY_S``      artificial delay per study in the worker (tests of crash recovery only)
 ``CXR_FSYNC``               ``0`` to skip fsync of uploads (faster, not crash-proof against power loss)
 ``CXR_SAMPLES``             ``0`` not to offer the bundled sample radiographs on first start
+``CXR_PACS_URL``            a DICOMweb PACS (e.g. Orthanc: ``http://orthanc:8042``) whose chest radiograph
+                            studies the worklist lists and opens; unset: no PACS view
+``CXR_PACS_USER``           HTTP Basic user for the PACS (with ``CXR_PACS_PASSWORD``)
+``CXR_PACS_PASSWORD``       HTTP Basic password for the PACS
+``CXR_PACS_TOKEN``          bearer token for the PACS (instead of user and password)
+``CXR_PACS_DICOMWEB_ROOT``  DICOMweb path under the PACS URL (default ``/dicom-web``, Orthanc's)
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from cxrtriage.infer.bundle import ASSETS
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 SAMPLES_DIR = ASSETS / "samples"
+DEFAULT_DICOMWEB_ROOT = "/dicom-web"
 
 
 class SettingsError(ValueError):
@@ -71,6 +79,24 @@ def read_token_file(path: str | Path) -> str:
     raise SettingsError(f"the API token file {p} is empty")
 
 
+def _split_pacs_url(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without user information, and the user and password it carried (if any)."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        port, usable = None, False
+    if not usable:
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never echo a password
+        raise SettingsError(f"the PACS URL must be an http:// or https:// address with a host (got {shown[:80]!r})")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), user, password
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything :func:`cxrtriage.serve.create_app` needs. Build with :meth:`from_env`."""
@@ -86,6 +112,11 @@ class Settings:
     fsync: bool = True
     samples: bool = True
     samples_dir: Path = SAMPLES_DIR
+    pacs_url: str | None = None
+    pacs_user: str | None = None
+    pacs_password: str | None = field(default=None, repr=False)
+    pacs_token: str | None = field(default=None, repr=False)
+    pacs_dicomweb_root: str = DEFAULT_DICOMWEB_ROOT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -98,6 +129,22 @@ class Settings:
             raise SettingsError("the worker batch size must be at least 1")
         if self.worker_delay_s < 0:
             raise SettingsError("the worker delay cannot be negative")
+        for name in ("pacs_url", "pacs_user", "pacs_password", "pacs_token"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                object.__setattr__(self, name, None)
+        if self.pacs_url is not None:
+            url, user, password = _split_pacs_url(str(self.pacs_url))
+            object.__setattr__(self, "pacs_url", url)
+            if user is not None and self.pacs_user is None and self.pacs_token is None:
+                object.__setattr__(self, "pacs_user", user)
+                if self.pacs_password is None:
+                    object.__setattr__(self, "pacs_password", password)
+
+    @property
+    def pacs(self) -> bool:
+        """True when a PACS is configured (the worklist then offers its studies)."""
+        return self.pacs_url is not None
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -119,6 +166,11 @@ class Settings:
             worker_delay_s=_env_float("CXR_WORKER_DELAY_S", 0.0),
             fsync=_env_bool("CXR_FSYNC", True),
             samples=_env_bool("CXR_SAMPLES", True),
+            pacs_url=os.environ.get("CXR_PACS_URL") or None,
+            pacs_user=os.environ.get("CXR_PACS_USER") or None,
+            pacs_password=os.environ.get("CXR_PACS_PASSWORD") or None,
+            pacs_token=os.environ.get("CXR_PACS_TOKEN") or None,
+            pacs_dicomweb_root=os.environ.get("CXR_PACS_DICOMWEB_ROOT") or DEFAULT_DICOMWEB_ROOT,
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         if "cors_origins" in given:
@@ -126,10 +178,12 @@ class Settings:
         return replace(base, **given)
 
     def public(self) -> dict:
-        """Settings safe to show (never the token)."""
+        """Settings safe to show (never the token, nor the PACS credentials)."""
         return {
             "max_upload_bytes": self.max_upload_bytes,
             "auth": self.token is not None,
             "cors_origins": list(self.cors_origins),
             "batch_size": self.batch_size,
+            "pacs": self.pacs,
+            "pacs_url": self.pacs_url,
         }

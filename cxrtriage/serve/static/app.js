@@ -16,7 +16,9 @@
     selected: null, study: null, info: null,
     wl: null,                 // {c, w} when the user changed window/level, else null (as stored)
     imgSeq: 0, hmSeq: 0, urls: { original: null, heatmap: null },
-    listTimer: null, askingToken: false, analyzing: false,
+    listTimer: null, askingToken: false, analyzing: false, following: null,
+    view: "local",            // "local" (the service's studies) or "pacs" (the PACS's studies)
+    pacs: { configured: false, offset: 0, limit: 25, next: null, filter: "", timer: null, seq: 0, opening: new Set() },
   };
 
   // -- helpers ----------------------------------------------------------------------
@@ -139,6 +141,7 @@
         chip.textContent = `${body.model.name} · ${body.model.version}`;
         chip.hidden = false;
       }
+      setPacsConfigured(!!(body.pacs && body.pacs.configured), body.pacs && body.pacs.url);
     } catch (_) { /* shown by the status dot */ }
   }
 
@@ -230,6 +233,191 @@
     next.scrollIntoView({ block: "nearest" });
   });
 
+  // -- PACS view ------------------------------------------------------------------------
+  // Only when the service has a PACS (GET /info says so). Lists the PACS's chest radiograph
+  // studies with any AI result stored there; "Open" imports a study and selects it.
+  const LOCAL_ONLY = ["sort-box", "dropzone", "local-wrap", "local-pager"];
+  const PACS_ONLY = ["pacs-bar", "pacs-wrap", "pacs-pager"];
+
+  function setPacsConfigured(on, url) {
+    state.pacs.configured = on;
+    $("view-tabs").hidden = !on;
+    $("tab-pacs").title = url ? `Studies in ${url}` : "";
+    $("pacs-where").textContent = url || "";
+    if (!on && state.view === "pacs") showView("local");
+  }
+
+  function showView(view) {
+    state.view = view;
+    const pacs = view === "pacs";
+    $("tab-local").setAttribute("aria-selected", String(!pacs));
+    $("tab-pacs").setAttribute("aria-selected", String(pacs));
+    $("tab-local").classList.toggle("active", !pacs);
+    $("tab-pacs").classList.toggle("active", pacs);
+    for (const id of LOCAL_ONLY) $(id).hidden = pacs;
+    for (const id of PACS_ONLY) $(id).hidden = !pacs;
+    clearTimeout(state.pacs.timer);
+    if (pacs) refreshPacs();
+  }
+
+  $("tab-local").addEventListener("click", () => showView("local"));
+  $("tab-pacs").addEventListener("click", () => showView("pacs"));
+  $("pacs-bar").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.pacs.filter = $("pacs-filter").value.trim();
+    state.pacs.offset = 0;
+    refreshPacs();
+  });
+  $("pacs-prev").addEventListener("click", () => {
+    state.pacs.offset = Math.max(0, state.pacs.offset - state.pacs.limit);
+    refreshPacs();
+  });
+  $("pacs-next").addEventListener("click", () => {
+    if (state.pacs.next !== null) { state.pacs.offset = state.pacs.next; refreshPacs(); }
+  });
+
+  function dicomDate(d, t) {
+    if (!d || d.length < 8) return "";
+    let out = `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6, 8)}`;
+    if (t && t.length >= 4) out += ` ${t.slice(0, 2)}:${t.slice(2, 4)}`;
+    return out;
+  }
+
+  function personName(pn) {
+    return (pn || "").split("^").filter(Boolean).join(", ");
+  }
+
+  async function refreshPacs() {
+    const P = state.pacs;
+    clearTimeout(P.timer);
+    if (state.view !== "pacs") return;
+    const seq = ++P.seq;
+    let pending = false;
+    $("pacs-page-info").textContent = "loading…";
+    try {
+      let q = `limit=${P.limit}&offset=${P.offset}`;
+      if (P.filter) q += `&patient_id=${encodeURIComponent(P.filter)}`;
+      const { body } = await apiJson(`${API}/pacs/studies?${q}`);
+      if (seq !== P.seq || state.view !== "pacs") return;
+      P.next = body.next_offset;
+      renderPacs(body.items);
+      pending = body.items.some((r) => r.ai && r.ai.priority === "pending");
+    } catch (e) {
+      if (seq !== P.seq) return;
+      $("pacs-page-info").textContent = "";
+      if (e.status === 404) { setPacsConfigured(false); return; }
+      if (e.status !== 401) {
+        $("pacs-body").replaceChildren();
+        const box = $("pacs-empty");
+        box.hidden = false;
+        box.textContent = `PACS not available: ${e.message}`;
+      }
+    }
+    if (state.view === "pacs") P.timer = setTimeout(refreshPacs, pending ? 2000 : 30000);
+  }
+
+  function renderPacs(items) {
+    const tbody = $("pacs-body");
+    tbody.replaceChildren();
+    for (const r of items) {
+      const ai = r.ai;
+      const p = ai && ai.priority ? ai.priority : null;
+      const tr = el("tr", p ? `p-${p}` : "p-none");
+      tr.dataset.uid = r.study_uid;
+      const opened = r.opened || [];
+      if (opened.some((o) => o.id === state.selected)) tr.classList.add("selected");
+      const flag = el("td", "col-flag");
+      flag.append(el("span", "flag"));
+      const pr = el("td");
+      if (p) pr.append(badge(p));
+      else pr.append(el("span", "muted", "Not triaged"));
+      const st = el("td");
+      const title = r.description || r.accession_number || "Chest radiograph study";
+      const name = el("div", "study-name", title);
+      name.title = `Study Instance UID ${r.study_uid}`;
+      const who = [personName(r.patient_name), r.patient_id].filter(Boolean).join(" · ");
+      const n = r.n_instances;
+      const info = [dicomDate(r.study_date, r.study_time), who, r.accession_number ? `Acc ${r.accession_number}` : null,
+        (r.modalities || []).join("/"), n ? `${n} image${n === 1 ? "" : "s"}` : null,
+        opened.length ? "opened" : null].filter(Boolean).join(" · ");
+      const line = el("div", "study-info", info);
+      line.title = info;
+      st.append(name, line);
+      const aiCell = el("td", "ai");
+      if (ai && ai.label) {
+        aiCell.append(el("span", "ai-label", ai.label));
+        const where = ai.source === "pacs" ? "stored in PACS" : "this service";
+        const sc = el("span", "ai-score", ai.score !== null && ai.score !== undefined ? `P ${fmtNum(ai.score)}` : "–");
+        sc.title = `AI result from ${where}`;
+        aiCell.append(sc);
+      } else if (ai && ai.refused) {
+        aiCell.append(el("span", "muted", "not scored"));
+      } else {
+        aiCell.append(el("span", "muted", p === "pending" ? "…" : "–"));
+      }
+      const act = el("td", "col-act");
+      const btn = el("button", "btn btn-small" + (opened.length ? "" : " btn-open"), opened.length ? "Show" : "Open");
+      btn.type = "button";
+      btn.setAttribute("aria-label", `${opened.length ? "Show" : "Open"} ${title}`);
+      if (state.pacs.opening.has(r.study_uid)) { btn.disabled = true; btn.textContent = "Opening…"; }
+      btn.addEventListener("click", (e) => { e.stopPropagation(); openPacs(r, btn); });
+      act.append(btn);
+      tr.append(flag, pr, st, aiCell, act);
+      if (opened.length) tr.addEventListener("click", () => showOpened(opened, r.study_uid));
+      tbody.append(tr);
+    }
+    const box = $("pacs-empty");
+    box.textContent = state.pacs.filter ? "No chest radiograph study matches." : "No chest radiograph studies in the PACS.";
+    box.hidden = items.length > 0;
+    const P = state.pacs;
+    $("pacs-page-info").textContent = items.length ? `${P.offset + 1}–${P.offset + items.length}` : "";
+    $("pacs-prev").disabled = P.offset === 0;
+    $("pacs-next").disabled = P.next === null || P.next === undefined;
+  }
+
+  function showOpened(opened, uid) {
+    selectStudy(opened[0].id);
+    markPacsSelected(uid);
+  }
+
+  async function openPacs(r, btn) {
+    const opened = r.opened || [];
+    if (opened.length) { showOpened(opened, r.study_uid); return; }
+    const P = state.pacs;
+    if (P.opening.has(r.study_uid)) return;
+    P.opening.add(r.study_uid);
+    btn.disabled = true;
+    btn.textContent = "Opening…";
+    try {
+      const res = await api(`${API}/pacs/studies/${encodeURIComponent(r.study_uid)}/open`, { method: "POST" });
+      let body = null;
+      try { body = await res.json(); } catch (_) { body = null; }
+      if (!res.ok) {
+        message("err", (body && body.message) || `opening the PACS study failed (${res.status})`);
+        return;
+      }
+      const added = body.studies.filter((s) => s.created).length;
+      const title = r.description || r.accession_number || "PACS study";
+      message("ok", added ? `${title}: ${added} image${added === 1 ? "" : "s"} opened, analysing`
+        : `${title}: already in the worklist`);
+      for (const err of body.errors || []) message("err", err.message);
+      refreshList();
+      if (body.ids.length) {
+        selectStudy(body.ids[0]);
+        markPacsSelected(r.study_uid);
+      }
+    } catch (e) {
+      if (e.status !== 401) message("err", `opening the PACS study failed: ${e.message}`);
+    } finally {
+      P.opening.delete(r.study_uid);
+      refreshPacs();
+    }
+  }
+
+  function markPacsSelected(uid) {
+    for (const tr of document.querySelectorAll("#pacs-body tr")) tr.classList.toggle("selected", tr.dataset.uid === uid);
+  }
+
   // -- upload ---------------------------------------------------------------------------
   // The file input and drag-and-drop both end here.
   async function uploadFiles(fileList) {
@@ -304,12 +492,37 @@
       layoutFrame();
       loadOriginal();
       if (heatmapChanged) loadHeatmap();
+      if (priorityOf(body) === "pending") followStudy(id);
     } catch (e) {
       if (e.status === 404) {
         message("warn", "that study no longer exists");
         clearSelection();
         refreshList();
       }
+    }
+  }
+
+  // A selected study still waiting for the model: hold a long poll until its result is in,
+  // wherever it sits in the worklist (or on another page, or opened from the PACS view).
+  async function followStudy(id) {
+    if (state.following === id) return;
+    state.following = id;
+    try {
+      while (state.selected === id) {
+        const { body } = await apiJson(`${API}/studies/${encodeURIComponent(id)}?wait=20`);
+        if (state.selected !== id) return;
+        if (priorityOf(body) !== "pending") {
+          if (!state.analyzing) {
+            state.following = null;
+            loadStudy(id, { keepWindow: true });
+          }
+          return;
+        }
+      }
+    } catch (_) {
+      /* the worklist refresh takes over */
+    } finally {
+      if (state.following === id) state.following = null;
     }
   }
 
