@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: patient-wise splits and manifests.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+pacs_app = typer.Typer(help="PACS: triage radiographs arriving in a PACS and write results back as DICOM.",
+                       no_args_is_help=True)
+app.add_typer(pacs_app, name="pacs")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -40,28 +44,56 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 @data_app.command("split")
 def data_split(
-    root: Path = typer.Argument(..., help="Dataset root in the Kermany layout (<root>/train/{NORMAL,PNEUMONIA})."),
+    root: Path = typer.Argument(..., help="Dataset root in the Kermany layout (<root>/train/{NORMAL,PNEUMONIA}), "
+                                "or the release/folder/CSV that --source names."),
     out: Path = typer.Option(Path("split.csv"), "--out", "-o", help="Manifest CSV to write."),
-    task: str = typer.Option("pneumonia", help="pneumonia (2 classes) or pneumonia3 (normal/bacterial/viral)."),
+    task: str = typer.Option("pneumonia", help="pneumonia, pneumonia3, covid3 or nih14."),
     val_fraction: float = typer.Option(0.2, help="Fraction of patients held out for validation."),
     seed: int = typer.Option(0, help="Random seed of the split."),
     split: str = typer.Option("train", help="Which split folder of the release to divide."),
+    source: str = typer.Option("kermany", help="kermany, covid (COVID-19 image data collection), nih "
+                               "(ChestX-ray14), folder (one folder per class) or csv (path,label[,patient_id])."),
+    normals: Optional[Path] = typer.Option(None, help="covid: a Kermany-layout folder whose NORMAL images "
+                                           "complete covid3."),
+    max_normals: Optional[int] = typer.Option(None, help="covid: at most this many borrowed normals."),
+    test_fraction: float = typer.Option(0.0, help="Also hold out this fraction of patients as 'test' "
+                                        "(covid, folder, csv; nih keeps its official test list)."),
 ) -> None:
     """Make a patient-wise, stratified, seeded train/validation split and write it as a manifest CSV."""
     from collections import Counter
 
     from cxrtriage.data import kermany_samples, patient_split, write_manifest
+    from cxrtriage.data.generic import carve_validation, dataset_samples, task_split
 
     try:
-        samples = patient_split(kermany_samples(root, split, task), val_fraction, seed)
+        if source == "kermany":
+            samples = patient_split(kermany_samples(root, split, task), val_fraction, seed)
+        elif source == "nih":
+            from cxrtriage.data.nih import nih_samples
+
+            samples = nih_samples(root, task, val_fraction, seed)
+        else:
+            if source == "covid":
+                from cxrtriage.data.covid import covid3_samples
+
+                samples = covid3_samples(root, normals, task, max_normals=max_normals, seed=seed)
+            else:
+                samples = dataset_samples(source, root, task, split=split)
+            if any(s.split for s in samples):  # the export carries its own split: keep it
+                samples = carve_validation(samples, task, val_fraction, seed)
+            else:
+                samples = task_split(samples, task, val_fraction, seed, test_fraction)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     write_manifest(samples, out)
-    counts = Counter((s.split, s.label) for s in samples)
-    pats = {sp: len({s.patient_id for s in samples if s.split == sp}) for sp in ("train", "val")}
-    for sp in ("train", "val"):
+    counts = Counter((s.split, lab) for s in samples for lab in s.label.split("|"))  # per finding if multi-label
+    pats = {sp: len({s.patient_id for s in samples if s.split == sp}) for sp in ("train", "val", "test")}
+    for sp in ("train", "val", "test"):
+        if not pats[sp]:
+            continue
         per = ", ".join(f"{lab} {n}" for (s, lab), n in sorted(counts.items()) if s == sp)
-        console.print(f"{sp}: {sum(n for (s, _), n in counts.items() if s == sp)} images, {pats[sp]} patients ({per})")
+        n_img = sum(s.split == sp for s in samples)
+        console.print(f"{sp}: {n_img} images, {pats[sp]} patients ({per})")
     console.print(f"manifest written to {out}")
 
 
@@ -70,8 +102,10 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, metrics, curves, checkpoints, model)."),
     data: Optional[Path] = typer.Option(None, help="Dataset root (Kermany layout); split patient-wise on the fly."),
     manifest: Optional[Path] = typer.Option(None, help="Manifest CSV from `cxr data split` (preferred)."),
-    task: str = typer.Option("pneumonia", help="pneumonia or pneumonia3."),
-    arch: str = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200."),
+    task: str = typer.Option("pneumonia", help="pneumonia, pneumonia3, covid3 or nih14 (multi-label)."),
+    arch: str = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200, or a transfer "
+                             "backbone: efficientnet_lite0, efficientnet_b0, resnet18, resnet50, densenet121, "
+                             "mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, inception_v3."),
     image_size: Optional[int] = typer.Option(None, help="Input size in px (default: the architecture's)."),
     epochs: int = typer.Option(20),
     batch_size: int = typer.Option(64),
@@ -89,8 +123,20 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     stop_after: Optional[int] = typer.Option(None, help="Pause after this many epochs (continue with --resume)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Backbones: start from ImageNet weights "
+                                    "(efficientnet_lite0 offline; others via torch's download cache)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbones: start from this local state dict."),
+    freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Train only the head for the first N epochs."),
+    backbone_lr_mult: Optional[float] = typer.Option(None, "--backbone-lr-mult", help="Backbone LR = lr x this "
+                                                     "(default 0.1 with pretrained weights, else 1)."),
+    loss: str = typer.Option("bce", help="Multi-label loss: bce (per-finding positive weights) or focal."),
+    sampler: str = typer.Option("rare", help="Multi-label sampler: rare (keeps rare findings present) or uniform."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Data-parallel processes on this machine "
+                                       "(re-launched through torchrun; --batch-size stays the global batch)."),
 ) -> None:
-    """Train a classifier; writes config, per-epoch metrics, curves, checkpoints and an ONNX model."""
+    """Train a classifier; writes config, per-epoch metrics, curves, checkpoints and an ONNX model.
+
+    Also runs under torchrun (one process per GPU or CPU share, on one machine or many)."""
     from cxrtriage.train.config import TrainConfig
     from cxrtriage.train.trainer import train as run
 
@@ -100,10 +146,22 @@ def train(
         optimizer=optimizer, seed=seed, patience=patience,
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
         augment=not no_augment, class_weights=class_weights, dropout=dropout, stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
+        pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,
+        backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler,
     )
+    if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: re-launch through it
+        from cxrtriage.train.launch import run_torchrun
+
+        try:
+            code = run_torchrun(cfg, nproc_per_node, resume=resume, progress=not quiet)
+        except ValueError as exc:
+            fail(str(exc))
+        if code:
+            fail(f"distributed training failed (torchrun exit status {code}; see the ranks' errors above)", code)
+        return
     try:
         run(cfg, resume=resume, progress=not quiet)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
 
 
@@ -125,19 +183,47 @@ def _collect(inputs: list[Path]) -> list[Path]:
 
 @app.command()
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="Image files (DICOM, JPEG, PNG) and/or folders."),
+    inputs: list[str] = typer.Argument(..., help="Image files (DICOM, JPEG, PNG) and/or folders. With --engine: "
+                                       "one SOURCE, a folder, a CSV of paths or a DICOMweb server URL."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model (.onnx, sidecar .json or run folder); default: bundled."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per line instead of a table."),
     batch_size: int = typer.Option(32),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (with --engine: per worker, default 1)."),
     sort: bool = typer.Option(True, help="Sort the table by triage priority (most urgent first)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Bulk triage into --out (Parquet, resumable): ray "
+                                         "(Ray Data; pip install 'cxr-triage[ray]') or local (this process)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --engine: results folder of Parquet parts "
+                                       "(e.g. results.parquet); images already in it are skipped."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: an existing Ray cluster "
+                                          "(auto, HOST:6379 or ray://HOST:10001); default: a local Ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="With --engine ray: engine actors "
+                                          "(default: the cluster's CPUs / --threads)."),
+    pacs_user: Optional[str] = typer.Option(None, "--pacs-user", envvar="CXR_PACS_USER",
+                                            help="DICOMweb source: HTTP Basic user (or $CXR_PACS_USER)."),
+    pacs_password: Optional[str] = typer.Option(None, "--pacs-password", envvar="CXR_PACS_PASSWORD",
+                                                help="DICOMweb source: HTTP Basic password (or $CXR_PACS_PASSWORD)."),
+    pacs_token: Optional[str] = typer.Option(None, "--pacs-token", envvar="CXR_PACS_TOKEN",
+                                             help="DICOMweb source: bearer token (or $CXR_PACS_TOKEN)."),
+    dicomweb_root: str = typer.Option("/dicom-web", "--dicomweb-root", help="DICOMweb source: path of the "
+                                      "DICOMweb service on the server (Orthanc: /dicom-web)."),
+    modality: Optional[list[str]] = typer.Option(None, "--modality", help="DICOMweb source: modalities to "
+                                                 "triage (repeatable; default CR and DX)."),
 ) -> None:
-    """Triage images: label, probability and priority for each file."""
+    """Triage images: label, probability and priority for each file.
+
+    With --engine ray (or local), triage a whole archive into a Parquet dataset instead: one row
+    per image (path, SOP Instance UID, label, probabilities, gate verdict, model version, error)."""
+    if engine is not None:
+        _bulk_predict(inputs, engine, out, model, batch_size, threads, address, workers, pacs_user, pacs_password,
+                      pacs_token, dicomweb_root, modality, as_json)
+        return
+    if out is not None:
+        fail("--out writes bulk results: add --engine ray (or --engine local)")
     from rich.table import Table
 
     from cxrtriage.infer import PRIORITY_ORDER, Engine, ModelNotFoundError
 
-    files = _collect(inputs)
+    files = _collect([Path(i) for i in inputs])
     try:
         engine = Engine(model, threads=threads)
     except ModelNotFoundError as exc:
@@ -158,6 +244,56 @@ def predict(
         table.add_row(Path(p.source).name, p.label or "-", f"{p.score:.3f}" if p.score is not None else "-",
                       f"[{colours[p.priority]}]{p.priority}[/]", note)
     console.print(table)
+    console.print(f"[dim]{DISCLAIMER}[/]")
+
+
+def _bulk_predict(inputs: list[str], engine: str, out: Optional[Path], model: Optional[Path], batch_size: int,
+                  threads: Optional[int], address: Optional[str], workers: Optional[int], user: Optional[str],
+                  password: Optional[str], token: Optional[str], dicomweb_root: str,
+                  modality: Optional[list[str]], as_json: bool) -> None:
+    from cxrtriage.infer import ModelNotFoundError
+    from cxrtriage.infer.bulk import BulkError, DicomwebSource, bulk_triage, is_dicomweb
+
+    if engine not in ("ray", "local"):
+        fail(f"unknown engine {engine!r} (ray or local)")
+    if len(inputs) != 1:
+        fail("--engine takes one SOURCE: a folder, a CSV of paths or a DICOMweb server URL")
+    if out is None:
+        fail("--engine needs --out (e.g. --out results.parquet)")
+    if address and engine != "ray":
+        fail("--address is for --engine ray")
+    source = inputs[0]
+    dicomweb = None
+    if is_dicomweb(source):
+        dicomweb = DicomwebSource(source, user, password, token, dicomweb_root,
+                                  tuple(m.upper() for m in modality) if modality else ("CR", "DX"))
+    bars: list = []
+
+    def start(listed: int, todo: int) -> None:
+        if not as_json and todo:
+            from tqdm.auto import tqdm
+
+            bars.append(tqdm(total=todo, desc="triage", unit="img", dynamic_ncols=True))
+
+    def rows(n: int) -> None:
+        for bar in bars:
+            bar.update(n)
+
+    try:
+        summary = bulk_triage(source, out, model=model, engine=engine, address=address, workers=workers,
+                              threads=threads or 1, batch_size=batch_size, dicomweb=dicomweb, on_start=start,
+                              on_rows=rows)
+    except (BulkError, ModelNotFoundError) as exc:
+        fail(str(exc))
+    finally:
+        for bar in bars:
+            bar.close()
+    if as_json:
+        sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
+        return
+    console.print(f"{summary.listed} image(s) in {source}: {summary.skipped} already scored, {summary.scored} "
+                  f"scored now ({summary.errors} unreadable, {summary.refused} refused by the quality gate) in "
+                  f"{summary.seconds:.1f}s with {summary.workers} {engine} worker(s) -> {out}")
     console.print(f"[dim]{DISCLAIMER}[/]")
 
 
@@ -280,7 +416,8 @@ def evaluate(
     try:
         task = get_task(info.task)
         samples = _eval_samples(data, manifest, split, task.name, int(info.raw.get("training", {}).get("seed", 0)))
-        y = np.array([task.index(s.label) for s in samples])
+        y = (np.stack([task.multi_hot(s.label) for s in samples]).astype(int) if task.kind == "multilabel"
+             else np.array([task.index(s.label) for s in samples]))
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     if not len(samples):
@@ -295,7 +432,7 @@ def evaluate(
             "threshold_method": info.raw.get("threshold_method", "stored with the model"),
             "task_description": task.description, "unreadable": len(bad)}
     result = evaluate_predictions(task.name, list(info.classes), y[keep], probs, info.threshold, out, meta,
-                                  n_boot=n_boot)
+                                  n_boot=n_boot, label_thresholds=info.raw.get("label_thresholds"))
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
@@ -306,6 +443,15 @@ def evaluate(
                   f"threshold {result['threshold']:.3f}")
     if result.get("macro_auc") is not None:
         console.print(f"macro one-vs-rest AUC {result['macro_auc']:.4f}")
+    if result.get("multilabel"):
+        ml = result["multilabel"]
+        for name in ml["labels"]:
+            e = ml["per_label"][name]
+            auc = f"{e['roc_auc']:.4f}" if e["roc_auc"] is not None else e["status"]
+            console.print(f"  {name:<20} n+={e['n_pos']:<6} AUC {auc}")
+        mean = ml["mean_auc"]
+        console.print(f"mean AUC over {ml['n_labels_scored']} findings: "
+                      + (f"{mean:.4f}" if mean is not None else "none scored"))
     if out:
         console.print(f"report: {out / 'report.html'}")
 
@@ -320,6 +466,7 @@ def serve(
     max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", help="Request size limit in MiB (default 64)."),
     cors_origin: Optional[list[str]] = typer.Option(None, "--cors-origin", help="Allow this browser origin (repeatable; default: none)."),
     samples: Optional[bool] = typer.Option(None, "--samples/--no-samples", help="Offer the bundled sample radiographs on first start (default: yes, or $CXR_SAMPLES)."),
+    pacs_url: Optional[str] = typer.Option(None, "--pacs-url", help="DICOMweb PACS whose studies the worklist lists and opens (or $CXR_PACS_URL; credentials: $CXR_PACS_USER/$CXR_PACS_PASSWORD or $CXR_PACS_TOKEN)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run the triage service: HTTP API (docs at /docs), worklist and viewer, background inference."""
@@ -329,6 +476,70 @@ def serve(
     try:
         run_service(host, port, model, data_dir, None, token_file=token_file,
                     max_upload_bytes=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None,
-                    cors_origins=cors_origin, samples=samples, log_level=log_level)
+                    cors_origins=cors_origin, samples=samples, pacs_url=pacs_url, log_level=log_level)
     except SettingsError as exc:
+        fail(str(exc))
+
+
+@pacs_app.command("watch")
+def pacs_watch(
+    url: str = typer.Option(..., "--url", help="PACS base URL, e.g. http://orthanc:8042"),
+    user: Optional[str] = typer.Option(None, "--user", help="HTTP Basic user."),
+    password: Optional[str] = typer.Option(None, "--password", envvar="CXR_PACS_PASSWORD", help="HTTP Basic password."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="CXR_PACS_TOKEN", help="Bearer token (instead of user/password)."),
+    mode: str = typer.Option("changes", "--mode", help="changes (Orthanc's change feed) or dicomweb (QIDO-RS polling)."),
+    poll: float = typer.Option(1.0, "--poll", help="Seconds between polls."),
+    state: Optional[Path] = typer.Option(None, "--state", help="SQLite state file (default ~/.cache/cxr-triage/pacs-state.sqlite)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model (.onnx, sidecar .json or run folder); default: bundled."),
+    once: bool = typer.Option(False, "--once", help="One pass over what is new, then exit."),
+    dicomweb_root: str = typer.Option("/dicom-web", "--dicomweb-root", help="DICOMweb path under --url."),
+    store: str = typer.Option("stow", "--store", help="stow (STOW-RS) or rest (Orthanc POST /instances)."),
+    workers: int = typer.Option(1, "--workers", help="Triage processes (each loads the model)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    no_backfill: bool = typer.Option(False, "--no-backfill", help="On the first run, ignore what is already in the PACS."),
+    lookback_days: Optional[int] = typer.Option(None, "--lookback-days", help="dicomweb mode: only studies of the last N days."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every instance."),
+) -> None:
+    """Follow a PACS; triage each new CR/DX radiograph; store an overlay (SC) and a TID 1500 SR in its study."""
+    import json
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("cxrtriage.pacs").setLevel(logging.INFO)
+    from cxrtriage.infer import ModelNotFoundError
+    from cxrtriage.pacs.watch import watch
+
+    try:
+        stats = watch(url, user=user, password=password, token=token, mode=mode, poll_s=poll, state_path=state,
+                      model=model, once=once, dicomweb_root=dicomweb_root, store=store, workers=workers,
+                      batch_size=batch_size, backfill=not no_backfill, lookback_days=lookback_days)
+    except (ValueError, ModelNotFoundError) as exc:
+        fail(str(exc))
+    sys.stdout.write(json.dumps(stats.to_dict()) + "\n")
+    if once and stats.errors:
+        raise typer.Exit(1)
+
+
+@pacs_app.command("listen")
+def pacs_listen(
+    port: int = typer.Option(..., "--port", help="TCP port of the C-STORE receiver."),
+    ae_title: str = typer.Option("CXRTRIAGE", "--ae-title", help="Our AE title."),
+    forward: Optional[str] = typer.Option(None, "--forward", help="Send results with C-STORE to AE@host:port."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model; default: bundled."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
+    spool: Optional[Path] = typer.Option(None, "--spool", help="Spool folder (default ~/.cache/cxr-triage/listen-spool)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Also write the results as DICOM files here."),
+) -> None:
+    """Receive images with C-STORE, triage them, and forward the SC + SR with C-STORE."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from cxrtriage.infer import ModelNotFoundError
+    from cxrtriage.pacs.listen import listen
+
+    try:
+        listen(port, ae_title, forward=forward, model=model, host=host, spool_dir=spool, out_dir=out_dir)
+    except (ValueError, ModelNotFoundError) as exc:
         fail(str(exc))

@@ -11,6 +11,7 @@ from cxrtriage.evaluate.metrics import (
     multiclass_metrics,
 )
 from cxrtriage.evaluate.plots import confusion_plot, multiclass_roc_plot, pr_plot, reliability_plot, roc_plot
+from cxrtriage.evaluate.multilabel import evaluate_multilabel, label_thresholds, multilabel_metrics
 from cxrtriage.evaluate.report import write_report
 from cxrtriage.evaluate.run import evaluate_predictions, triage_score
 from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
@@ -20,12 +21,15 @@ __all__ = [
     "calibration_curve_data",
     "choose_threshold",
     "confusion_plot",
+    "evaluate_multilabel",
     "evaluate_predictions",
     "expected_calibration_error",
     "high_priority_threshold",
     "jsonable",
+    "label_thresholds",
     "multiclass_metrics",
     "multiclass_roc_plot",
+    "multilabel_metrics",
     "pr_plot",
     "reliability_plot",
     "roc_plot",

@@ -24,6 +24,7 @@ PLOT_CAPTIONS = {
     "confusion": "Triage confusion matrix at the operating threshold (row % = share of each true class).",
     "roc_per_class": "One-vs-rest ROC curve per class.",
     "confusion_multiclass": "Arg-max class confusion matrix (independent of the triage threshold).",
+    "label_auc": "ROC AUC per finding with 95% CI; findings absent from this split are named, not scored.",
 }
 
 _PROPORTIONS = {"accuracy", "sensitivity", "specificity", "ppv", "npv"}
@@ -92,6 +93,15 @@ def _cards(result: dict[str, Any]) -> list[dict[str, Any]]:
         }
         for k in labels
     ]
+    ml = result.get("multilabel")
+    if ml:
+        cards.insert(1, {
+            "label": "Mean AUC",
+            "value": _num(ml["mean_auc"]),
+            "ci": _ci(ml.get("mean_auc_ci"), False),
+            "hint": f"Per-finding ROC AUC averaged over {ml['n_labels_scored']} of {len(ml['labels'])} findings"
+                    + (f" ({len(ml['labels_absent'])} absent)" if ml["labels_absent"] else "") + ".",
+        })
     mc = result.get("multiclass")
     if mc:
         cards.insert(
@@ -165,6 +175,24 @@ def _metric_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "desc": "Images whose most probable class is the true class.",
             }
         )
+    return rows
+
+
+def _label_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per finding of a multi-label result (absent findings say so)."""
+    ml = result.get("multilabel")
+    if not ml:
+        return []
+    rows = []
+    for name in ml["labels"]:
+        e = ml["per_label"][name]
+        rows.append({
+            "name": name, "n_pos": f"{e['n_pos']:,}", "prevalence": _pct(e["prevalence"]),
+            "auc": _num(e["roc_auc"]) if e["roc_auc"] is not None else e["status"],
+            "ci": _ci(e.get("roc_auc_ci"), False), "pr_auc": _num(e["pr_auc"]),
+            "threshold": _num(e["threshold"]), "sensitivity": _pct(e["sensitivity"]),
+            "specificity": _pct(e["specificity"]), "absent": e["roc_auc"] is None,
+        })
     return rows
 
 
@@ -256,6 +284,8 @@ def write_report(out_dir: Path | str, result: dict[str, Any], plots: dict[str, P
         metric_rows=_metric_rows(result),
         report_kind=result.get("classification_report_kind", ""),
         report_rows=_report_rows(result.get("classification_report") or {}),
+        label_rows=_label_rows(result),
+        score_desc=("max over findings of P(finding)" if result.get("multilabel") else f"1 − P({classes[0]})"),
     )
     path = out_dir / "report.html"
     path.write_text(html, encoding="utf-8")

@@ -35,8 +35,12 @@ def evaluate_predictions(
     meta: dict[str, Any],
     n_boot: int = 1000,
     seed: int = 0,
+    label_thresholds: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate softmax ``probs`` (N, C) against class indices; class 0 is "normal".
+
+    Multi-label: pass 0/1 targets of shape (N, C) instead of indices, sigmoid ``probs`` and
+    the per-label ``label_thresholds``; see :func:`cxrtriage.evaluate.multilabel.evaluate_multilabel`.
 
     The triage score ``1 - probs[:, 0]`` is scored against ``y_true_idx != 0`` at ``threshold``.
     With 3+ classes the class-level metrics are added (and ``macro_auc`` at top level).
@@ -44,6 +48,11 @@ def evaluate_predictions(
     threshold_method (how the threshold was chosen). When ``out_dir`` is given, writes
     metrics.json, the PNG plots and report.html there. Returns a JSON-serialisable dict.
     """
+    if np.asarray(y_true_idx).ndim == 2:
+        from cxrtriage.evaluate.multilabel import evaluate_multilabel
+
+        return evaluate_multilabel(task_name, list(classes), y_true_idx, probs, threshold, out_dir, meta,
+                                   label_thresholds, n_boot=n_boot, seed=seed)
     y = np.asarray(y_true_idx).ravel().astype(np.int64)
     p = np.asarray(probs, dtype=float)
     if p.ndim != 2 or p.shape != (y.size, len(classes)):

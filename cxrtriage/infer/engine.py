@@ -100,6 +100,8 @@ class Engine:
 
     def _fill(self, p: Prediction, probs: np.ndarray, cam: np.ndarray | None) -> None:
         info = self.info
+        if info.raw.get("kind") == "multilabel":
+            return self._fill_multilabel(p, probs, cam)
         score = float(1.0 - probs[0])
         p.probabilities = {c: round(float(v), 6) for c, v in zip(info.classes, probs)}
         p.score = round(score, 6)
@@ -112,6 +114,22 @@ class Engine:
         if cam is not None:
             abnormal = 1 + int(np.argmax(probs[1:]))
             p.heatmap = _normalise_cam(cam[abnormal])
+
+    def _fill_multilabel(self, p: Prediction, probs: np.ndarray, cam: np.ndarray | None) -> None:
+        """Multi-label model: a probability per finding; score = the highest; label = the findings
+        at or above their own thresholds joined by '|' ("no finding" when none)."""
+        info = self.info
+        thresholds = info.raw.get("label_thresholds") or {}
+        score = float(np.max(probs)) if len(probs) else 0.0
+        p.probabilities = {c: round(float(v), 6) for c, v in zip(info.classes, probs)}
+        p.score = round(score, 6)
+        p.threshold = info.threshold
+        flagged = [c for c, v in zip(info.classes, probs)
+                   if v >= (thresholds.get(c) if thresholds.get(c) is not None else 0.5)]
+        p.label = "|".join(flagged) if flagged else "no finding"
+        p.priority = priority_for(score, info.threshold, info.threshold_high)
+        if cam is not None:
+            p.heatmap = _normalise_cam(cam[int(np.argmax(probs))])
 
     def predict_bytes(self, data: bytes, name: str = "<upload>", heatmap: bool = True) -> Prediction:
         """Decode and triage one file's bytes; unreadable input gives a Prediction with ``error``."""

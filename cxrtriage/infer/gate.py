@@ -26,29 +26,48 @@ class FeatureGate:
     precision: np.ndarray
     threshold: float
     quantile: float
+    # wide networks (transfer backbones): embeddings are first projected on their leading
+    # principal components (rows), so the precision matrix stays small
+    projection: np.ndarray | None = None
 
     def distance(self, emb: np.ndarray) -> np.ndarray:
-        d = emb.astype(np.float64) - self.mean
+        e = emb.astype(np.float64)
+        if self.projection is not None:
+            e = e @ self.projection.T
+        d = e - self.mean
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
 
     def save(self, path: str | Path) -> None:
+        extra = {} if self.projection is None else {"projection": self.projection.astype(np.float32)}
         np.savez_compressed(path, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
-                            threshold=np.float64(self.threshold), quantile=np.float64(self.quantile))
+                            threshold=np.float64(self.threshold), quantile=np.float64(self.quantile), **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureGate":
         z = np.load(path)
+        proj = z["projection"].astype(np.float64) if "projection" in z.files else None
         return cls(z["mean"].astype(np.float64), z["precision"].astype(np.float64),
-                   float(z["threshold"]), float(z["quantile"]))
+                   float(z["threshold"]), float(z["quantile"]), proj)
 
 
 def fit_feature_gate(train_emb: np.ndarray, val_emb: np.ndarray, quantile: float = 0.995,
-                     margin: float = 1.05) -> FeatureGate:
-    """Fit mean and shrunk precision on training embeddings; threshold at a validation quantile."""
+                     margin: float = 1.05, max_dim: int = 512) -> FeatureGate:
+    """Fit mean and shrunk precision on training embeddings; threshold at a validation quantile.
+
+    Embeddings wider than ``max_dim`` (transfer backbones: 4 x 1280 or 4 x 2048) are first
+    projected on their ``max_dim`` leading principal components (fitted on the training ones).
+    """
     from sklearn.covariance import LedoitWolf
 
-    lw = LedoitWolf().fit(train_emb.astype(np.float64))
-    gate = FeatureGate(lw.location_, lw.precision_, float("inf"), quantile)
+    x = train_emb.astype(np.float64)
+    proj = None
+    if x.shape[1] > max_dim:
+        centred = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        proj = vt[:min(max_dim, max(1, len(x) - 1))]
+        x = x @ proj.T
+    lw = LedoitWolf().fit(x)
+    gate = FeatureGate(lw.location_, lw.precision_, float("inf"), quantile, proj)
     gate.threshold = float(np.quantile(gate.distance(val_emb), quantile) * margin)
     return gate
 

@@ -297,28 +297,16 @@ def efficientnet_b0_trunk() -> nn.Sequential:
 # ------------------------------------------------------------------ EfficientNet-Lite0
 
 
-class _SamePad(nn.Module):
-    """TensorFlow 'SAME' padding of a stride-2 convolution on an even-sized input: more on the
-    bottom/right. (For odd sizes TF pads symmetrically; the 1-pixel shift then is harmless.)"""
+def _lite_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """A convolution of the Lite port with symmetric ('same' at stride 1) padding.
 
-    def __init__(self, k: int):
-        super().__init__()
-        lo = (k - 2) // 2
-        self.pad = (lo, k - 2 - lo, lo, k - 2 - lo)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, self.pad)
-
-
-class _TFConv(nn.Conv2d):
-    """Convolution with TF 'SAME' padding (symmetric for stride 1, see :class:`_SamePad` for 2)."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1):
-        super().__init__(cin, cout, k, stride, (k - 1) // 2 if stride == 1 else 0, groups=groups, bias=False)
-        self.same = _SamePad(k) if stride == 2 else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.same(x) if self.same is not None else x)
+    The TensorFlow original pads stride-2 layers asymmetrically (one more pixel after); here
+    they pad symmetrically, which shifts those layers' sampling grid by one input pixel. That
+    keeps PyTorch's fast depthwise kernels (an even-sized or pre-padded kernel ran 3 to 9 times
+    slower on CPU) and static ONNX shapes; the ImageNet weights still recognise ImageNet
+    images (see the tests), and fine-tuning absorbs the shift.
+    """
+    return nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False)
 
 
 class LiteBlock(nn.Module):
@@ -329,11 +317,11 @@ class LiteBlock(nn.Module):
         hidden = cin * expand
         self.expand = expand != 1
         if self.expand:
-            self._expand_conv = _TFConv(cin, hidden, 1)
+            self._expand_conv = _lite_conv(cin, hidden, 1)
             self._bn0 = _bn(hidden, 1e-3, 0.01)
-        self._depthwise_conv = _TFConv(hidden, hidden, k, stride, groups=hidden)
+        self._depthwise_conv = _lite_conv(hidden, hidden, k, stride, groups=hidden)
         self._bn1 = _bn(hidden, 1e-3, 0.01)
-        self._project_conv = _TFConv(hidden, cout, 1)
+        self._project_conv = _lite_conv(hidden, cout, 1)
         self._bn2 = _bn(cout, 1e-3, 0.01)
         self.act = nn.ReLU6()
         self.use_res = stride == 1 and cin == cout
@@ -351,14 +339,14 @@ class EfficientNetLite0Trunk(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self._conv_stem = _TFConv(1, 32, 3, 2)
+        self._conv_stem = _lite_conv(1, 32, 3, 2)
         self._bn0 = _bn(32, 1e-3, 0.01)
         blocks = []
         for t, k, s, cin, cout, n in self.STAGES:
             for i in range(n):
                 blocks.append(LiteBlock(cin if i == 0 else cout, cout, k, s if i == 0 else 1, t))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = _TFConv(320, 1280, 1)
+        self._conv_head = _lite_conv(320, 1280, 1)
         self._bn1 = _bn(1280, 1e-3, 0.01)
         self.act = nn.ReLU6()
         self.out_channels = 1280
@@ -556,7 +544,8 @@ def arch_specs() -> dict:
 
 # ----------------------------------------------------------------- loading weights
 
-_DENSE_OLD = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSE_OLD = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 _HEAD_PREFIXES = ("fc.", "classifier.", "_fc.", "AuxLogits.", "head.", "last_linear.")
 
 

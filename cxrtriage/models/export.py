@@ -1,7 +1,7 @@
 """Export a trained network to ONNX with a JSON sidecar (the serving format, torch-free to load).
 
 Graph input ``image``: (N, 1, S, S) float32 pixel values in 0..255. Outputs: ``probs``
-(N, C) softmax; for CAM-ready networks also ``cam`` (N, C, h, w), the class activation
+(N, C) softmax (sigmoid per finding when the sidecar's kind is "multilabel"); for CAM-ready networks also ``cam`` (N, C, h, w), the class activation
 maps in logit units, and ``embedding`` (N, 4F), the features pooled on a 2x2 grid, used by the quality gate.
 """
 
@@ -21,22 +21,26 @@ from cxrtriage.models.archs import CamNet
 class ServingGraph(nn.Module):
     """Normalisation + network + softmax (+ CAM and embedding when the network allows)."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float):
+    def __init__(self, model: nn.Module, mean: float, std: float, multilabel: bool = False):
         super().__init__()
         self.model = model
         self.mean, self.std = float(mean), float(std)
         self.has_cam = isinstance(model, CamNet)
+        self.multilabel = multilabel  # sigmoid per finding instead of softmax over classes
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
     def forward(self, image: torch.Tensor):
         x = (image / 255.0 - self.mean) / self.std
         if not self.has_cam:
-            return torch.softmax(self.model(x), dim=1)
+            return self._probs(self.model(x))
         f = self.model.forward_features(x)
         pooled = f.mean(dim=(2, 3))
         logits = self.model.head(pooled)
         w, b = self.model.head.weight, self.model.head.bias
         cam = torch.einsum("nchw,kc->nkhw", f, w) + b.view(1, -1, 1, 1)
-        return torch.softmax(logits, dim=1), cam, CamNet.embed(f)
+        return self._probs(logits), cam, CamNet.embed(f)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -52,7 +56,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, image_size: int, mean: f
     """Write ``out_path`` (.onnx) and its ``.json`` sidecar; returns both paths."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    graph = ServingGraph(model, mean, std).eval()
+    graph = ServingGraph(model, mean, std, multilabel=sidecar.get("kind") == "multilabel").eval()
     dummy = torch.full((2, 1, image_size, image_size), 128.0)
     names = ["probs", "cam", "embedding"] if graph.has_cam else ["probs"]
     axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}

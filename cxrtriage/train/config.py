@@ -35,6 +35,15 @@ class TrainConfig:
     device: str = "auto"
     cache_dir: str | None = None
     num_threads: int | None = None
+    # transfer learning (backbones of cxrtriage.models.backbones)
+    pretrained: bool = False  # start from ImageNet weights
+    weights: str | None = None  # start from this local state dict instead
+    freeze_epochs: int = 0  # train only the head for the first N epochs
+    backbone_lr_mult: float | None = None  # trunk LR = lr x this (None: 0.1 with weights, else 1)
+    # multi-label tasks
+    loss: str = "bce"  # "bce" (per-label positive weights) or "focal"
+    focal_gamma: float = 2.0
+    sampler: str = "rare"  # "rare" (keeps rare labels present) or "uniform"
     extra: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:

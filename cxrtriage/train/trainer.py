@@ -26,10 +26,13 @@ from cxrtriage import __version__
 from cxrtriage.data import get_task, kermany_samples, load_cached, patient_split, read_manifest
 from cxrtriage.data.samples import Sample, write_manifest
 from cxrtriage.models.archs import CamNet, build_model, get_arch
+from cxrtriage.models.backbones import backbone_parameters, init_weights, is_backbone, set_backbone_frozen
 from cxrtriage.models.checkpoint import embeddings, load_checkpoint
 from cxrtriage.train import distributed as dist
 from cxrtriage.train.augment import augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
+from cxrtriage.train.losses import multilabel_loss, positive_weights
+from cxrtriage.train.sampler import epoch_order, rare_label_probs
 
 
 def pick_device(name: str) -> torch.device:
@@ -55,7 +58,9 @@ def load_samples(cfg: TrainConfig) -> list[Sample]:
     if cfg.manifest:
         samples = read_manifest(cfg.manifest)
         if not any(s.split == "val" for s in samples):
-            samples = patient_split(samples, cfg.val_fraction, cfg.seed)
+            from cxrtriage.data.generic import carve_validation
+
+            samples = carve_validation(samples, cfg.task, cfg.val_fraction, cfg.seed)
         return [s for s in samples if s.split in ("train", "val")]
     if not cfg.data:
         raise ValueError("give --data ROOT (Kermany layout) or --manifest CSV")
@@ -85,10 +90,20 @@ def lr_factor(progress: float, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * p))
 
 
-def make_optimizer(model: torch.nn.Module, name: str, lr: float, wd: float) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, wd: float,
+                   backbone_lr_mult: float | None = None) -> torch.optim.Optimizer:
+    """AdamW/Adam/SGD; with ``backbone_lr_mult`` the trunk of a CamNet gets its own groups (tagged
+    ``trunk``) at ``lr * backbone_lr_mult`` (discriminative learning rates)."""
+    net = model.module if hasattr(model, "module") else model
+    trunk = {id(p) for p in backbone_parameters(net)} if backbone_lr_mult is not None else set()
+    groups = []
+    for in_trunk in (False, True):
+        ps = [p for p in model.parameters() if (id(p) in trunk) == in_trunk]
+        extra = {"lr": lr * backbone_lr_mult, "trunk": True} if in_trunk and trunk else {}
+        groups += [g for g in ({"params": [p for p in ps if p.ndim > 1], "weight_decay": wd, **extra},
+                               {"params": [p for p in ps if p.ndim <= 1], "weight_decay": 0.0, **extra}) if g["params"]]
+    if name == "adam" and trunk:
+        return torch.optim.Adam([{**g, "weight_decay": 0.0} for g in groups], lr=lr)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if name == "adam":
@@ -100,9 +115,13 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, wd: float) -> t
 
 @torch.no_grad()
 def predict_arrays(model: torch.nn.Module, images: torch.Tensor, mean: float, std: float,
-                   device: torch.device, batch: int = 256) -> np.ndarray:
-    """Softmax probabilities for uint8 images (N, S, S); sharded over ranks when distributed."""
-    rank, _, ws = dist.world()
+                   device: torch.device, batch: int = 256, multilabel: bool = False,
+                   shard: bool = False) -> np.ndarray:
+    """Softmax (multi-label: sigmoid) probabilities for uint8 images (N, S, S).
+
+    ``shard``: every rank of a torchrun job calls this together; each scores its share and
+    all get the gathered result. Without it (e.g. rank 0 exporting alone) nothing is shared."""
+    rank, _, ws = dist.world() if shard else (0, 0, 1)
     n = images.shape[0]
     per = math.ceil(n / ws)
     idx = torch.arange(rank * per, min(n, (rank + 1) * per))
@@ -110,7 +129,8 @@ def predict_arrays(model: torch.nn.Module, images: torch.Tensor, mean: float, st
     out = []
     for s in range(0, len(idx), batch):
         x = images[idx[s:s + batch]].to(device).float().unsqueeze(1) / 255.0
-        out.append(torch.softmax(model((x - mean) / std).float(), dim=1))
+        logits = model((x - mean) / std).float()
+        out.append(torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1))
     if not out:  # this rank's shard is empty (fewer images than ranks): learn the width from one image
         width = model(torch.zeros(1, 1, *images.shape[1:], device=device)).shape[1]
         out = [torch.zeros(0, width, device=device)]
@@ -187,18 +207,40 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     is_val = np.array([s.split == "val" for s in samples])
     x_train = torch.from_numpy(np.ascontiguousarray(arr[~is_val]))
     x_val = torch.from_numpy(np.ascontiguousarray(arr[is_val]))
-    y_train = torch.tensor([task.index(s.label) for s in train_s])
-    y_val = np.array([task.index(s.label) for s in val_s])
+    multilabel = task.kind == "multilabel"
+    if multilabel:  # 0/1 float targets (N, labels)
+        y_train = torch.from_numpy(np.stack([task.multi_hot(s.label) for s in train_s]))
+        y_val = np.stack([task.multi_hot(s.label) for s in val_s])
+    else:
+        y_train = torch.tensor([task.index(s.label) for s in train_s])
+        y_val = np.array([task.index(s.label) for s in val_s])
     mean = float(x_train.float().mean() / 255.0)
     std = float(x_train.float().std() / 255.0)
 
-    counts = torch.bincount(y_train, minlength=task.num_classes).float()
-    if (counts == 0).any():
-        missing = [c for c, n in zip(task.classes, counts) if n == 0]
-        raise ValueError(f"no training images of class(es) {missing}")
-    class_w = (counts.sum() / (task.num_classes * counts) if cfg.class_weights else torch.ones_like(counts)).to(device)
+    draw_p = pos_w = None
+    if multilabel:  # a sampler that keeps rare findings present, BCE weighted per finding
+        if cfg.sampler not in ("rare", "uniform"):
+            raise ValueError(f"unknown sampler {cfg.sampler!r} (rare, uniform)")
+        draw_p = rare_label_probs(y_train.numpy()) if cfg.sampler == "rare" else None
+        pos_w = torch.from_numpy(positive_weights(y_train.numpy(), draw_p)).to(device) if cfg.class_weights else None
+        absent = [c for c, n in zip(task.classes, y_train.sum(0).tolist()) if n == 0]
+        if absent and main:
+            print(f"warning: no training images with finding(s) {absent}; they cannot be learnt")
+    else:
+        counts = torch.bincount(y_train, minlength=task.num_classes).float()
+        if (counts == 0).any():
+            missing = [c for c, n in zip(task.classes, counts) if n == 0]
+            raise ValueError(f"no training images of class(es) {missing}")
+        class_w = (counts.sum() / (task.num_classes * counts) if cfg.class_weights else torch.ones_like(counts)).to(device)
 
     model = build_model(cfg.arch, task.num_classes, size)
+    if not resume or not (out / "last.pt").exists():
+        loaded = init_weights(model, cfg.arch, cfg.pretrained, cfg.weights)
+        if loaded and main:
+            print(f"initialised {cfg.arch} from {loaded['source']} ({loaded['loaded']} tensors)")
+    transfer = is_backbone(cfg.arch)
+    lr_mult = cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None else (
+        0.1 if cfg.pretrained or cfg.weights else 1.0)
     if cfg.dropout is not None:
         for m in model.modules():
             if isinstance(m, torch.nn.Dropout):
@@ -208,7 +250,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         model = dist.sync_batchnorm(model, device)  # BatchNorm over the global batch, as with one process
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = model.module if ws > 1 else model
-    opt = make_optimizer(model, opt_name, lr, cfg.weight_decay)
+    opt = make_optimizer(model, opt_name, lr, cfg.weight_decay, lr_mult if transfer or cfg.freeze_epochs else None)
     base_lrs = [g["lr"] for g in opt.param_groups]
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -248,7 +290,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         )
         sampler.set_epoch(epoch)
         order = torch.tensor(list(iter(sampler)))
+        if draw_p is not None:  # multi-label: rare findings drawn more often (same order on every rank)
+            full = epoch_order(draw_p, len(y_train), cfg.seed, epoch)
+            order = torch.from_numpy(full[:len(full) // ws * ws][rank::ws])
         model.train()
+        frozen = epoch < cfg.freeze_epochs  # head only; the trunk's batch-norm statistics stay as loaded
+        if cfg.freeze_epochs:
+            set_backbone_frozen(net, frozen, use_requires_grad=ws == 1)
         losses = []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (main and progress),
                    leave=True, dynamic_ncols=True)
@@ -265,11 +313,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 frac = max(frac, spent / cfg.time_budget_s)
             f = lr_factor(frac, cfg.warmup_fraction)
             for g, base in zip(opt.param_groups, base_lrs):
-                g["lr"] = base * f
+                g["lr"] = 0.0 if frozen and g.get("trunk") else base * f
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(x)
-            per = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
-            loss = (per * class_w[y]).sum() / local_bs
+            if multilabel:
+                loss = multilabel_loss(logits.float(), y, pos_w, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
+            else:
+                per = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
+                loss = (per * class_w[y]).sum() / local_bs
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -285,11 +336,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             tl = torch.tensor([train_loss], device=device)
             torch.distributed.all_reduce(tl)
             train_loss = float(tl.item() / ws)
-        probs = predict_arrays(net, x_val, mean, std, device)
-        val_loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-8)), torch.from_numpy(y_val)))
-        auc = triage_auc(y_val, probs)
-        mauc = macro_auc(y_val, probs) if task.num_classes > 2 else None
-        acc = float((probs.argmax(1) == y_val).mean())
+        probs = predict_arrays(net, x_val, mean, std, device, multilabel=multilabel, shard=True)
+        if multilabel:  # early stopping on the mean per-finding AUC
+            from cxrtriage.evaluate.multilabel import validation_summary
+
+            vs = validation_summary(y_val, probs, list(task.classes))
+            val_loss, acc, mauc = vs["loss"], vs["accuracy"], vs["mean_auc"]
+            auc = vs["roc_auc"] if vs["roc_auc"] is not None else float("nan")
+        else:
+            val_loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-8)), torch.from_numpy(y_val)))
+            auc = triage_auc(y_val, probs)
+            mauc = macro_auc(y_val, probs) if task.num_classes > 2 else None
+            acc = float((probs.argmax(1) == y_val).mean())
         epoch_s = dist.max_across(time.time() - t_epoch)
         elapsed += epoch_s
         score = mauc if mauc is not None else auc
@@ -351,10 +409,16 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     x_train = torch.from_numpy(np.ascontiguousarray(arr[~is_val]))
     x_val = torch.from_numpy(np.ascontiguousarray(arr[is_val]))
     val_s = [s for s in samples if s.split == "val"]
-    y_val = np.array([task.index(s.label) for s in val_s])
-    probs = predict_arrays(model, x_val, ck["mean"], ck["std"], torch.device("cpu"))
-    score = 1.0 - probs[:, 0]
-    pos = (y_val != 0).astype(int)
+    multilabel = task.kind == "multilabel"
+    if multilabel:  # triage score = the highest finding probability; positive = any finding
+        y_val = np.stack([task.multi_hot(s.label) for s in val_s])
+        probs = predict_arrays(model, x_val, ck["mean"], ck["std"], torch.device("cpu"), multilabel=True)
+        score, pos = probs.max(axis=1), y_val.any(axis=1).astype(int)
+    else:
+        y_val = np.array([task.index(s.label) for s in val_s])
+        probs = predict_arrays(model, x_val, ck["mean"], ck["std"], torch.device("cpu"))
+        score = 1.0 - probs[:, 0]
+        pos = (y_val != 0).astype(int)
     thr = choose_threshold(pos, score, method=cfg.threshold_method, target_sensitivity=cfg.target_sensitivity)
     thr_high = max(thr, high_priority_threshold(pos, score, specificity=0.995))
     with (out / "val_predictions.csv").open("w", newline="") as fh:
@@ -378,16 +442,36 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
                      "hardware": best.get("hardware"), "torch": best.get("torch"), "seed": cfg.seed},
         "validation": {"n": int(len(y_val)), "roc_auc": triage_auc(y_val, probs),
                        "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
-                       "accuracy": float((probs.argmax(1) == y_val).mean())},
+                       "accuracy": float((probs.argmax(1) == y_val).mean())} if not multilabel else {},
     }
+    if multilabel:
+        sidecar.update(_multilabel_sidecar(task, cfg, y_val, probs))
+    if cfg.pretrained or cfg.weights:
+        sidecar["training"]["init"] = cfg.weights or "ImageNet"
     if not history and previous:  # exporting a run whose last checkpoint was not kept
         sidecar["training"] = {**previous, "best_epoch": best["epoch"] + 1}
     export_onnx(model, onnx_path, ck["image_size"], ck["mean"], ck["std"], sidecar)
     if isinstance(model, CamNet):
         fit_gate(model, onnx_path, x_train, x_val, ck["mean"], ck["std"], cfg.seed)
-    print(f"best epoch {best['epoch'] + 1}; validation ROC AUC {sidecar['validation']['roc_auc']:.4f}; "
+    print(f"best epoch {best['epoch'] + 1}; validation ROC AUC {sidecar['validation']['roc_auc'] or float('nan'):.4f}; "
           f"threshold {thr:.3f}; model: {onnx_path}")
     return onnx_path
+
+
+def _multilabel_sidecar(task, cfg: TrainConfig, y_val: np.ndarray, probs: np.ndarray) -> dict:
+    """Sidecar entries of a multi-label model: per-finding thresholds chosen on validation
+    (None where a finding is absent there: the engine then flags it at 0.5) and validation AUCs."""
+    from cxrtriage.evaluate.multilabel import label_thresholds, validation_summary
+
+    labels = list(task.classes)
+    vs = validation_summary(y_val, probs, labels)
+    return {
+        "score": "max over findings of P(finding)",
+        "label_thresholds": label_thresholds(y_val, probs, labels, cfg.threshold_method, cfg.target_sensitivity),
+        "validation": {"n": int(len(y_val)), "roc_auc": vs["roc_auc"], "mean_auc": vs["mean_auc"],
+                       "per_label_auc": vs["per_label_auc"], "accuracy": vs["accuracy"],
+                       "label_positives": {c: int(n) for c, n in zip(labels, y_val.sum(axis=0))}},
+    }
 
 
 def fit_gate(model: CamNet, onnx_path: Path, x_train: torch.Tensor, x_val: torch.Tensor, mean: float,
