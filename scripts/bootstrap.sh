@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-all}"
 PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ]; then
+    "$PY" -m venv --clear .venv
     .venv/bin/pip install -q --upgrade pip
 fi
 stamp=".venv/.cxr-installed-$EXTRAS"
