@@ -111,16 +111,19 @@ def main() -> None:
         m = binary_metrics(y, score, meta["threshold"], n_boot=200)
         rows.append({
             "arch": arch, "init": init_name, "image_size": size, "epochs": epochs_done,
-            "s_per_epoch": last["elapsed"] / max(epochs_done, 1e-9), "img_per_s": images_seen / max(last["elapsed"], 1e-9),
+            "s_per_epoch": last["elapsed"] / max(epochs_done, 1e-9),
+            "img_per_s": images_seen / max(last["elapsed"], 1e-9),
             "train_s": last["elapsed"], "wall_s": wall, "decode_cache_s": decode_s,
             "roc_auc": m["roc_auc"], "roc_auc_ci": m["ci"].get("roc_auc"), "accuracy": m["accuracy"],
-            "sensitivity": m["sensitivity"], "specificity": m["specificity"], "best_epoch": meta["training"]["best_epoch"],
+            "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+            "best_epoch": meta["training"]["best_epoch"],
             "val_auc_per_epoch": [h["val_auc"] for h in hist],
         })
 
     head = (f"{'architecture':<19} {'init':<27} {'px':>4} {'epochs':>6} {'s/epoch':>8} {'img/s':>6} "
             f"{'val AUC':>8} {'95% CI':>15} {'sens':>6} {'spec':>6}")
-    print(f"\nvalidation (patient-wise split, threshold chosen on validation); {hw}; GPU used: {'yes' if gpu else 'no'}")
+    print(f"\nvalidation (patient-wise split, threshold chosen on validation); {hw}; "
+          f"GPU used: {'yes' if gpu else 'no'}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -130,6 +133,8 @@ def main() -> None:
               f"{r['sensitivity']:>6.3f} {r['specificity']:>6.3f}")
     (out / "bench.json").write_text(json.dumps({"device": device, "hardware": hw, "gpu": gpu,
                                                 "budget_min": args.budget_min, "rows": rows}, indent=2))
+    print("epochs: epochs of training done in the budget; s/epoch and img/s count the budgeted time, the "
+          "validation passes included")
     print(f"\nruns and bench.json in {out}")
 
 

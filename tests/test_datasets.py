@@ -25,7 +25,8 @@ from cxrtriage.io import read_radiograph
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("releases")
-    return {"kermany": make_kermany(root / "chest_xray"), "covid": make_covid_collection(root / "covid-chestxray-dataset"),
+    return {"kermany": make_kermany(root / "chest_xray"),
+            "covid": make_covid_collection(root / "covid-chestxray-dataset"),
             "nih": make_nih(root / "ChestX-ray14")}
 
 

@@ -14,7 +14,11 @@ from typer.testing import CliRunner
 
 from cxrtriage.models.archs import ARCHS, CamNet, build_model
 from cxrtriage.models.backbones import (
-    BACKBONES, init_weights, lite0_weights_file, load_backbone_weights, read_state_dict,
+    BACKBONES,
+    init_weights,
+    lite0_weights_file,
+    load_backbone_weights,
+    read_state_dict,
 )
 
 # Parameter counts of the public ImageNet models (RGB input, 1000 classes). Ours take one
@@ -142,7 +146,8 @@ def test_discriminative_learning_rates():
         assert g["lr"] == pytest.approx(1e-4 if in_trunk.pop() else 1e-3) and g.get("trunk", False) == (g["lr"] < 1e-3)
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
     # without a multiplier: the two groups of before (decay / no decay), untouched
-    assert [g["lr"] for g in make_optimizer(build_model("cxrnet", 2, 64), "adamw", 3e-3, 1e-4).param_groups] == [3e-3] * 2
+    plain = make_optimizer(build_model("cxrnet", 2, 64), "adamw", 3e-3, 1e-4)
+    assert [g["lr"] for g in plain.param_groups] == [3e-3] * 2
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,8 @@ def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, labels: list[str]
                          pr_auc=None)
         else:
             defined.append(j)
-            entry.update(status="scored", roc_auc=_opt(roc_auc_score(yj, pj)), pr_auc=_opt(average_precision_score(yj, pj)))
+            entry.update(status="scored", roc_auc=_opt(roc_auc_score(yj, pj)),
+                         pr_auc=_opt(average_precision_score(yj, pj)))
             strata = [np.flatnonzero(yj == 1), np.flatnonzero(yj == 0)]
             ci = _bootstrap(strata, n, n_boot, seed + j,
                             lambda w, yj=yj, pj=pj: {"auc": weighted_roc_auc(w, yj, pj)})

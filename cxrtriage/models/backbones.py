@@ -545,7 +545,8 @@ def arch_specs() -> dict:
 # ----------------------------------------------------------------- loading weights
 
 _DENSE_OLD = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 _HEAD_PREFIXES = ("fc.", "classifier.", "_fc.", "AuxLogits.", "head.", "last_linear.")
 
 

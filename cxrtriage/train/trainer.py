@@ -231,7 +231,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if (counts == 0).any():
             missing = [c for c, n in zip(task.classes, counts) if n == 0]
             raise ValueError(f"no training images of class(es) {missing}")
-        class_w = (counts.sum() / (task.num_classes * counts) if cfg.class_weights else torch.ones_like(counts)).to(device)
+        class_w = (counts.sum() / (task.num_classes * counts) if cfg.class_weights
+                   else torch.ones_like(counts)).to(device)
 
     model = build_model(cfg.arch, task.num_classes, size)
     if not resume or not (out / "last.pt").exists():
