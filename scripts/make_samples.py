@@ -9,7 +9,7 @@ Usage::
 
     .venv/bin/python scripts/make_samples.py [--shared DIR] [--out DIR]
 
-``--shared`` defaults to $CXR_SHARED_DIR, else ../shared/data/kermany-224 next to the
+``--shared`` defaults to $CXR_SHARED_DIR, else the shared data folder beside the
 checkout. Re-running gives the same files (UIDs are derived from the file names).
 """
 

@@ -1,7 +1,7 @@
 """Write the bundled model's card (MODEL_CARD.md + model_card.json) from its sidecar, the
 validation split it was chosen on, and the explanation and quality-gate checks.
 
-    python scripts/model_card.py --data ../shared/data/kermany-224 [--cpu-run runs/cpu-default]
+    python bench/model_card.py --data ../shared/data/kermany-224 [--cpu-run runs/cpu-default]
 """
 
 from __future__ import annotations
