@@ -108,10 +108,9 @@ of {meta['training']['epochs_run']}).
 Hardware and time: {meta['training']['hardware']}, {meta['training']['seconds']:.0f} s of training
 ({meta['training']['torch']}).
 """ + (f"""The same command on the 2-core CPU of the development machine (`--device cpu`):
-{cpu['seconds'] / 60:.1f} min for {cpu['epochs']} epochs, measured while test suites and benchmarks shared
-the two cores; its fastest epoch took {cpu['fastest_epoch_s']:.0f} s, i.e. about
-{cpu['fastest_epoch_s'] * cpu['epochs'] / 60:.0f} min for the {cpu['epochs']} epochs on a quiet machine. Best validation
-AUC of that CPU run: {cpu['best_val_auc']:.4f}.
+{cpu['seconds'] / 60:.1f} min of training for {cpu['epochs']} epochs (sum of the epoch times; fastest epoch
+{cpu['fastest_epoch_s']:.0f} s), best validation AUC {cpu['best_val_auc']:.4f}. On CPU the run is deterministic: the
+same command gave the same per-epoch metrics twice.
 """ if cpu else "") + f"""
 ## Validation (n = {v['n']}, patient-wise)
 
