@@ -26,6 +26,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from cxrtriage.evaluate.thresholds import validate_binary
+
 __all__ = [
     "BINARY_CI_METRICS",
     "binary_metrics",
@@ -93,19 +95,10 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _check_binary(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y_true).ravel()
-    s = np.asarray(score, dtype=float).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"y_true and score differ in length ({y.size} vs {s.size})")
-    if y.size == 0:
-        raise ValueError("no samples")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("y_true must contain only 0 and 1")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("score contains NaN or infinite values")
+    y, s = validate_binary(y_true, score)
     if s.min() < -1e-6 or s.max() > 1 + 1e-6:
         raise ValueError("score must be a probability in [0, 1]")
-    return y.astype(np.int64), np.clip(s, 0.0, 1.0)
+    return y, np.clip(s, 0.0, 1.0)
 
 
 def _bin_ids(score: np.ndarray, n_bins: int) -> np.ndarray:

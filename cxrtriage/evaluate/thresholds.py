@@ -15,7 +15,8 @@ __all__ = ["choose_threshold", "high_priority_threshold", "THRESHOLD_METHODS"]
 THRESHOLD_METHODS = ("youden", "sensitivity")
 
 
-def _check_binary(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def validate_binary(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten and check 0/1 labels against finite scores of the same length."""
     y = np.asarray(y_true).ravel()
     s = np.asarray(score, dtype=float).ravel()
     if y.shape != s.shape:
@@ -26,7 +27,11 @@ def _check_binary(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np
         raise ValueError("score contains NaN or infinite values")
     if not np.isin(y, (0, 1)).all():
         raise ValueError("y_true must contain only 0 and 1")
-    y = y.astype(int)
+    return y.astype(np.int64), s
+
+
+def _check_binary(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y, s = validate_binary(y_true, score)
     if y.min() == y.max():
         raise ValueError("choosing a threshold needs both positive and negative cases")
     return y, s
