@@ -17,7 +17,11 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
         p = p / "best.pt"
     if not p.exists():
         raise FileNotFoundError(f"no checkpoint at {p}")
-    ck = torch.load(p, map_location="cpu", weights_only=False)
+    return model_from_checkpoint(torch.load(p, map_location="cpu", weights_only=False))
+
+
+def model_from_checkpoint(ck: dict) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, metadata) from an already-loaded checkpoint dict."""
     model = build_model(ck["arch"], len(ck["classes"]), ck["image_size"])
     model.load_state_dict(ck["model"])
     model.eval()

@@ -27,7 +27,7 @@ from cxrtriage.data import get_task, kermany_samples, load_cached, patient_split
 from cxrtriage.data.samples import Sample, write_manifest
 from cxrtriage.models.archs import CamNet, build_model, get_arch
 from cxrtriage.models.backbones import backbone_parameters, init_weights, is_backbone, set_backbone_frozen
-from cxrtriage.models.checkpoint import embeddings, load_checkpoint
+from cxrtriage.models.checkpoint import embeddings, model_from_checkpoint
 from cxrtriage.train import distributed as dist
 from cxrtriage.train.augment import augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
@@ -400,8 +400,8 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     out = Path(out)
     cfg = TrainConfig.load(out / "config.json")
     task = get_task(cfg.task)
-    model, ck = load_checkpoint(out / "best.pt")
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    model, ck = model_from_checkpoint(best)
     last = torch.load(out / "last.pt", map_location="cpu", weights_only=False) if (out / "last.pt").exists() else best
     history = last.get("history", [])
     samples = read_manifest(out / "split.csv")
