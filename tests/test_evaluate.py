@@ -228,6 +228,31 @@ def test_threshold_sits_midway_between_scores():
     assert choose_threshold(y, s, method="sensitivity", target_sensitivity=0.5) == pytest.approx(0.8)
 
 
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=float)))
+
+
+def test_youden_plateau_sits_in_the_middle_of_the_flat_top():
+    # separable: every threshold between the highest normal (logit -4) and the lowest
+    # pneumonia (logit +2) gives J = 1; plain Youden halves the gap in probability, not in logits
+    y = np.array([0] * 5 + [1] * 5)
+    s = _sigmoid([-8, -7, -6, -5, -4, 2, 3, 4, 5, 6])
+    t = choose_threshold(y, s, method="youden-plateau")
+    assert np.log(t / (1 - t)) == pytest.approx(-1.0, abs=0.05)  # the middle, in logit units
+    assert choose_threshold(y, s) == pytest.approx(float(_sigmoid(2) + _sigmoid(-4)) / 2)
+    assert _sens_spec(y, s, t) == (1.0, 1.0)
+
+
+def test_youden_plateau_keeps_a_good_operating_point():
+    y, s = _scores(800, seed=3, shift=0.9)
+    t = choose_threshold(y, s, method="youden-plateau")
+    sens, spec = _sens_spec(y, s, t)
+    best = choose_threshold(y, s)
+    j_best = sum(_sens_spec(y, s, best)) - 1
+    assert sens + spec - 1 >= j_best - 0.05  # near the maximum of J
+    assert not np.any(np.isclose(s, t))
+
+
 def test_high_priority_threshold_reaches_specificity():
     y, s = _scores(600, seed=6, shift=0.7)
     t = high_priority_threshold(y, s, specificity=0.95)

@@ -33,7 +33,7 @@ PUBLISHED = {
 }
 
 
-@pytest.mark.parametrize("arch", sorted(BACKBONES))
+@pytest.mark.parametrize("arch", sorted(b for b in BACKBONES if not BACKBONES[b].weights_of))
 def test_backbones_match_the_published_architectures(arch):
     assert arch in ARCHS  # registered as --arch values
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost

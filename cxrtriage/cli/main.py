@@ -103,7 +103,8 @@ def train(
     data: Optional[Path] = typer.Option(None, help="Dataset root (Kermany layout); split patient-wise on the fly."),
     manifest: Optional[Path] = typer.Option(None, help="Manifest CSV from `cxr data split` (preferred)."),
     task: str = typer.Option("pneumonia", help="pneumonia, pneumonia3, covid3 or nih14 (multi-label)."),
-    arch: str = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200, or a transfer "
+    arch: str = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200, lite0_probe "
+                             "(frozen ImageNet features + logistic regression), or a transfer "
                              "backbone: efficientnet_lite0, efficientnet_b0, resnet18, resnet50, densenet121, "
                              "mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, inception_v3."),
     image_size: Optional[int] = typer.Option(None, help="Input size in px (default: the architecture's)."),
@@ -115,6 +116,8 @@ def train(
     patience: int = typer.Option(6, help="Early stopping: epochs without validation AUC gain."),
     time_budget: Optional[float] = typer.Option(None, help="Stop after this many minutes of training."),
     target_sensitivity: Optional[float] = typer.Option(None, help="Choose the threshold for this sensitivity."),
+    threshold_method: str = typer.Option("youden-plateau", help="youden-plateau (Youden's J averaged over +-1 logit: "
+                                         "the middle of the ROC's flat top) or youden (its maximum)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
     class_weights: bool = typer.Option(True, help="Weight the loss by inverse class frequency."),
     dropout: Optional[float] = typer.Option(None, help="Override the network's dropout."),
@@ -129,6 +132,8 @@ def train(
     freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Train only the head for the first N epochs."),
     backbone_lr_mult: Optional[float] = typer.Option(None, "--backbone-lr-mult", help="Backbone LR = lr x this "
                                                      "(default 0.1 with pretrained weights, else 1)."),
+    probe_views: int = typer.Option(1, "--probe-views", min=0, help="Linear probes: augmented copies of the "
+                                    "training set added to it."),
     loss: str = typer.Option("bce", help="Multi-label loss: bce (per-finding positive weights) or focal."),
     sampler: str = typer.Option("rare", help="Multi-label sampler: rare (keeps rare findings present) or uniform."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Data-parallel processes on this machine "
@@ -145,9 +150,10 @@ def train(
         task=task, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, seed=seed, patience=patience,
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
+        threshold_method=threshold_method,
         augment=not no_augment, class_weights=class_weights, dropout=dropout, stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,
-        backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler,
+        backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler, probe_views=probe_views,
     )
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: re-launch through it
         from cxrtriage.train.launch import run_torchrun
@@ -313,6 +319,29 @@ def export(
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     console.print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+@app.command()
+def ensemble(
+    runs: list[Path] = typer.Argument(..., help="Two or more finished training runs (same task and split.csv)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the ensemble's model.onnx, sidecar and gate."),
+    target_sensitivity: Optional[float] = typer.Option(None, help="Choose the threshold for this sensitivity."),
+    threshold_method: str = typer.Option("youden-plateau", help="youden-plateau or youden (see cxr train)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Preprocessed image cache folder."),
+) -> None:
+    """Combine trained runs into one model (mean probability, mean heatmap); threshold chosen on validation."""
+    from cxrtriage.train.ensemble import build_ensemble
+
+    try:
+        path = build_ensemble(runs, out, threshold_method=threshold_method, target_sensitivity=target_sensitivity,
+                              cache_dir=str(cache_dir) if cache_dir else None, progress=True)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    v = meta["validation"]
+    console.print(f"wrote {path}: validation ROC AUC {v['roc_auc']:.4f}"
+                  + (f", macro AUC {v['macro_auc']:.4f}" if v.get("macro_auc") is not None else "")
+                  + f", accuracy {v['accuracy']:.4f}, threshold {meta['threshold']:.3f}")
 
 
 @app.command()

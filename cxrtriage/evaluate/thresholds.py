@@ -12,7 +12,8 @@ from sklearn.metrics import roc_curve
 
 __all__ = ["choose_threshold", "high_priority_threshold", "THRESHOLD_METHODS"]
 
-THRESHOLD_METHODS = ("youden", "sensitivity")
+THRESHOLD_METHODS = ("youden", "youden-plateau", "sensitivity")
+PLATEAU_HALF_WIDTH = 1.0  # logits: the window over which youden-plateau averages Youden's J
 
 
 def validate_binary(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +71,9 @@ def choose_threshold(
     """Pick an operating threshold on validation data.
 
     ``method="youden"`` maximises sensitivity + specificity - 1 (ties go to the higher threshold).
+    ``method="youden-plateau"`` maximises J averaged over +-1 logit around the threshold, which
+    puts it in the middle of the flat top of J rather than at its edge, so a shifted score
+    distribution (another scanner, another hospital) has room on both sides before calls flip.
     With ``target_sensitivity`` (or ``method="sensitivity"``) it returns the highest threshold
     whose sensitivity is at least the target, i.e. the most specific such operating point.
     """
@@ -82,10 +86,31 @@ def choose_threshold(
             raise ValueError("target_sensitivity must be in (0, 1]")
         reached = np.flatnonzero(tpr >= target_sensitivity - 1e-12)
         return _cut(levels, int(reached[0]))
+    if method == "youden-plateau":
+        return _plateau(y, s)
     if method != "youden":
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(THRESHOLD_METHODS)}")
     j = tpr - fpr
     return _cut(levels, int(np.argmax(j)))
+
+
+def _plateau(y: np.ndarray, s: np.ndarray, half_width: float = PLATEAU_HALF_WIDTH, step: float = 0.01) -> float:
+    """The threshold maximising Youden's J averaged over +-``half_width`` in logit units."""
+    eps = 1e-7
+    z = np.log(np.clip(s, eps, 1 - eps) / np.clip(1 - s, eps, 1 - eps))
+    grid = np.arange(z.min() - half_width - step, z.max() + half_width + 2 * step, step)
+    pos, neg = np.sort(z[y == 1]), np.sort(z[y == 0])
+    tpr = 1.0 - np.searchsorted(pos, grid, side="left") / pos.size  # flagged: z >= threshold
+    fpr = 1.0 - np.searchsorted(neg, grid, side="left") / neg.size
+    k = int(round(half_width / step))
+    j = np.convolve(tpr - fpr, np.ones(2 * k + 1) / (2 * k + 1), mode="same")
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    g = grid[best[len(best) // 2]]  # the middle of a tied run
+    levels = np.unique(z)
+    i = np.searchsorted(levels, g)  # never on a score: midway between the two levels around g
+    if i < levels.size and np.isclose(levels[i], g):
+        g = (levels[i] + (levels[i + 1] if i + 1 < levels.size else levels[i] + 1.0)) / 2.0
+    return float(1.0 / (1.0 + np.exp(-g)))
 
 
 def high_priority_threshold(y_true: np.ndarray, score: np.ndarray, specificity: float = 0.95) -> float:

@@ -131,6 +131,7 @@ class ArchSpec:
     optimizer: str  # "adamw", "adam" or "sgd"
     lr: float
     description: str
+    linear_probe: bool = False  # trained by cxrtriage.train.probe (frozen trunk, fitted head)
 
 
 ARCHS: dict[str, ArchSpec] = {

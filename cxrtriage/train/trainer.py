@@ -183,6 +183,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     dist.barrier()  # every rank has read config.json before rank 0 rewrites it
     task = get_task(cfg.task)
     spec = get_arch(cfg.arch)
+    if spec.linear_probe:  # a frozen trunk: features once, then a fitted head
+        from cxrtriage.train.probe import train_probe
+
+        if ws > 1:
+            raise ValueError(f"{cfg.arch} is a linear probe; it runs in one process (drop --nproc-per-node)")
+        cfg.pretrained = not cfg.weights
+        return train_probe(cfg, load_samples(cfg), progress=progress)
     size = cfg.image_size or spec.image_size
     lr = cfg.lr or spec.lr
     opt_name = cfg.optimizer or spec.optimizer
@@ -479,12 +486,15 @@ def fit_gate(model: CamNet, onnx_path: Path, x_train: torch.Tensor, x_val: torch
              std: float, seed: int, max_train: int = 4000) -> None:
     """Fit the quality gate on training embeddings; set its threshold on half of the validation
     images and report the false-refusal rate on the other half."""
-    from cxrtriage.infer.gate import attach_gate, fit_feature_gate
-
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(x_train), generator=g)[:max_train]
-    tr = embeddings(model, x_train[idx], mean, std)
-    va = embeddings(model, x_val, mean, std)
+    gate_from_embeddings(onnx_path, embeddings(model, x_train[idx], mean, std), embeddings(model, x_val, mean, std))
+
+
+def gate_from_embeddings(onnx_path: Path, tr: np.ndarray, va: np.ndarray) -> None:
+    """Fit the gate on training embeddings ``tr``; threshold on even validation rows, report on odd ones."""
+    from cxrtriage.infer.gate import attach_gate, fit_feature_gate
+
     gate = fit_feature_gate(tr, va[0::2])
     held = va[1::2]
     refused = float((gate.distance(held) > gate.threshold).mean())

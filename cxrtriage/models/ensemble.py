@@ -1,0 +1,76 @@
+"""Several trained CAM-ready networks as one serving graph (a small ensemble).
+
+The graph takes one image at the largest member's input size; a member trained at a smaller
+size sees it through a fixed resize matrix equal to Pillow's antialiased bilinear resize (the
+one every path uses, :func:`cxrtriage.data.preprocess.to_model_input`). Probabilities are the
+members' mean, the class activation map is the members' mean on the finest member grid (still
+in logit units), and the quality-gate embedding is the members' embeddings side by side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from cxrtriage.models.archs import CamNet
+
+
+def resize_matrix(src: int, dst: int) -> np.ndarray:
+    """The (dst, src) matrix A with A @ x = Pillow's bilinear resize of a length-``src`` signal.
+
+    Pillow's resize is separable, so an image resizes as A @ X @ A.T.
+    """
+    a = np.zeros((dst, src), dtype=np.float32)
+    for i in range(src):
+        impulse = np.zeros((1, src), dtype=np.float32)
+        impulse[0, i] = 1.0
+        a[:, i] = np.asarray(Image.fromarray(impulse, mode="F").resize((dst, 1), Image.BILINEAR))[0]
+    return a
+
+
+class Member(nn.Module):
+    """One network of the ensemble with its own normalisation and input size."""
+
+    def __init__(self, net: CamNet, image_size: int, mean: float, std: float, input_size: int):
+        super().__init__()
+        if not isinstance(net, CamNet):
+            raise TypeError("ensemble members must be CAM-ready networks (global pooling + linear head)")
+        self.net, self.mean, self.std, self.image_size = net, float(mean), float(std), int(image_size)
+        self.resize = image_size != input_size
+        if self.resize:
+            self.register_buffer("a", torch.from_numpy(resize_matrix(input_size, image_size)))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = torch.matmul(torch.matmul(self.a, image), self.a.t()) if self.resize else image
+        f = self.net.forward_features((x / 255.0 - self.mean) / self.std)
+        logits = self.net.head(f.mean(dim=(2, 3)))
+        cam = torch.einsum("nchw,kc->nkhw", f, self.net.head.weight) + self.net.head.bias.view(1, -1, 1, 1)
+        return logits, cam, CamNet.embed(f)
+
+
+class EnsembleGraph(nn.Module):
+    """Mean of the members' probabilities; outputs ``probs``, ``cam`` and ``embedding`` like one network."""
+
+    def __init__(self, members: list[Member], input_size: int, multilabel: bool = False):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        self.members = nn.ModuleList(members)
+        with torch.no_grad():
+            self.grids = [int(m.eval()(torch.zeros(1, 1, input_size, input_size))[1].shape[-1]) for m in members]
+        self.cam_size, self.multilabel = max(self.grids), multilabel
+
+    def forward(self, image: torch.Tensor):
+        probs, cams, embs = [], [], []
+        for m, grid in zip(self.members, self.grids):
+            logits, cam, emb = m(image)
+            probs.append(torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1))
+            if grid != self.cam_size:
+                cam = F.interpolate(cam, size=(self.cam_size, self.cam_size), mode="bilinear", align_corners=False)
+            cams.append(cam)
+            embs.append(emb)
+        n = float(len(self.members))
+        return sum(probs) / n, sum(cams) / n, torch.cat(embs, dim=1)

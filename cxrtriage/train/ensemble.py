@@ -1,0 +1,121 @@
+"""Build a small ensemble from finished training runs: one ONNX graph, one sidecar, one gate.
+
+Members must share the task and the patient-wise split (same ``split.csv``), so the
+threshold is chosen on validation images that no member trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrtriage import __version__
+from cxrtriage.data import get_task, load_cached, read_manifest
+from cxrtriage.models.checkpoint import load_checkpoint
+from cxrtriage.models.ensemble import EnsembleGraph, Member
+from cxrtriage.models.export import export_graph
+from cxrtriage.train.config import TrainConfig
+
+
+@torch.no_grad()
+def run_graph(graph: EnsembleGraph, images: np.ndarray, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, gate embeddings) of uint8 images (N, S, S)."""
+    graph.eval()
+    probs, embs = [], []
+    for s in range(0, len(images), batch):
+        x = torch.from_numpy(np.asarray(images[s:s + batch], dtype=np.float32)).unsqueeze(1)
+        p, _, e = graph(x)
+        probs.append(p.numpy())
+        embs.append(e.numpy())
+    return np.concatenate(probs), np.concatenate(embs)
+
+
+def _split_of(run: Path) -> list[tuple[str, str]]:
+    return [(s.path, s.split) for s in read_manifest(run / "split.csv")]
+
+
+def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: str = "youden-plateau",
+                   target_sensitivity: float | None = None, cache_dir: str | None = None,
+                   seed: int = 0, progress: bool = False) -> Path:
+    """Combine the best checkpoints of ``runs`` into ``<out>/model.onnx`` (+ sidecar, gate, predictions)."""
+    from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
+    from cxrtriage.train.trainer import gate_from_embeddings, macro_auc, triage_auc
+
+    runs = [Path(r) for r in runs]
+    if len(runs) < 2:
+        raise ValueError("an ensemble needs at least two training runs")
+    for r in runs:
+        if not (r / "best.pt").exists() or not (r / "split.csv").exists():
+            raise FileNotFoundError(f"{r}: not a finished training run (best.pt and split.csv needed)")
+    loaded = [load_checkpoint(r) for r in runs]
+    tasks = {meta["task"] for _, meta in loaded}
+    if len(tasks) != 1:
+        raise ValueError(f"the runs were trained for different tasks: {sorted(tasks)}")
+    task = get_task(tasks.pop())
+    if task.kind == "multilabel":
+        raise ValueError("ensembles of multi-label runs are not supported")
+    split = _split_of(runs[0])
+    for r in runs[1:]:
+        if _split_of(r) != split:
+            raise ValueError(f"{r} was trained on a different split than {runs[0]}; "
+                             "train the members from the same manifest (cxr data split)")
+    size = max(meta["image_size"] for _, meta in loaded)
+    members = [Member(net, meta["image_size"], meta["mean"], meta["std"], size) for net, meta in loaded]
+    graph = EnsembleGraph(members, size).eval()
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = read_manifest(runs[0] / "split.csv")
+    cfg0 = TrainConfig.load(runs[0] / "config.json")
+    arr = load_cached([s.path for s in samples], size, cache_dir or cfg0.cache_dir, progress=progress)
+    is_val = np.array([s.split == "val" for s in samples])
+    val_s = [s for s in samples if s.split == "val"]
+    y_val = np.array([task.index(s.label) for s in val_s])
+    probs, emb_val = run_graph(graph, arr[is_val])
+    rng = np.random.default_rng(seed)
+    train_idx = np.sort(rng.permutation(np.flatnonzero(~is_val))[:4000])
+    _, emb_train = run_graph(graph, arr[train_idx])
+
+    score, pos = 1.0 - probs[:, 0], (y_val != 0).astype(int)
+    thr = choose_threshold(pos, score, method=threshold_method, target_sensitivity=target_sensitivity)
+    thr_high = max(thr, high_priority_threshold(pos, score, specificity=0.995))
+    with (out / "val_predictions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "patient_id", "label", *[f"p_{c}" for c in task.classes]])
+        for s, p in zip(val_s, probs):
+            w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
+    (out / "split.csv").write_bytes((runs[0] / "split.csv").read_bytes())
+
+    member_facts = []
+    for r, (_, meta) in zip(runs, loaded):
+        side = json.loads((r / "model.json").read_text()) if (r / "model.json").exists() else {}
+        member_facts.append({"run": r.name, "arch": meta["arch"], "image_size": meta["image_size"],
+                             "training": side.get("training"), "validation": side.get("validation")})
+    seconds = [m["training"].get("seconds") for m in member_facts if m["training"]]
+    sidecar = {
+        "name": f"cxr-{task.name}-ensemble",
+        "task": task.name, "kind": task.kind, "classes": list(task.classes),
+        "arch": "ensemble(" + " + ".join(meta["arch"] for _, meta in loaded) + ")",
+        "members": member_facts,
+        "threshold": float(thr), "threshold_high": float(thr_high),
+        "threshold_method": (f"sensitivity>={target_sensitivity}" if target_sensitivity else threshold_method)
+        + " on validation",
+        "score": "1 - P(normal), P = mean of the members' probabilities",
+        "cxr_triage_version": __version__,
+        "training": {"members": len(runs), "seconds": round(float(sum(s for s in seconds if s)), 1),
+                     "n_train": int((~is_val).sum()), "seed": seed},
+        "validation": {"n": int(len(y_val)), "roc_auc": triage_auc(y_val, probs),
+                       "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
+                       "accuracy": float((probs.argmax(1) == y_val).mean())},
+    }
+    onnx_path, _ = export_graph(graph, out / "model.onnx", size, ["probs", "cam", "embedding"], sidecar,
+                                {"normalisation": "per member, inside the graph"})
+    gate_from_embeddings(onnx_path, emb_train, emb_val)
+    (out / "ensemble.json").write_text(json.dumps({"runs": [str(r.resolve()) for r in runs], "input_size": size,
+                                                   "threshold_method": threshold_method,
+                                                   "target_sensitivity": target_sensitivity}, indent=2))
+    return onnx_path

@@ -1,0 +1,153 @@
+"""Linear probe: a frozen ImageNet trunk and a logistic-regression head fitted on its pooled features.
+
+Features that were never fitted to the training hospital's images shift less when the
+hospital (scanner, exposure, patient mix) changes; the head is the only thing learnt. The
+trunk runs once per image (plus ``probe_views`` augmented copies of the training set), the
+head is fitted by scikit-learn for a few regularisation strengths and the one with the best
+validation AUC is kept. The fitted scaler is folded into the head, so the result is an
+ordinary CAM-ready network: same checkpoint, export, gate and heatmaps as a trained one.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from cxrtriage.data import get_task, load_cached
+from cxrtriage.data.samples import write_manifest
+from cxrtriage.models.archs import CamNet, build_model
+from cxrtriage.models.backbones import init_weights
+from cxrtriage.train.augment import augment_batch, sample_seeds
+from cxrtriage.train.config import TrainConfig
+
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # inverse L2 strengths tried, on standardised features
+
+
+@torch.no_grad()
+def pooled_features(model: CamNet, images: torch.Tensor, mean: float, std: float, batch: int = 64,
+                    augment_seed: int | None = None, desc: str = "features", progress: bool = True) -> np.ndarray:
+    """Globally averaged trunk features of uint8 images (N, S, S); augmented when ``augment_seed`` is set."""
+    model.eval()
+    out = []
+    for s in tqdm(range(0, len(images), batch), desc=desc, disable=not progress, leave=False):
+        x = images[s:s + batch].float().unsqueeze(1) / 255.0
+        if augment_seed is not None:
+            x = augment_batch(x, sample_seeds(augment_seed, 0, torch.arange(s, s + len(x))))
+        out.append(model.forward_features((x - mean) / std).mean(dim=(2, 3)))
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def fold_head(model: CamNet, clf: LogisticRegression, scaler: StandardScaler, num_classes: int) -> None:
+    """Write the fitted head (scaler folded in) into ``model.head``: logits = W f + b on raw features."""
+    coef, icpt = clf.coef_, clf.intercept_
+    if num_classes == 2:  # one logit z for class 1; softmax([0, z]) = sigmoid(z)
+        coef = np.vstack([np.zeros_like(coef), coef])
+        icpt = np.array([0.0, icpt[0]])
+    w = coef / scaler.scale_
+    b = icpt - w @ scaler.mean_
+    model.head.weight.data = torch.tensor(w, dtype=torch.float32)
+    model.head.bias.data = torch.tensor(b, dtype=torch.float32)
+
+
+def train_probe(cfg: TrainConfig, samples: list, progress: bool = True) -> Path:
+    """Fit the probe of ``cfg.arch`` on the split ``samples``; writes the run folder and exports it."""
+    from cxrtriage.train.trainer import export_run, hardware_name, macro_auc, seed_everything, triage_auc
+
+    t0 = time.time()
+    task = get_task(cfg.task)
+    if task.kind == "multilabel":
+        raise ValueError(f"{cfg.arch} fits single-label tasks; {task.name} is multi-label")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    seed_everything(cfg.seed)
+    model = build_model(cfg.arch, task.num_classes, cfg.image_size)
+    size = cfg.image_size or 224
+    loaded = init_weights(model, cfg.arch, pretrained=not cfg.weights, weights=cfg.weights)
+    if loaded:
+        print(f"initialised {cfg.arch} from {loaded['source']} ({loaded['loaded']} tensors); trunk frozen")
+    train_s = [s for s in samples if s.split == "train"]
+    val_s = [s for s in samples if s.split == "val"]
+    write_manifest(samples, out / "split.csv")
+    arr = load_cached([s.path for s in samples], size, cfg.cache_dir, progress=progress)
+    is_val = np.array([s.split == "val" for s in samples])
+    x_train = torch.from_numpy(np.ascontiguousarray(arr[~is_val]))
+    x_val = torch.from_numpy(np.ascontiguousarray(arr[is_val]))
+    y_train = np.array([task.index(s.label) for s in train_s])
+    y_val = np.array([task.index(s.label) for s in val_s])
+    missing = [c for i, c in enumerate(task.classes) if not (y_train == i).any()]
+    if missing:
+        raise ValueError(f"no training images of class(es) {missing}")
+    mean = float(x_train.float().mean() / 255.0)
+    std = float(x_train.float().std() / 255.0)
+
+    feats = [pooled_features(model, x_train, mean, std, desc="features (train)", progress=progress)]
+    for v in range(cfg.probe_views):
+        feats.append(pooled_features(model, x_train, mean, std, augment_seed=cfg.seed + 1 + v,
+                                     desc=f"features (augmented view {v + 1})", progress=progress))
+    f_train, y_fit = np.concatenate(feats), np.tile(y_train, len(feats))
+    f_val = pooled_features(model, x_val, mean, std, desc="features (validation)", progress=progress)
+    scaler = StandardScaler().fit(f_train)
+    z_train, z_val = scaler.transform(f_train), scaler.transform(f_val)
+
+    history, best, best_clf = [], -1.0, None
+    for i, c in enumerate(C_GRID):
+        t = time.time()
+        clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced" if cfg.class_weights else None)
+        clf.fit(z_train, y_fit)
+        probs = clf.predict_proba(z_val)
+        auc = triage_auc(y_val, probs)
+        mauc = macro_auc(y_val, probs) if task.num_classes > 2 else None
+        score = mauc if mauc is not None else auc
+        row = {"epoch": i + 1, "C": c, "train_loss": float(log_loss(y_fit, clf.predict_proba(z_train))),
+               "val_loss": float(log_loss(y_val, probs, labels=range(task.num_classes))), "val_auc": auc,
+               "val_macro_auc": mauc, "val_acc": float((probs.argmax(1) == y_val).mean()),
+               "seconds": time.time() - t}
+        history.append(row)
+        if score > best + 1e-5:
+            best, best_clf, best_i = score, clf, i
+        print(f"C={c:g}: val_auc {auc:.4f} " + (f"macro_auc {mauc:.4f} " if mauc is not None else "")
+              + f"acc {row['val_acc']:.4f}")
+    fold_head(model, best_clf, scaler, task.num_classes)
+
+    with (out / "metrics.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    _plot_path(history, out / "curves.png")
+    state = {"model": model.state_dict(), "arch": cfg.arch, "classes": task.classes, "image_size": size,
+             "mean": mean, "std": std, "task": task.name, "epoch": best_i, "config": asdict(cfg),
+             "hardware": hardware_name(torch.device("cpu")), "torch": torch.__version__,
+             "probe": {"C": C_GRID[best_i], "views": 1 + cfg.probe_views, "n_features": int(f_train.shape[1])}}
+    torch.save(state, out / "best.pt")
+    torch.save({**state, "history": history, "elapsed": time.time() - t0}, out / "last.pt")
+    export_run(out, stop_reason="linear probe", progress=progress)
+    return out
+
+
+def _plot_path(rows: list[dict], path: Path) -> None:
+    """Validation AUC and accuracy against the regularisation strength C."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = [r["C"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.semilogx(c, [r["val_auc"] for r in rows], "o-", label="validation ROC AUC", color="C2")
+    if rows[0].get("val_macro_auc") is not None:
+        ax.semilogx(c, [r["val_macro_auc"] for r in rows], "o-", label="validation macro AUC", color="C3")
+    ax.semilogx(c, [r["val_acc"] for r in rows], "o-", label="validation accuracy", color="C1")
+    ax.set_xlabel("C (inverse L2 strength)"); ax.set_title("Linear probe"); ax.grid(alpha=0.3); ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,131 @@
+"""Linear probes (frozen ImageNet trunk + fitted head) and ensembles of trained runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from dataset_fixtures import make_kermany
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from typer.testing import CliRunner
+
+from cxrtriage.cli.main import app
+from cxrtriage.models.archs import build_model
+from cxrtriage.models.backbones import init_weights
+from cxrtriage.models.ensemble import resize_matrix
+from cxrtriage.train.probe import C_GRID, fold_head
+
+
+@pytest.fixture(scope="module")
+def mini_kermany(tmp_path_factory):
+    from cxrtriage.data import kermany_samples, patient_split, write_manifest
+
+    root = tmp_path_factory.mktemp("kermany")
+    make_kermany(root / "chest_xray", 14, 14)
+    return write_manifest(patient_split(kermany_samples(root / "chest_xray", "train"), 0.25, 0), root / "split.csv")
+
+
+def test_probe_trunk_is_efficientnet_lite0_up_to_stage_5():
+    probe = build_model("lite0_probe", 2, 96)
+    full = build_model("efficientnet_lite0", 2, 96)
+    init_weights(probe, "lite0_probe", pretrained=True)
+    init_weights(full, "efficientnet_lite0", pretrained=True)
+    x = torch.randn(2, 1, 96, 96)
+    with torch.no_grad():
+        t = full.features
+        h, taps = t.act(t._bn0(t._conv_stem(x))), []
+        for i, b in enumerate(t._blocks):
+            h = b(h)
+            if i in (7, 10):
+                taps.append(h)
+        assert torch.allclose(probe.forward_features(x), torch.cat(taps, 1), atol=1e-5)
+    assert sum(p.numel() for p in probe.features.parameters()) < 0.8e6  # stages 6-7 and the 1280 head dropped
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_folded_head_reproduces_the_fitted_classifier(classes):
+    rng = np.random.default_rng(classes)
+    f = rng.normal(3.0, 2.0, size=(300, 12)) * rng.uniform(0.5, 5, size=12)
+    y = rng.integers(0, classes, 300)
+    f[:, 0] += y * 2.0
+    scaler = StandardScaler().fit(f)
+    clf = LogisticRegression(C=0.3, max_iter=2000).fit(scaler.transform(f), y)
+    head = torch.nn.Module()
+    head.head = torch.nn.Linear(12, classes)
+    fold_head(head, clf, scaler, classes)
+    with torch.no_grad():
+        p = torch.softmax(head.head(torch.tensor(f, dtype=torch.float32)), 1).numpy()
+    np.testing.assert_allclose(p, clf.predict_proba(scaler.transform(f)), atol=1e-4)
+
+
+def test_resize_matrix_is_pillows_bilinear_resize():
+    img = np.random.default_rng(0).uniform(0, 255, (96, 96)).astype(np.float32)
+    a = resize_matrix(96, 40)
+    ref = np.asarray(Image.fromarray(img, mode="F").resize((40, 40), Image.BILINEAR))
+    np.testing.assert_allclose(a @ img @ a.T, ref, atol=1e-3)
+
+
+def _train(args, tmp_path):
+    r = CliRunner().invoke(app, ["train", *args, "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def test_linear_probe_then_ensemble_with_a_trained_cnn(mini_kermany, tmp_path):
+    from cxrtriage.data import read_manifest
+    from cxrtriage.infer import Engine
+
+    r = _train(["--out", str(tmp_path / "probe"), "--manifest", str(mini_kermany), "--arch", "lite0_probe",
+                "--image-size", "96", "--probe-views", "1"], tmp_path)
+    assert "trunk frozen" in r.output
+    after = torch.load(tmp_path / "probe" / "best.pt", weights_only=False)
+    ref = build_model("lite0_probe", 2, 96)
+    init_weights(ref, "lite0_probe", pretrained=True)
+    assert all(torch.equal(after["model"][k], v) for k, v in ref.state_dict().items() if k.startswith("features."))
+    rows = list(csv.DictReader((tmp_path / "probe" / "metrics.csv").open()))
+    assert [float(r["C"]) for r in rows] == list(C_GRID)
+    meta = json.loads((tmp_path / "probe" / "model.json").read_text())
+    assert meta["arch"] == "lite0_probe" and meta["outputs"] == ["probs", "cam", "embedding"]
+    assert meta["training"]["init"] == "ImageNet" and meta["gate"]["threshold"] > 0
+
+    _train(["--out", str(tmp_path / "cnn"), "--manifest", str(mini_kermany), "--image-size", "64", "--epochs", "1",
+            "--batch-size", "8"], tmp_path)
+    r = CliRunner().invoke(app, ["ensemble", str(tmp_path / "cnn"), str(tmp_path / "probe"), "--out",
+                                 str(tmp_path / "ens"), "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "ens" / "model.json").read_text())
+    assert meta["input"]["size"] == 96 and meta["arch"] == "ensemble(cxrnet + lite0_probe)"
+    assert meta["outputs"] == ["probs", "cam", "embedding"] and 0 < meta["threshold"] < 1
+
+    # the ensemble's probability is the mean of its members' own (each at its own input size)
+    paths = [s.path for s in read_manifest(mini_kermany)][:6]
+    ens = Engine(tmp_path / "ens", gate=False).predict_files(paths, heatmap=True)
+    cnn = Engine(tmp_path / "cnn", gate=False).predict_files(paths)
+    probe = Engine(tmp_path / "probe", gate=False).predict_files(paths)
+    for e, a, b in zip(ens, cnn, probe):
+        assert e.score == pytest.approx((a.score + b.score) / 2, abs=2e-3)
+        assert e.heatmap is not None
+
+    r = CliRunner().invoke(app, ["ensemble", str(tmp_path / "cnn"), "--out", str(tmp_path / "one")])
+    assert r.exit_code != 0 and "at least two" in r.output
+
+
+def test_ensemble_refuses_members_from_different_splits(mini_kermany, tmp_path):
+    from cxrtriage.data import read_manifest, write_manifest
+
+    from dataclasses import replace
+
+    samples = read_manifest(mini_kermany)
+    samples = [replace(s, split="val" if s.split == "train" else "train") if i < 4 else s
+               for i, s in enumerate(samples)]
+    other = write_manifest(samples, tmp_path / "other.csv")
+    for name, manifest in (("a", mini_kermany), ("b", other)):
+        _train(["--out", str(tmp_path / name), "--manifest", str(manifest), "--image-size", "64", "--epochs", "1",
+                "--batch-size", "8"], tmp_path)
+    r = CliRunner().invoke(app, ["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "e")])
+    assert r.exit_code != 0 and "different split" in r.output
