@@ -83,13 +83,20 @@ def main() -> None:
     from cxrtriage.models.checkpoint import load_checkpoint
     from cxrtriage.models.export import ServingGraph
 
-    if Path(args.checkpoint).exists():
-        net, meta = load_checkpoint(args.checkpoint)
+    ckpt = Path(args.checkpoint)
+    if (ckpt / "ensemble.json").exists():  # an ensemble: the same graph in torch, FLOPs summed over members
+        from cxrtriage.train.ensemble import load_ensemble
+
+        graph = load_ensemble(ckpt)
+        flops = sum(count_flops(m.net, m.image_size) for m in graph.members)
     else:
-        print(f"(no checkpoint at {args.checkpoint}: torch eager uses the same architecture, random weights)")
-        net, meta = build_model(info.raw.get("arch", "cxrnet"), len(info.classes), size).eval(), info.raw["input"]
-    graph = ServingGraph(net, meta["mean"], meta["std"]).eval()
-    flops = count_flops(net, size)
+        if ckpt.exists():
+            net, meta = load_checkpoint(ckpt)
+        else:
+            print(f"(no checkpoint at {ckpt}: torch eager uses the same architecture, random weights)")
+            net, meta = build_model(info.raw.get("arch", "cxrnet"), len(info.classes), size).eval(), info.raw["input"]
+        graph = ServingGraph(net, meta["mean"], meta["std"]).eval()
+        flops = count_flops(net, size)
 
     def engine_one(b: bytes) -> None:
         p = engine.predict_bytes(b, "x.jpeg", heatmap=True)

@@ -328,13 +328,16 @@ def ensemble(
     target_sensitivity: Optional[float] = typer.Option(None, help="Choose the threshold for this sensitivity."),
     threshold_method: str = typer.Option("youden-plateau", help="youden-plateau or youden (see cxr train)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Preprocessed image cache folder."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Write the model here (default: OUT/model.onnx)."),
+    name: Optional[str] = typer.Option(None, help="Model name in the sidecar (default: cxr-TASK-ensemble)."),
 ) -> None:
     """Combine trained runs into one model (mean probability, mean heatmap); threshold chosen on validation."""
     from cxrtriage.train.ensemble import build_ensemble
 
     try:
         path = build_ensemble(runs, out, threshold_method=threshold_method, target_sensitivity=target_sensitivity,
-                              cache_dir=str(cache_dir) if cache_dir else None, progress=True)
+                              cache_dir=str(cache_dir) if cache_dir else None, progress=True, onnx_path=onnx,
+                              name=name)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     meta = json.loads(path.with_suffix(".json").read_text())

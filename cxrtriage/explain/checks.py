@@ -67,7 +67,8 @@ def deletion_check(engine, images: np.ndarray, fraction: float = 0.1, seed: int 
 
 class RandomisedGraph:
     """An exported graph with every weight tensor replaced by random values of the same scale
-    (the model-randomisation check, done on the ONNX file so it needs no torch)."""
+    (the model-randomisation check, done on the ONNX file so it needs no torch). An ensemble's
+    fixed resize matrices are not weights and stay as they are."""
 
     def __init__(self, onnx_path, seed: int = 0):
         import onnx
@@ -78,7 +79,7 @@ class RandomisedGraph:
         rng = np.random.default_rng(seed)
         for init in model.graph.initializer:
             w = numpy_helper.to_array(init)
-            if w.dtype == np.float32 and w.ndim >= 2:
+            if w.dtype == np.float32 and w.ndim >= 2 and "resize_matrix" not in init.name:
                 rand = (rng.standard_normal(w.shape) * (w.std() or 0.1)).astype(np.float32)
                 init.CopyFrom(numpy_helper.from_array(rand, init.name))
         self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

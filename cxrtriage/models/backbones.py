@@ -543,7 +543,7 @@ BACKBONES: dict[str, Backbone] = {
         EfficientNetLite0Trunk, 192, 1e-3, "EfficientNet-Lite0 (ImageNet weights offline), CAM-ready",
         url=None, input_scale=TF_INPUT_SCALE),
     "lite0_probe": Backbone(
-        EfficientNetLite0Taps, 224, 0.0, "linear probe: frozen EfficientNet-Lite0 stages 4-5 (ImageNet) "
+        EfficientNetLite0Taps, 160, 0.0, "linear probe: frozen EfficientNet-Lite0 stages 4-5 (ImageNet) "
         "+ logistic regression, CAM-ready", input_scale=TF_INPUT_SCALE, dropout=0.0, linear_probe=True,
         weights_of="efficientnet_lite0"),
     "efficientnet_b0": Backbone(efficientnet_b0_trunk, 224, 1e-3, "EfficientNet-B0 (torchvision layout)",

@@ -41,10 +41,12 @@ class Member(nn.Module):
         self.net, self.mean, self.std, self.image_size = net, float(mean), float(std), int(image_size)
         self.resize = image_size != input_size
         if self.resize:
-            self.register_buffer("a", torch.from_numpy(resize_matrix(input_size, image_size)))
+            a = torch.from_numpy(resize_matrix(input_size, image_size))
+            self.register_buffer("resize_matrix", a)
+            self.register_buffer("resize_matrix_t", a.t().contiguous())  # named, so checks can tell it from weights
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = torch.matmul(torch.matmul(self.a, image), self.a.t()) if self.resize else image
+        x = torch.matmul(torch.matmul(self.resize_matrix, image), self.resize_matrix_t) if self.resize else image
         f = self.net.forward_features((x / 255.0 - self.mean) / self.std)
         logits = self.net.head(f.mean(dim=(2, 3)))
         cam = torch.einsum("nchw,kc->nkhw", f, self.net.head.weight) + self.net.head.bias.view(1, -1, 1, 1)

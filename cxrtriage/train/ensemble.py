@@ -34,14 +34,30 @@ def run_graph(graph: EnsembleGraph, images: np.ndarray, batch: int = 128) -> tup
     return np.concatenate(probs), np.concatenate(embs)
 
 
+def members_of(runs: list[str | Path], input_size: int | None = None) -> tuple[list[Member], int]:
+    """The ensemble members of ``runs`` (their best checkpoints) and the ensemble's input size."""
+    loaded = [load_checkpoint(r) for r in runs]
+    size = input_size or max(meta["image_size"] for _, meta in loaded)
+    return [Member(net, meta["image_size"], meta["mean"], meta["std"], size) for net, meta in loaded], size
+
+
+def load_ensemble(folder: str | Path) -> EnsembleGraph:
+    """The torch graph of an ensemble folder written by :func:`build_ensemble` (needs its member runs)."""
+    spec = json.loads((Path(folder) / "ensemble.json").read_text())
+    members, size = members_of(spec["runs"], spec["input_size"])
+    return EnsembleGraph(members, size).eval()
+
+
 def _split_of(run: Path) -> list[tuple[str, str]]:
     return [(s.path, s.split) for s in read_manifest(run / "split.csv")]
 
 
 def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: str = "youden-plateau",
                    target_sensitivity: float | None = None, cache_dir: str | None = None,
-                   seed: int = 0, progress: bool = False) -> Path:
-    """Combine the best checkpoints of ``runs`` into ``<out>/model.onnx`` (+ sidecar, gate, predictions)."""
+                   seed: int = 0, progress: bool = False, onnx_path: str | Path | None = None,
+                   name: str | None = None) -> Path:
+    """Combine the best checkpoints of ``runs`` into ``<out>/model.onnx`` (or ``onnx_path``) with its
+    sidecar and gate; ``out`` also gets the validation predictions, the split and ensemble.json."""
     from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
     from cxrtriage.train.trainer import gate_from_embeddings, macro_auc, triage_auc
 
@@ -63,8 +79,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
         if _split_of(r) != split:
             raise ValueError(f"{r} was trained on a different split than {runs[0]}; "
                              "train the members from the same manifest (cxr data split)")
-    size = max(meta["image_size"] for _, meta in loaded)
-    members = [Member(net, meta["image_size"], meta["mean"], meta["std"], size) for net, meta in loaded]
+    members, size = members_of(runs)
     graph = EnsembleGraph(members, size).eval()
 
     out = Path(out)
@@ -97,7 +112,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
                              "training": side.get("training"), "validation": side.get("validation")})
     seconds = [m["training"].get("seconds") for m in member_facts if m["training"]]
     sidecar = {
-        "name": f"cxr-{task.name}-ensemble",
+        "name": name or f"cxr-{task.name}-ensemble",
         "task": task.name, "kind": task.kind, "classes": list(task.classes),
         "arch": "ensemble(" + " + ".join(meta["arch"] for _, meta in loaded) + ")",
         "members": member_facts,
@@ -112,7 +127,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
                        "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
                        "accuracy": float((probs.argmax(1) == y_val).mean())},
     }
-    onnx_path, _ = export_graph(graph, out / "model.onnx", size, ["probs", "cam", "embedding"], sidecar,
+    onnx_path, _ = export_graph(graph, Path(onnx_path) if onnx_path else out / "model.onnx", size, ["probs", "cam", "embedding"], sidecar,
                                 {"normalisation": "per member, inside the graph"})
     gate_from_embeddings(onnx_path, emb_train, emb_val)
     (out / "ensemble.json").write_text(json.dumps({"runs": [str(r.resolve()) for r in runs], "input_size": size,
