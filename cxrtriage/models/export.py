@@ -87,3 +87,31 @@ def export_graph(graph: nn.Module, out_path: str | Path, image_size: int, names:
     json_path = out_path.with_suffix(".json")
     json_path.write_text(json.dumps(meta, indent=2))
     return out_path, json_path
+
+
+def update_sidecar(onnx_path: str | Path, entries: dict) -> dict:
+    """Merge ``entries`` into the JSON sidecar of ``onnx_path``; returns the new sidecar."""
+    json_path = Path(onnx_path).with_suffix(".json")
+    meta = json.loads(json_path.read_text())
+    meta.update(entries)
+    meta["version"] = entries.get("version", meta["sha256"][:12])
+    json_path.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def run_onnx(onnx_path: str | Path, images, outputs: list[str], batch: int = 128,
+             threads: int | None = None) -> dict:
+    """Named outputs of an exported graph for uint8 images (N, S, S), batched, with ONNX Runtime."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    parts: dict[str, list] = {n: [] for n in outputs}
+    for s in range(0, len(images), batch):
+        x = np.asarray(images[s:s + batch], dtype=np.float32)[:, None]
+        for n, v in zip(outputs, sess.run(outputs, {"image": x})):
+            parts[n].append(v)
+    return {n: np.concatenate(v) for n, v in parts.items()}

@@ -11,27 +11,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cxrtriage import __version__
 from cxrtriage.data import get_task, load_cached, read_manifest
 from cxrtriage.models.checkpoint import load_checkpoint
 from cxrtriage.models.ensemble import EnsembleGraph, Member
-from cxrtriage.models.export import export_graph
+from cxrtriage.models.export import export_graph, run_onnx, update_sidecar
 from cxrtriage.train.config import TrainConfig
-
-
-@torch.no_grad()
-def run_graph(graph: EnsembleGraph, images: np.ndarray, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, gate embeddings) of uint8 images (N, S, S)."""
-    graph.eval()
-    probs, embs = [], []
-    for s in range(0, len(images), batch):
-        x = torch.from_numpy(np.asarray(images[s:s + batch], dtype=np.float32)).unsqueeze(1)
-        p, _, e = graph(x)
-        probs.append(p.numpy())
-        embs.append(e.numpy())
-    return np.concatenate(probs), np.concatenate(embs)
 
 
 def members_of(runs: list[str | Path], input_size: int | None = None) -> tuple[list[Member], int]:
@@ -90,10 +76,14 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
     is_val = np.array([s.split == "val" for s in samples])
     val_s = [s for s in samples if s.split == "val"]
     y_val = np.array([task.index(s.label) for s in val_s])
-    probs, emb_val = run_graph(graph, arr[is_val])
+    onnx_path, _ = export_graph(graph, Path(onnx_path) if onnx_path else out / "model.onnx", size,
+                                ["probs", "cam", "embedding"], {"kind": task.kind},
+                                {"normalisation": "per member, inside the graph"})
+    val_out = run_onnx(onnx_path, arr[is_val], ["probs", "embedding"])
+    probs, emb_val = val_out["probs"], val_out["embedding"]
     rng = np.random.default_rng(seed)
     train_idx = np.sort(rng.permutation(np.flatnonzero(~is_val))[:4000])
-    _, emb_train = run_graph(graph, arr[train_idx])
+    emb_train = run_onnx(onnx_path, arr[train_idx], ["embedding"])["embedding"]
 
     score, pos = 1.0 - probs[:, 0], (y_val != 0).astype(int)
     thr = choose_threshold(pos, score, method=threshold_method, target_sensitivity=target_sensitivity)
@@ -127,8 +117,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
                        "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
                        "accuracy": float((probs.argmax(1) == y_val).mean())},
     }
-    onnx_path, _ = export_graph(graph, Path(onnx_path) if onnx_path else out / "model.onnx", size, ["probs", "cam", "embedding"], sidecar,
-                                {"normalisation": "per member, inside the graph"})
+    update_sidecar(onnx_path, sidecar)
     gate_from_embeddings(onnx_path, emb_train, emb_val)
     (out / "ensemble.json").write_text(json.dumps({"runs": [str(r.resolve()) for r in runs], "input_size": size,
                                                    "threshold_method": threshold_method,

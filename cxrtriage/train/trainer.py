@@ -27,7 +27,7 @@ from cxrtriage.data import get_task, kermany_samples, load_cached, patient_split
 from cxrtriage.data.samples import Sample, write_manifest
 from cxrtriage.models.archs import CamNet, build_model, get_arch
 from cxrtriage.models.backbones import backbone_parameters, init_weights, is_backbone, set_backbone_frozen
-from cxrtriage.models.checkpoint import embeddings, model_from_checkpoint
+from cxrtriage.models.checkpoint import model_from_checkpoint
 from cxrtriage.train import distributed as dist
 from cxrtriage.train.augment import augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
@@ -402,7 +402,7 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     """Reload a run's best checkpoint, choose the threshold on its validation split, fit the
     quality gate and export ONNX + sidecar (``<run>/model.onnx`` unless ``onnx_path``)."""
     from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
-    from cxrtriage.models.export import export_onnx
+    from cxrtriage.models.export import export_onnx, run_onnx, update_sidecar
 
     out = Path(out)
     cfg = TrainConfig.load(out / "config.json")
@@ -418,13 +418,20 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     x_val = torch.from_numpy(np.ascontiguousarray(arr[is_val]))
     val_s = [s for s in samples if s.split == "val"]
     multilabel = task.kind == "multilabel"
+    onnx_path = Path(onnx_path) if onnx_path else out / "model.onnx"
+    previous = json.loads(onnx_path.with_suffix(".json").read_text()).get("training", {}) \
+        if onnx_path.with_suffix(".json").exists() else {}
+    # export first, then score validation with ONNX Runtime (what serving runs, and much faster
+    # than torch eager on a CPU); the sidecar is completed below
+    export_onnx(model, onnx_path, ck["image_size"], ck["mean"], ck["std"], {"kind": task.kind})
+    is_cam = isinstance(model, CamNet)
+    val_out = run_onnx(onnx_path, x_val.numpy(), ["probs", "embedding"] if is_cam else ["probs"])
+    probs = val_out["probs"]
     if multilabel:  # triage score = the highest finding probability; positive = any finding
         y_val = np.stack([task.multi_hot(s.label) for s in val_s])
-        probs = predict_arrays(model, x_val, ck["mean"], ck["std"], torch.device("cpu"), multilabel=True)
         score, pos = probs.max(axis=1), y_val.any(axis=1).astype(int)
     else:
         y_val = np.array([task.index(s.label) for s in val_s])
-        probs = predict_arrays(model, x_val, ck["mean"], ck["std"], torch.device("cpu"))
         score = 1.0 - probs[:, 0]
         pos = (y_val != 0).astype(int)
     thr = choose_threshold(pos, score, method=cfg.threshold_method, target_sensitivity=cfg.target_sensitivity)
@@ -434,9 +441,6 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
         w.writerow(["path", "patient_id", "label", *[f"p_{c}" for c in task.classes]])
         for s, p in zip(val_s, probs):
             w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
-    onnx_path = Path(onnx_path) if onnx_path else out / "model.onnx"
-    previous = json.loads(onnx_path.with_suffix(".json").read_text()).get("training", {}) \
-        if onnx_path.with_suffix(".json").exists() else {}
     sidecar = {
         "name": f"cxr-{task.name}-{ck['arch']}",
         "task": task.name, "kind": task.kind, "classes": list(task.classes),
@@ -458,9 +462,11 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
         sidecar["training"]["init"] = cfg.weights or "ImageNet"
     if not history and previous:  # exporting a run whose last checkpoint was not kept
         sidecar["training"] = {**previous, "best_epoch": best["epoch"] + 1}
-    export_onnx(model, onnx_path, ck["image_size"], ck["mean"], ck["std"], sidecar)
-    if isinstance(model, CamNet):
-        fit_gate(model, onnx_path, x_train, x_val, ck["mean"], ck["std"], cfg.seed)
+    update_sidecar(onnx_path, sidecar)
+    if is_cam:
+        idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[:4000]
+        emb_train = run_onnx(onnx_path, x_train[idx].numpy(), ["embedding"])["embedding"]
+        gate_from_embeddings(onnx_path, emb_train, val_out["embedding"])
     print(f"best epoch {best['epoch'] + 1}; validation ROC AUC {sidecar['validation']['roc_auc'] or float('nan'):.4f}; "
           f"threshold {thr:.3f}; model: {onnx_path}")
     return onnx_path
@@ -480,15 +486,6 @@ def _multilabel_sidecar(task, cfg: TrainConfig, y_val: np.ndarray, probs: np.nda
                        "per_label_auc": vs["per_label_auc"], "accuracy": vs["accuracy"],
                        "label_positives": {c: int(n) for c, n in zip(labels, y_val.sum(axis=0))}},
     }
-
-
-def fit_gate(model: CamNet, onnx_path: Path, x_train: torch.Tensor, x_val: torch.Tensor, mean: float,
-             std: float, seed: int, max_train: int = 4000) -> None:
-    """Fit the quality gate on training embeddings; set its threshold on half of the validation
-    images and report the false-refusal rate on the other half."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x_train), generator=g)[:max_train]
-    gate_from_embeddings(onnx_path, embeddings(model, x_train[idx], mean, std), embeddings(model, x_val, mean, std))
 
 
 def gate_from_embeddings(onnx_path: Path, tr: np.ndarray, va: np.ndarray) -> None:
