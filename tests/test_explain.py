@@ -50,9 +50,12 @@ def test_randomised_weights_change_the_heatmap(samples_dir):
     assert np.abs(RandomisedGraph(DEFAULT_MODEL).run_arrays(x)["probs"] - engine.run_arrays(x)["probs"]).max() > 0.05
 
 
-def test_deleting_the_hot_spots_lowers_the_score_more_than_random(val_images):
+def test_deleting_the_hot_spots_lowers_the_score_more_than_the_same_region_elsewhere(val_images):
+    # the control is the heatmap's own region moved to a random place (same size and shape);
+    # scattered random pixels are reported too, but they measure noise sensitivity as well
     images, labels = val_images
     pos = images[labels == 1][:300]
     res = deletion_check(Engine(), pos, fraction=0.1, seed=0)
     assert res["n"] == len(pos)
-    assert res["mean_drop_top"] > res["mean_drop_random"] + 0.02, res
+    assert res["mean_drop_top"] > res["mean_drop_moved"] + 0.02, res
+    assert res["mean_drop_top"] > 0.02, res

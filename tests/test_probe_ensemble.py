@@ -111,6 +111,18 @@ def test_linear_probe_then_ensemble_with_a_trained_cnn(mini_kermany, tmp_path):
         assert e.score == pytest.approx((a.score + b.score) / 2, abs=2e-3)
         assert e.heatmap is not None
 
+    # float16 storage halves the file; the computation stays float32, the scores barely move
+    r = CliRunner().invoke(app, ["ensemble", str(tmp_path / "cnn"), str(tmp_path / "probe"), "--out",
+                                 str(tmp_path / "ens16"), "--half-weights", "--heatmap-from", "0",
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ens16" / "model.onnx").stat().st_size < 0.6 * (tmp_path / "ens" / "model.onnx").stat().st_size
+    meta16 = json.loads((tmp_path / "ens16" / "model.json").read_text())
+    assert meta16["weights_storage"] == "float16" and meta16["heatmap_source"] == "class activation map of cxrnet"
+    for e, h in zip(ens, Engine(tmp_path / "ens16", gate=False).predict_files(paths, heatmap=True)):
+        assert h.score == pytest.approx(e.score, abs=5e-3)
+        assert h.heatmap is not None
+
     r = CliRunner().invoke(app, ["ensemble", str(tmp_path / "cnn"), "--out", str(tmp_path / "one")])
     assert r.exit_code != 0 and "at least two" in r.output
 

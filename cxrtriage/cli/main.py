@@ -330,6 +330,10 @@ def ensemble(
     cache_dir: Optional[Path] = typer.Option(None, help="Preprocessed image cache folder."),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="Write the model here (default: OUT/model.onnx)."),
     name: Optional[str] = typer.Option(None, help="Model name in the sidecar (default: cxr-TASK-ensemble)."),
+    heatmap_from: Optional[list[int]] = typer.Option(None, "--heatmap-from", help="Heatmap from these members "
+                                                     "only (0-based positions in RUNS; repeatable; default: all)."),
+    half_weights: bool = typer.Option(False, "--half-weights", help="Store the weights as float16 (half the "
+                                      "file; computation stays float32)."),
 ) -> None:
     """Combine trained runs into one model (mean probability, mean heatmap); threshold chosen on validation."""
     from cxrtriage.train.ensemble import build_ensemble
@@ -337,7 +341,7 @@ def ensemble(
     try:
         path = build_ensemble(runs, out, threshold_method=threshold_method, target_sensitivity=target_sensitivity,
                               cache_dir=str(cache_dir) if cache_dir else None, progress=True, onnx_path=onnx,
-                              name=name)
+                              name=name, heatmap_from=heatmap_from or None, half_weights=half_weights)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     meta = json.loads(path.with_suffix(".json").read_text())

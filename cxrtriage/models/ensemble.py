@@ -54,25 +54,34 @@ class Member(nn.Module):
 
 
 class EnsembleGraph(nn.Module):
-    """Mean of the members' probabilities; outputs ``probs``, ``cam`` and ``embedding`` like one network."""
+    """Mean of the members' probabilities; outputs ``probs``, ``cam`` and ``embedding`` like one network.
 
-    def __init__(self, members: list[Member], input_size: int, multilabel: bool = False):
+    ``heatmap_from``: indices of the members whose class activation maps are averaged into the
+    heatmap (default: all), for members whose maps do not point at their evidence.
+    """
+
+    def __init__(self, members: list[Member], input_size: int, multilabel: bool = False,
+                 heatmap_from: list[int] | None = None):
         super().__init__()
         if len(members) < 2:
             raise ValueError("an ensemble needs at least two members")
+        self.heatmap_from = sorted(set(heatmap_from)) if heatmap_from else list(range(len(members)))
+        if not all(0 <= i < len(members) for i in self.heatmap_from):
+            raise ValueError(f"heatmap members {heatmap_from} out of range (0..{len(members) - 1})")
         self.members = nn.ModuleList(members)
         with torch.no_grad():
             self.grids = [int(m.eval()(torch.zeros(1, 1, input_size, input_size))[1].shape[-1]) for m in members]
-        self.cam_size, self.multilabel = max(self.grids), multilabel
+        self.cam_size, self.multilabel = max(self.grids[i] for i in self.heatmap_from), multilabel
 
     def forward(self, image: torch.Tensor):
         probs, cams, embs = [], [], []
-        for m, grid in zip(self.members, self.grids):
+        for i, (m, grid) in enumerate(zip(self.members, self.grids)):
             logits, cam, emb = m(image)
             probs.append(torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1))
-            if grid != self.cam_size:
-                cam = F.interpolate(cam, size=(self.cam_size, self.cam_size), mode="bilinear", align_corners=False)
-            cams.append(cam)
+            if i in self.heatmap_from:
+                if grid != self.cam_size:
+                    cam = F.interpolate(cam, size=(self.cam_size, self.cam_size), mode="bilinear",
+                                        align_corners=False)
+                cams.append(cam)
             embs.append(emb)
-        n = float(len(self.members))
-        return sum(probs) / n, sum(cams) / n, torch.cat(embs, dim=1)
+        return sum(probs) / float(len(probs)), sum(cams) / float(len(cams)), torch.cat(embs, dim=1)

@@ -61,8 +61,10 @@ def export_onnx(model: nn.Module, out_path: str | Path, image_size: int, mean: f
 
 
 def export_graph(graph: nn.Module, out_path: str | Path, image_size: int, names: list[str], sidecar: dict,
-                 normalisation: dict) -> tuple[Path, Path]:
-    """Export a serving graph (input ``image`` in 0..255, outputs ``names``) with its sidecar."""
+                 normalisation: dict, half_weights: bool = False) -> tuple[Path, Path]:
+    """Export a serving graph (input ``image`` in 0..255, outputs ``names``) with its sidecar.
+
+    ``half_weights`` stores the weights as float16 (half the file; computation stays float32)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.full((2, 1, image_size, image_size), 128.0)
@@ -73,9 +75,12 @@ def export_graph(graph: nn.Module, out_path: str | Path, image_size: int, names:
             graph.eval(), (dummy,), str(out_path), input_names=["image"], output_names=names,
             dynamic_axes=axes, opset_version=17, dynamo=False,
         )
+    if half_weights:
+        store_weights_as_half(out_path)
     meta = dict(sidecar)
     meta.update(
         format="cxr-triage-onnx/1",
+        weights_storage="float16" if half_weights else "float32",
         onnx_file=out_path.name,
         sha256=file_sha256(out_path),
         input={"name": "image", "size": image_size, "channels": 1, "range": [0, 255], **normalisation,
@@ -115,3 +120,30 @@ def run_onnx(onnx_path: str | Path, images, outputs: list[str], batch: int = 128
         for n, v in zip(outputs, sess.run(outputs, {"image": x})):
             parts[n].append(v)
     return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def store_weights_as_half(onnx_path: str | Path, min_size: int = 256) -> None:
+    """Rewrite float32 initializers (``min_size`` values or more) as float16 with a Cast back to
+    float32 in front of their users: the file halves, ONNX Runtime folds the casts once at load,
+    and every operation still computes in float32."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    g = model.graph
+    casts = []
+    for init in list(g.initializer):
+        w = numpy_helper.to_array(init)
+        if w.dtype != np.float32 or w.size < min_size:
+            continue
+        name = init.name
+        half = numpy_helper.from_array(w.astype(np.float16), name + "__f16")
+        g.initializer.remove(init)
+        g.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [name], to=onnx.TensorProto.FLOAT,
+                                      name=name + "__to_f32"))
+    for node in reversed(casts):
+        g.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(onnx_path))

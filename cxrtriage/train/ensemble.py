@@ -31,7 +31,7 @@ def load_ensemble(folder: str | Path) -> EnsembleGraph:
     """The torch graph of an ensemble folder written by :func:`build_ensemble` (needs its member runs)."""
     spec = json.loads((Path(folder) / "ensemble.json").read_text())
     members, size = members_of(spec["runs"], spec["input_size"])
-    return EnsembleGraph(members, size).eval()
+    return EnsembleGraph(members, size, heatmap_from=spec.get("heatmap_from")).eval()
 
 
 def _split_of(run: Path) -> list[tuple[str, str]]:
@@ -41,7 +41,8 @@ def _split_of(run: Path) -> list[tuple[str, str]]:
 def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: str = "youden-plateau",
                    target_sensitivity: float | None = None, cache_dir: str | None = None,
                    seed: int = 0, progress: bool = False, onnx_path: str | Path | None = None,
-                   name: str | None = None) -> Path:
+                   name: str | None = None, heatmap_from: list[int] | None = None,
+                   half_weights: bool = False) -> Path:
     """Combine the best checkpoints of ``runs`` into ``<out>/model.onnx`` (or ``onnx_path``) with its
     sidecar and gate; ``out`` also gets the validation predictions, the split and ensemble.json."""
     from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
@@ -66,7 +67,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
             raise ValueError(f"{r} was trained on a different split than {runs[0]}; "
                              "train the members from the same manifest (cxr data split)")
     members, size = members_of(runs)
-    graph = EnsembleGraph(members, size).eval()
+    graph = EnsembleGraph(members, size, heatmap_from=heatmap_from).eval()
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
     y_val = np.array([task.index(s.label) for s in val_s])
     onnx_path, _ = export_graph(graph, Path(onnx_path) if onnx_path else out / "model.onnx", size,
                                 ["probs", "cam", "embedding"], {"kind": task.kind},
-                                {"normalisation": "per member, inside the graph"})
+                                {"normalisation": "per member, inside the graph"}, half_weights=half_weights)
     val_out = run_onnx(onnx_path, arr[is_val], ["probs", "embedding"])
     probs, emb_val = val_out["probs"], val_out["embedding"]
     rng = np.random.default_rng(seed)
@@ -106,6 +107,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
         "task": task.name, "kind": task.kind, "classes": list(task.classes),
         "arch": "ensemble(" + " + ".join(meta["arch"] for _, meta in loaded) + ")",
         "members": member_facts,
+        "heatmap_source": "class activation map of " + " + ".join(loaded[i][1]["arch"] for i in graph.heatmap_from),
         "threshold": float(thr), "threshold_high": float(thr_high),
         "threshold_method": (f"sensitivity>={target_sensitivity}" if target_sensitivity else threshold_method)
         + " on validation",
@@ -120,6 +122,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
     update_sidecar(onnx_path, sidecar)
     gate_from_embeddings(onnx_path, emb_train, emb_val)
     (out / "ensemble.json").write_text(json.dumps({"runs": [str(r.resolve()) for r in runs], "input_size": size,
+                                                   "heatmap_from": graph.heatmap_from,
                                                    "threshold_method": threshold_method,
                                                    "target_sensitivity": target_sensitivity}, indent=2))
     return onnx_path

@@ -1,0 +1,93 @@
+"""Stress benchmark: validation ROC AUC, sensitivity and specificity of exported models when the
+validation radiographs are degraded the way acquisitions differ (noise, blur, exposure,
+contrast, zoom, JPEG compression), each model at its own stored threshold.
+
+    python bench/stress.py --models runs/cnn runs/probe cxrtriage/assets/model/cxr-pneumonia.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+from sklearn.metrics import roc_auc_score
+
+from cxrtriage.data import kermany_samples, load_cached, patient_split, to_model_input
+from cxrtriage.infer import Engine
+
+
+def _jpeg(a: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"))
+
+
+def _zoom_out(a: np.ndarray, scale: float) -> np.ndarray:
+    s = a.shape[0]
+    k = int(round(s * scale))
+    small = np.asarray(Image.fromarray(a).resize((k, k), Image.BILINEAR))
+    out = np.full_like(a, int(np.median(a[:, :4])))  # the border's gray, as around a smaller field
+    o = (s - k) // 2
+    out[o:o + k, o:o + k] = small
+    return out
+
+
+def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    u8 = lambda x: np.clip(np.rint(x), 0, 255).astype(np.uint8)  # noqa: E731
+    return {
+        "none": lambda a: a,
+        "gaussian noise sd 8": lambda a: u8(a + rng.normal(0, 8, a.shape)),
+        "impulse noise 2%": lambda a: np.where(rng.random(a.shape) < 0.02, rng.choice([0, 255], a.shape), a).astype(
+            np.uint8),
+        "blur radius 1.5": lambda a: np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(1.5))),
+        "gamma 0.7": lambda a: u8(255 * (a / 255.0) ** 0.7),
+        "gamma 1.4": lambda a: u8(255 * (a / 255.0) ** 1.4),
+        "contrast x0.7": lambda a: u8((a - a.mean()) * 0.7 + a.mean()),
+        "zoom out 85%": lambda a: _zoom_out(a, 0.85),
+        "jpeg quality 30": lambda a: _jpeg(a, 30),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="../shared/data/kermany-224")
+    ap.add_argument("--models", nargs="+", required=True)
+    ap.add_argument("--out", default=None, help="write the table as JSON here")
+    args = ap.parse_args()
+    val = [s for s in patient_split(kermany_samples(args.data, "train"), 0.2, 0) if s.split == "val"]
+    y = np.array([s.label != "normal" for s in val], int)
+    base = np.asarray(load_cached([s.path for s in val], 224, progress=False))
+    engines = [Engine(m, gate=False) for m in args.models]
+    rows = []
+    for name, fn in perturbations().items():
+        degraded = [fn(a) for a in base]
+        row = {"perturbation": name}
+        for m, e in zip(args.models, engines):
+            x = np.stack([to_model_input(a, e.info.input_size) for a in degraded])
+            s = 1.0 - e.run_arrays(x)["probs"][:, 0]
+            t = e.info.threshold
+            row[m] = {"auc": float(roc_auc_score(y, s)), "sensitivity": float((s[y == 1] >= t).mean()),
+                      "specificity": float((s[y == 0] < t).mean())}
+        rows.append(row)
+    print(f"validation: {len(val)} images (patient-wise split of train/), each model at its stored threshold")
+    for i, m in enumerate(args.models):
+        print(f"  [{i}] {m} ({engines[i].info.name}, {engines[i].info.input_size} px, threshold "
+              f"{engines[i].info.threshold:.3f})")
+    head = f"{'perturbation':<20}" + "".join(f"   [{i}] AUC   sens   spec" for i in range(len(args.models)))
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['perturbation']:<20}" + "".join(
+            f"   {r[m]['auc']:>8.4f} {r[m]['sensitivity']:>6.3f} {r[m]['specificity']:>6.3f}" for m in args.models))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
