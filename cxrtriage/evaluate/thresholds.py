@@ -107,9 +107,13 @@ def _plateau(y: np.ndarray, s: np.ndarray, half_width: float = PLATEAU_HALF_WIDT
     best = np.flatnonzero(j >= j.max() - 1e-12)
     g = grid[best[len(best) // 2]]  # the middle of a tied run
     levels = np.unique(z)
-    i = np.searchsorted(levels, g)  # never on a score: midway between the two levels around g
-    if i < levels.size and np.isclose(levels[i], g):
-        g = (levels[i] + (levels[i + 1] if i + 1 < levels.size else levels[i] + 1.0)) / 2.0
+    i = int(np.searchsorted(levels, g))
+    if 0 < i < levels.size:  # every threshold in the gap between two scores calls the same: take its middle
+        g = (levels[i - 1] + levels[i]) / 2.0
+    elif i == 0:
+        g = min(g, levels[0] - half_width)
+    else:
+        g = max(g, levels[-1] + half_width)
     return float(1.0 / (1.0 + np.exp(-g)))
 
 

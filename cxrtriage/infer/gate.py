@@ -18,6 +18,19 @@ LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "XTABLE"}
 MIN_STD = 0.02
 
 
+_BLAS = None
+
+
+def _one_blas_thread():
+    """A context limiting numpy's BLAS to one thread (the controller is built once)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 @dataclass
 class FeatureGate:
     """Mahalanobis distance in the network's embedding space."""
@@ -31,11 +44,14 @@ class FeatureGate:
     projection: np.ndarray | None = None
 
     def distance(self, emb: np.ndarray) -> np.ndarray:
-        e = emb.astype(np.float64)
-        if self.projection is not None:
-            e = e @ self.projection.T
-        d = e - self.mean
-        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+        # one BLAS thread: these products are small, and BLAS threads waking beside ONNX
+        # Runtime's would cost more than the products themselves
+        with _one_blas_thread():
+            e = emb.astype(np.float64)
+            if self.projection is not None:
+                e = e @ self.projection.T
+            d = e - self.mean
+            return np.sqrt(np.maximum(((d @ self.precision) * d).sum(axis=1), 0.0))
 
     def save(self, path: str | Path) -> None:
         extra = {} if self.projection is None else {"projection": self.projection.astype(np.float32)}
