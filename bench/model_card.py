@@ -87,7 +87,6 @@ def main() -> None:
         "data": "Kermany D.S. et al., Cell 172(5) 2018; Mendeley Data doi:10.17632/rscbjbr9sj.2; CC BY 4.0",
         "disclaimer": DISCLAIMER,
     }
-    (DEFAULT_MODEL.parent / "model_card.json").write_text(json.dumps(card, indent=2))
     v = card["validation"]
     m0, m1 = members
     shift_md = ""
@@ -100,7 +99,6 @@ def main() -> None:
     if Path(args.shift).exists():
         rows = json.loads(Path(args.shift).read_text())
         card["shift_benchmark"] = rows
-        (DEFAULT_MODEL.parent / "model_card.json").write_text(json.dumps(card, indent=2))
         shift_md = ("## Shift benchmark\n`python bench/shift.py`: the recipe trained without the `NORMAL2-*` batch "
                     "of normals, scored on those 744 normals and the 775 validation pneumonias (threshold "
                     "from the validation split without them).\n\n| model | val AUC | held-out batch AUC | "
@@ -108,6 +106,7 @@ def main() -> None:
                         f"| {r['model']} | {r['val_auc']:.4f} | {r['shift_auc']:.4f} | "
                         f"{r['youden-plateau']['sensitivity']:.3f} / {r['youden-plateau']['specificity']:.3f} |\n"
                         for r in rows) + "\n")
+    (DEFAULT_MODEL.parent / "model_card.json").write_text(json.dumps(card, indent=2))
     total_min = card["training"]["cpu_2core_seconds"] / 60
     commands = "\n".join(COMMANDS)
     arch_text = (f"ensemble (mean probability) of `{m0['arch']}`, a residual CNN trained here "

@@ -61,6 +61,13 @@ class CamNet(nn.Module):
         f = self.features(x).mean(dim=(2, 3))
         return self.head(self.dropout(f))
 
+    def serving_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, class activation maps in logit units, gate embedding) of normalised input ``x``."""
+        f = self.forward_features(x)
+        logits = self.head(f.mean(dim=(2, 3)))
+        cam = torch.einsum("nchw,kc->nkhw", f, self.head.weight) + self.head.bias.view(1, -1, 1, 1)
+        return logits, cam, self.embed(f)
+
     @staticmethod
     def embed(features: torch.Tensor) -> torch.Tensor:
         """Quality-gate embedding: features pooled on a 2x2 grid, so layout (orientation) counts."""

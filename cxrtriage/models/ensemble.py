@@ -47,10 +47,7 @@ class Member(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = torch.matmul(torch.matmul(self.resize_matrix, image), self.resize_matrix_t) if self.resize else image
-        f = self.net.forward_features((x / 255.0 - self.mean) / self.std)
-        logits = self.net.head(f.mean(dim=(2, 3)))
-        cam = torch.einsum("nchw,kc->nkhw", f, self.net.head.weight) + self.net.head.bias.view(1, -1, 1, 1)
-        return logits, cam, CamNet.embed(f)
+        return self.net.serving_outputs((x / 255.0 - self.mean) / self.std)
 
 
 class EnsembleGraph(nn.Module):

@@ -35,12 +35,8 @@ class ServingGraph(nn.Module):
         x = (image / 255.0 - self.mean) / self.std
         if not self.has_cam:
             return self._probs(self.model(x))
-        f = self.model.forward_features(x)
-        pooled = f.mean(dim=(2, 3))
-        logits = self.model.head(pooled)
-        w, b = self.model.head.weight, self.model.head.bias
-        cam = torch.einsum("nchw,kc->nkhw", f, w) + b.view(1, -1, 1, 1)
-        return self._probs(logits), cam, CamNet.embed(f)
+        logits, cam, emb = self.model.serving_outputs(x)
+        return self._probs(logits), cam, emb
 
 
 def file_sha256(path: str | Path) -> str:

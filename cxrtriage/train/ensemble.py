@@ -6,7 +6,6 @@ threshold is chosen on validation images that no member trained on.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -45,8 +44,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
                    half_weights: bool = False) -> Path:
     """Combine the best checkpoints of ``runs`` into ``<out>/model.onnx`` (or ``onnx_path``) with its
     sidecar and gate; ``out`` also gets the validation predictions, the split and ensemble.json."""
-    from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
-    from cxrtriage.train.trainer import gate_from_embeddings, macro_auc, triage_auc
+    from cxrtriage.train.trainer import gate_from_embeddings, operating_points, validation_facts, write_val_predictions
 
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
@@ -86,14 +84,9 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
     train_idx = np.sort(rng.permutation(np.flatnonzero(~is_val))[:4000])
     emb_train = run_onnx(onnx_path, arr[train_idx], ["embedding"])["embedding"]
 
-    score, pos = 1.0 - probs[:, 0], (y_val != 0).astype(int)
-    thr = choose_threshold(pos, score, method=threshold_method, target_sensitivity=target_sensitivity)
-    thr_high = max(thr, high_priority_threshold(pos, score, specificity=0.995))
-    with (out / "val_predictions.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "patient_id", "label", *[f"p_{c}" for c in task.classes]])
-        for s, p in zip(val_s, probs):
-            w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
+    thr, thr_high = operating_points((y_val != 0).astype(int), 1.0 - probs[:, 0], threshold_method,
+                                     target_sensitivity)
+    write_val_predictions(out / "val_predictions.csv", task, val_s, probs)
     (out / "split.csv").write_bytes((runs[0] / "split.csv").read_bytes())
 
     member_facts = []
@@ -115,9 +108,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
         "cxr_triage_version": __version__,
         "training": {"members": len(runs), "seconds": round(float(sum(s for s in seconds if s)), 1),
                      "n_train": int((~is_val).sum()), "seed": seed},
-        "validation": {"n": int(len(y_val)), "roc_auc": triage_auc(y_val, probs),
-                       "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
-                       "accuracy": float((probs.argmax(1) == y_val).mean())},
+        "validation": validation_facts(task, y_val, probs),
     }
     update_sidecar(onnx_path, sidecar)
     gate_from_embeddings(onnx_path, emb_train, emb_val)

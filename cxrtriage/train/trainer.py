@@ -401,7 +401,6 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
                progress: bool = False) -> Path:
     """Reload a run's best checkpoint, choose the threshold on its validation split, fit the
     quality gate and export ONNX + sidecar (``<run>/model.onnx`` unless ``onnx_path``)."""
-    from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
     from cxrtriage.models.export import export_onnx, run_onnx, update_sidecar
 
     out = Path(out)
@@ -434,13 +433,8 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
         y_val = np.array([task.index(s.label) for s in val_s])
         score = 1.0 - probs[:, 0]
         pos = (y_val != 0).astype(int)
-    thr = choose_threshold(pos, score, method=cfg.threshold_method, target_sensitivity=cfg.target_sensitivity)
-    thr_high = max(thr, high_priority_threshold(pos, score, specificity=0.995))
-    with (out / "val_predictions.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "patient_id", "label", *[f"p_{c}" for c in task.classes]])
-        for s, p in zip(val_s, probs):
-            w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
+    thr, thr_high = operating_points(pos, score, cfg.threshold_method, cfg.target_sensitivity)
+    write_val_predictions(out / "val_predictions.csv", task, val_s, probs)
     sidecar = {
         "name": f"cxr-{task.name}-{ck['arch']}",
         "task": task.name, "kind": task.kind, "classes": list(task.classes),
@@ -452,9 +446,7 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
         "training": {"epochs_run": len(history), "n_train": int(len(x_train)), "best_epoch": best["epoch"] + 1,
                      "seconds": round(float(last.get("elapsed", 0.0)), 1), "stop": stop_reason or None,
                      "hardware": best.get("hardware"), "torch": best.get("torch"), "seed": cfg.seed},
-        "validation": {"n": int(len(y_val)), "roc_auc": triage_auc(y_val, probs),
-                       "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
-                       "accuracy": float((probs.argmax(1) == y_val).mean())} if not multilabel else {},
+        "validation": validation_facts(task, y_val, probs) if not multilabel else {},
     }
     if multilabel:
         sidecar.update(_multilabel_sidecar(task, cfg, y_val, probs))
@@ -470,6 +462,31 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     print(f"best epoch {best['epoch'] + 1}; validation ROC AUC {sidecar['validation']['roc_auc'] or float('nan'):.4f}; "
           f"threshold {thr:.3f}; model: {onnx_path}")
     return onnx_path
+
+
+def operating_points(pos: np.ndarray, score: np.ndarray, method: str,
+                     target_sensitivity: float | None) -> tuple[float, float]:
+    """(threshold, "urgent" threshold) chosen on validation labels ``pos`` and scores ``score``."""
+    from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
+
+    thr = choose_threshold(pos, score, method=method, target_sensitivity=target_sensitivity)
+    return thr, max(thr, high_priority_threshold(pos, score, specificity=0.995))
+
+
+def write_val_predictions(path: Path, task, val_s: list[Sample], probs: np.ndarray) -> None:
+    """One row per validation image: path, patient, label and the class probabilities."""
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "patient_id", "label", *[f"p_{c}" for c in task.classes]])
+        for s, p in zip(val_s, probs):
+            w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
+
+
+def validation_facts(task, y_val: np.ndarray, probs: np.ndarray) -> dict:
+    """The sidecar's validation summary of a single-label model."""
+    return {"n": int(len(y_val)), "roc_auc": triage_auc(y_val, probs),
+            "macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
+            "accuracy": float((probs.argmax(1) == y_val).mean())}
 
 
 def _multilabel_sidecar(task, cfg: TrainConfig, y_val: np.ndarray, probs: np.ndarray) -> dict:
