@@ -118,3 +118,46 @@ def test_cli_errors_are_clear(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"x")
     res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m.onnx"), str(tmp_path)])
     assert res.exit_code == 2
+
+
+# -- test-time augmentation ------------------------------------------------------------------
+
+def test_tta_views_move_and_zoom_the_image():
+    from cxrtriage.infer.tta import tta_views
+
+    img = np.zeros((1, 100, 100), np.uint8)
+    img[0, 40:60, 40:60] = 255  # a bright square in the middle
+    views = tta_views(img)
+    assert len(views) == 7 and all(v.shape == img.shape and v.dtype == np.uint8 for v in views)
+    assert np.array_equal(views[0], img)
+    area = [int((v[0] > 127).sum()) for v in views]
+    assert area[1] > area[0] > area[2]  # zoomed in, then out
+    centre = [np.argwhere(v[0] > 127).mean(axis=0) for v in views[3:]]
+    shifts = [tuple(np.round(c - np.array([49.5, 49.5])).astype(int)) for c in centre]
+    assert shifts == [(0, 3), (0, -3), (3, 0), (-3, 0)]
+    with pytest.raises(ValueError, match="square"):
+        tta_views(np.zeros((2, 10, 12), np.uint8))
+
+
+def test_tta_averages_the_views_and_keeps_the_heatmap(engine, samples_dir):
+    from cxrtriage.data import to_model_input
+    from cxrtriage.infer.tta import tta_views
+
+    f = samples_dir / "IM-0115-0001.jpeg"
+    tta = Engine(tta=True)
+    plain_p, tta_p = engine.predict_files([f], heatmap=True)[0], tta.predict_files([f], heatmap=True)[0]
+    x = to_model_input(read_radiograph(f), engine.info.input_size)[None]
+    by_view = [engine.run_arrays(v)["probs"][0] for v in tta_views(x)]
+    assert len({round(float(p[0]), 4) for p in by_view}) > 1  # the views do differ
+    want = np.mean(by_view, axis=0)
+    got = np.array([tta_p.probabilities[c] for c in engine.info.classes])
+    assert np.allclose(got, want, atol=1e-5)
+    assert np.array_equal(tta_p.heatmap, plain_p.heatmap)
+    assert tta_p.label == plain_p.label == "normal"
+
+
+def test_cli_predict_with_tta(samples_dir):
+    res = CliRunner().invoke(app, ["predict", str(samples_dir / "IM-0115-0001.jpeg"), "--tta", "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output.strip().splitlines()[-1])
+    assert row["label"] == "normal" and 0.0 <= row["score"] <= 1.0

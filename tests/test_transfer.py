@@ -217,3 +217,26 @@ def _some_images(manifest) -> list[str]:
     from cxrtriage.data import read_manifest
 
     return [s.path for s in read_manifest(manifest)[:2]]
+
+
+@pytest.mark.parametrize("arch,size", [("efficientnet_lite0", 160), ("cxrnet", 80)])
+def test_odd_sized_feature_maps_export_with_the_gate_embedding(arch, size, tmp_path):
+    """160 px through EfficientNet-Lite0 (and 80 px through cxrnet) leaves a 5x5 map, whose 2x2
+    gate pooling has overlapping cells; the export must still run and agree with torch."""
+    import onnxruntime as ort
+
+    from cxrtriage.models.export import ServingGraph, export_onnx
+
+    torch.manual_seed(0)
+    model = build_model(arch, 3, size).eval()
+    assert model.forward_features(torch.zeros(1, 1, size, size)).shape[-1] == 5
+    onnx_path, _ = export_onnx(model, tmp_path / "m.onnx", size, 0.5, 0.25, {"task": "pneumonia3"})
+    x = np.random.default_rng(0).integers(0, 256, (2, 1, size, size)).astype(np.float32)
+    got = ort.InferenceSession(str(onnx_path)).run(["probs", "cam", "embedding"], {"image": x})
+    with torch.no_grad():
+        want = ServingGraph(model, 0.5, 0.25)(torch.from_numpy(x))
+        feats = model.forward_features((torch.from_numpy(x) / 255 - 0.5) / 0.25)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(feats, 2)
+    for g, w in zip(got, want):
+        assert np.allclose(g, w.numpy(), atol=1e-4)
+    assert np.allclose(got[2], pooled.flatten(1).numpy(), atol=1e-4)

@@ -196,6 +196,8 @@ def predict(
     batch_size: int = typer.Option(32),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (with --engine: per worker, default 1)."),
     sort: bool = typer.Option(True, help="Sort the table by triage priority (most urgent first)."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average over 7 shifted/zoomed views "
+                             "(7x the model time)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="Bulk triage into --out (Parquet, resumable): ray "
                                          "(Ray Data; pip install 'cxr-triage[ray]') or local (this process)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --engine: results folder of Parquet parts "
@@ -231,7 +233,7 @@ def predict(
 
     files = _collect([Path(i) for i in inputs])
     try:
-        engine = Engine(model, threads=threads)
+        engine = Engine(model, threads=threads, tta=tta)
     except ModelNotFoundError as exc:
         fail(str(exc))
     preds = engine.predict_files(files, batch_size=batch_size, progress=not as_json and len(files) > 20)
@@ -436,6 +438,8 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the metrics."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% confidence intervals."),
     batch_size: int = typer.Option(64),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average over 7 shifted/zoomed views "
+                             "(7x the model time)."),
 ) -> None:
     """Score a labelled split: sensitivity, specificity, PPV/NPV, ROC/PR AUC with 95% CIs, calibration, report."""
     import numpy as np
@@ -445,7 +449,7 @@ def evaluate(
     from cxrtriage.infer import Engine, ModelNotFoundError
 
     try:
-        engine = Engine(model, gate=False)
+        engine = Engine(model, gate=False, tta=tta)
     except ModelNotFoundError as exc:
         fail(str(exc))
     info = engine.info
@@ -466,7 +470,7 @@ def evaluate(
     probs = np.array([[p.probabilities[c] for c in info.classes] for p in preds if p.error is None])
     meta = {"model": info.name, "model_version": info.version, "data": str(manifest or data), "split": split,
             "threshold_method": info.raw.get("threshold_method", "stored with the model"),
-            "task_description": task.description, "unreadable": len(bad)}
+            "task_description": task.description, "unreadable": len(bad), "tta": tta}
     result = evaluate_predictions(task.name, list(info.classes), y[keep], probs, info.threshold, out, meta,
                                   n_boot=n_boot, label_thresholds=info.raw.get("label_thresholds"))
     if as_json:

@@ -29,8 +29,10 @@ def _normalise_cam(cam: np.ndarray) -> np.ndarray:
 class Engine:
     """Score radiographs with an exported model. Thread-safe for concurrent ``predict_*`` calls."""
 
-    def __init__(self, model: str | Path | None = None, threads: int | None = None, gate: bool = True):
+    def __init__(self, model: str | Path | None = None, threads: int | None = None, gate: bool = True,
+                 tta: bool = False):
         self.info: ModelInfo = load_info(model)
+        self.tta = tta  # average the probabilities over cxrtriage.infer.tta's views (7x the model time)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         threads = threads or int(os.environ.get("CXR_THREADS", 0)) or (os.cpu_count() or 1)
@@ -55,6 +57,16 @@ class Engine:
         outs = self.session.run(list(self.info.outputs), {"image": x})
         return dict(zip(self.info.outputs, outs))
 
+    def run_tta(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Like :meth:`run_arrays`, with ``probs`` averaged over the test-time views; the heatmap
+        and gate embedding stay those of the image as given."""
+        from cxrtriage.infer.tta import tta_views
+
+        views = tta_views(batch)
+        out = self.run_arrays(views[0])
+        out["probs"] = np.mean([out["probs"]] + [self.run_arrays(v)["probs"] for v in views[1:]], axis=0)
+        return out
+
     # -- public API ----------------------------------------------------------
     def predict_radiographs(self, rgs: Sequence[Radiograph], decode_ms: Sequence[float] | None = None,
                             heatmap: bool = True) -> list[Prediction]:
@@ -72,7 +84,7 @@ class Engine:
             size = self.info.input_size
             batch = np.stack([to_model_input(rgs[i], size) for i in todo])
             t1 = time.perf_counter()
-            out = self.run_arrays(batch)
+            out = self.run_tta(batch) if self.tta else self.run_arrays(batch)
             t2 = time.perf_counter()
             probs = out["probs"]
             dist = self.feature_gate.distance(out["embedding"]) if self.feature_gate is not None else None

@@ -70,8 +70,15 @@ class CamNet(nn.Module):
 
     @staticmethod
     def embed(features: torch.Tensor) -> torch.Tensor:
-        """Quality-gate embedding: features pooled on a 2x2 grid, so layout (orientation) counts."""
-        return torch.nn.functional.adaptive_avg_pool2d(features, 2).flatten(1)
+        """Quality-gate embedding: features pooled on a 2x2 grid, so layout (orientation) counts.
+
+        The cells are those of ``adaptive_avg_pool2d(features, 2)`` (overlapping by the middle row or
+        column of an odd-sized map), written out so that odd sizes export to ONNX too."""
+        h, w = features.shape[-2], features.shape[-1]
+        rows = ((0, (h + 1) // 2), (h // 2, h))
+        cols = ((0, (w + 1) // 2), (w // 2, w))
+        cells = [features[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for r0, r1 in rows for c0, c1 in cols]
+        return torch.stack(cells, dim=2).flatten(1)
 
 
 def cxrnet(num_classes: int, width: int = 16) -> CamNet:
