@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from cxrtriage.data import kermany_samples, load_cached, patient_split, write_manifest
+from cxrtriage.data import kermany_samples, load_cached, patient_split, read_manifest, write_manifest
 from cxrtriage.evaluate.metrics import jsonable, multiclass_metrics
 from cxrtriage.infer import Engine
 from cxrtriage.infer.tta import tta_views
@@ -41,8 +42,8 @@ RECIPE: dict[str, dict] = {
 def relabelled_split(data: str, out: Path) -> Path:
     """The default model's patient-wise split with three-class labels."""
     binary = patient_split(kermany_samples(data, "train", "pneumonia"), 0.2, 0)
-    three = {s.path: s for s in kermany_samples(data, "train", "pneumonia3")}
-    samples = [three[s.path].__class__(s.path, three[s.path].label, s.patient_id, s.split) for s in binary]
+    three = {s.path: s.label for s in kermany_samples(data, "train", "pneumonia3")}
+    samples = [replace(s, label=three[s.path]) for s in binary]
     return write_manifest(samples, out / "split.csv")
 
 
@@ -76,7 +77,7 @@ def main() -> None:
             build_ensemble(list(runs.values()), ens, cache_dir=cache)
         runs["ensemble"] = ens
 
-    samples = [s for s in _read(manifest) if s.split == "val"]
+    samples = [s for s in read_manifest(manifest) if s.split == "val"]
     rows = []
     for name, run in runs.items():
         engine = Engine(run, gate=False)
@@ -107,12 +108,6 @@ def main() -> None:
     print(f"\nconfusion matrix of {best['model']} (TTA {'on' if best['tta'] else 'off'}; rows: truth {classes})")
     print(np.asarray(best["confusion_matrix"]))
     (out / "pneumonia3.json").write_text(json.dumps(jsonable(rows), indent=2))
-
-
-def _read(manifest: Path):
-    from cxrtriage.data.samples import read_manifest
-
-    return read_manifest(manifest)
 
 
 if __name__ == "__main__":
