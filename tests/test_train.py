@@ -91,6 +91,24 @@ def test_exported_model_matches_torch_on_real_images(tiny_run, shared_root):
     assert np.array_equal(got, again)
 
 
+def test_weight_average_is_what_is_kept_and_resumes_exactly(tiny_manifest, tiny_run, tmp_path):
+    _, cache = tiny_run
+    one = train(_cfg(tmp_path / "one", tiny_manifest, cache, epochs=1, ema_decay=0.9, hflip=0.5), progress=False)
+    last = torch.load(one / "last.pt", weights_only=False)
+    best = torch.load(one / "best.pt", weights_only=False)
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert averaged.keys() == best["model"].keys()
+    assert all(torch.equal(averaged[k], best["model"][k]) for k in averaged)  # best.pt holds the average
+    assert any(not torch.equal(last["model"][k], best["model"][k]) for k in averaged)  # not the raw weights
+    straight = train(_cfg(tmp_path / "a", tiny_manifest, cache, ema_decay=0.9), progress=False)
+    train(_cfg(tmp_path / "b", tiny_manifest, cache, ema_decay=0.9, stop_after=1), progress=False)
+    resumed = train(_cfg(tmp_path / "b", tiny_manifest, cache, ema_decay=0.9), resume=True, progress=False)
+    ea = torch.load(straight / "last.pt", weights_only=False)["ema"]
+    eb = torch.load(resumed / "last.pt", weights_only=False)["ema"]
+    for k in ea:
+        assert torch.allclose(ea[k].float(), eb[k].float(), atol=1e-6), k
+
+
 def test_three_class_task_trains(tiny_manifest, tiny_run, tmp_path):
     _, cache = tiny_run
     out = train(_cfg(tmp_path / "r3", tiny_manifest, cache, task="pneumonia3", epochs=1), progress=False)
@@ -104,3 +122,7 @@ def test_bad_configuration_is_refused(tiny_manifest, tmp_path):
         train(_cfg(tmp_path / "x", tiny_manifest, tmp_path / "c", arch="resnet9000"), progress=False)
     with pytest.raises(ValueError, match="larger than"):
         train(_cfg(tmp_path / "y", tiny_manifest, tmp_path / "c", batch_size=4096), progress=False)
+    with pytest.raises(ValueError, match="hflip"):
+        train(_cfg(tmp_path / "z", tiny_manifest, tmp_path / "c", hflip=2.0), progress=False)
+    with pytest.raises(ValueError, match="EMA decay"):
+        train(_cfg(tmp_path / "w", tiny_manifest, tmp_path / "c", ema_decay=1.0), progress=False)

@@ -119,6 +119,10 @@ def train(
     threshold_method: str = typer.Option("youden-plateau", help="youden-plateau (Youden's J averaged over +-1 logit: "
                                          "the middle of the ROC's flat top) or youden (its maximum)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
+    hflip: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a left-right flip in augmentation "
+                                "(default 0: the heart's side carries meaning)."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate, keep and export an exponential "
+                                              "moving average of the weights with this decay (e.g. 0.998)."),
     class_weights: bool = typer.Option(True, help="Weight the loss by inverse class frequency."),
     dropout: Optional[float] = typer.Option(None, help="Override the network's dropout."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -151,7 +155,8 @@ def train(
         optimizer=optimizer, seed=seed, patience=patience,
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
         threshold_method=threshold_method,
-        augment=not no_augment, class_weights=class_weights, dropout=dropout, stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
+        augment=not no_augment, hflip=hflip, ema_decay=ema_decay, class_weights=class_weights, dropout=dropout,
+        stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,
         backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler, probe_views=probe_views,
     )

@@ -24,6 +24,8 @@ class TrainConfig:
     class_weights: bool = True  # weight the loss by inverse class frequency
     dropout: float | None = None
     augment: bool = True
+    hflip: float = 0.0  # probability of a left-right flip in augmentation (off: the heart's side carries meaning)
+    ema_decay: float | None = None  # keep an exponential moving average of the weights; validate and save it
     val_fraction: float = 0.2
     seed: int = 0
     patience: int = 6

@@ -29,7 +29,7 @@ from cxrtriage.models.archs import CamNet, build_model, get_arch
 from cxrtriage.models.backbones import backbone_parameters, init_weights, is_backbone, set_backbone_frozen
 from cxrtriage.models.checkpoint import model_from_checkpoint
 from cxrtriage.train import distributed as dist
-from cxrtriage.train.augment import augment_batch, sample_seeds
+from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
 from cxrtriage.train.losses import multilabel_loss, positive_weights
 from cxrtriage.train.sampler import epoch_order, rare_label_probs
@@ -143,6 +143,20 @@ def predict_arrays(model: torch.nn.Module, images: torch.Tensor, mean: float, st
     return probs.cpu().numpy()
 
 
+def weight_average(net: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``net``'s weights and batch-norm statistics (torch's
+    AveragedModel). The decay ramps up as (1 + n) / (10 + n) towards ``decay`` so that the
+    random initial weights fade out early in a short run."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"EMA decay must be between 0 and 1, got {decay}")
+
+    def ema(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return avg + (new - avg) * (1.0 - d)
+
+    return torch.optim.swa_utils.AveragedModel(net, avg_fn=ema, use_buffers=True)
+
+
 def _plot_curves(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -193,6 +207,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     size = cfg.image_size or spec.image_size
     lr = cfg.lr or spec.lr
     opt_name = cfg.optimizer or spec.optimizer
+    if not 0.0 <= cfg.hflip <= 1.0:
+        raise ValueError(f"hflip is a probability (0 to 1), got {cfg.hflip}")
     if cfg.batch_size % ws:
         raise ValueError(f"batch size {cfg.batch_size} must divide by the number of processes {ws}")
     local_bs = cfg.batch_size // ws
@@ -258,6 +274,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         model = dist.sync_batchnorm(model, device)  # BatchNorm over the global batch, as with one process
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = model.module if ws > 1 else model
+    ema = weight_average(net, cfg.ema_decay) if cfg.ema_decay is not None else None
+    scored = ema.module if ema is not None else net  # what is validated, checkpointed as best and exported
+    aug_cfg = AugmentConfig(hflip_p=cfg.hflip)
     opt = make_optimizer(model, opt_name, lr, cfg.weight_decay, lr_mult if transfer or cfg.freeze_epochs else None)
     base_lrs = [g["lr"] for g in opt.param_groups]
     use_amp = device.type == "cuda"
@@ -274,6 +293,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         ck = torch.load(ckpt_last, map_location=device, weights_only=False)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         start_epoch, step, best, stale = ck["epoch"] + 1, ck["step"], ck["best"], ck["stale"]
         history, elapsed_before = ck["history"], ck.get("elapsed", 0.0)
         torch.set_rng_state(ck["rng"])
@@ -312,7 +333,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             idx = order[b * local_bs:(b + 1) * local_bs]
             x = x_train[idx].to(device, non_blocking=True).float().unsqueeze(1) / 255.0
             if cfg.augment:
-                x = augment_batch(x, sample_seeds(cfg.seed, epoch, idx))
+                x = augment_batch(x, sample_seeds(cfg.seed, epoch, idx), aug_cfg)
             x = (x - mean) / std
             y = y_train[idx].to(device)
             frac = step / max(1, total_steps)
@@ -332,6 +353,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(net)
             step += 1
             losses.append(loss.item())
             if b % 5 == 0:
@@ -344,7 +367,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             tl = torch.tensor([train_loss], device=device)
             torch.distributed.all_reduce(tl)
             train_loss = float(tl.item() / ws)
-        probs = predict_arrays(net, x_val, mean, std, device, multilabel=multilabel, shard=True)
+        probs = predict_arrays(scored, x_val, mean, std, device, multilabel=multilabel, shard=True)
         if multilabel:  # early stopping on the mean per-finding AUC
             from cxrtriage.evaluate.multilabel import validation_summary
 
@@ -373,11 +396,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                      "elapsed": elapsed, "config": asdict(cfg), "arch": cfg.arch, "classes": task.classes,
                      "hardware": hardware_name(device), "torch": torch.__version__,
                      "image_size": size, "mean": mean, "std": std, "task": task.name}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
             torch.save(state, out / "last.tmp")
             (out / "last.tmp").replace(ckpt_last)
             if improved:
-                torch.save({k: state[k] for k in ("model", "arch", "classes", "image_size", "mean", "std",
-                                                  "task", "epoch", "config", "hardware", "torch")}, out / "best.pt")
+                keep = ("arch", "classes", "image_size", "mean", "std", "task", "epoch", "config", "hardware", "torch")
+                torch.save({"model": scored.state_dict(), **{k: state[k] for k in keep}}, out / "best.pt")
             with (out / "metrics.csv").open("w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=list(row))
                 w.writeheader()

@@ -1,0 +1,67 @@
+"""Training options on their own: the left-right flip of augmentation and the weight average."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
+from cxrtriage.train.trainer import weight_average
+
+# everything off except the flip
+FLIP_ONLY = dict(rotate_deg=0.0, translate=0.0, scale=(1.0, 1.0), brightness=0.0, contrast=0.0, gamma=0.0,
+                 blur_p=0.0, noise_std=0.0)
+
+
+def _batch(n: int = 6) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return 0.1 + 0.8 * torch.rand(n, 1, 32, 32, generator=g)
+
+
+def test_hflip_one_mirrors_every_image_and_zero_none():
+    x = _batch()
+    seeds = sample_seeds(0, 0, torch.arange(len(x)))
+    flipped = augment_batch(x, seeds, AugmentConfig(hflip_p=1.0, **FLIP_ONLY))
+    kept = augment_batch(x, seeds, AugmentConfig(hflip_p=0.0, **FLIP_ONLY))
+    assert torch.allclose(flipped, torch.flip(x, dims=[-1]), atol=1e-5)
+    assert torch.allclose(kept, x, atol=1e-5)
+
+
+def test_hflip_half_mirrors_some_images_only():
+    x = _batch(64)
+    out = augment_batch(x, sample_seeds(3, 1, torch.arange(len(x))), AugmentConfig(hflip_p=0.5, **FLIP_ONLY))
+    mirrored = [torch.allclose(o, torch.flip(i, dims=[-1]), atol=1e-5) for o, i in zip(out, x)]
+    same = [torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x)]
+    assert all(m != s for m, s in zip(mirrored, same))  # each image is one or the other
+    assert 16 <= sum(mirrored) <= 48
+
+
+def test_weight_average_follows_the_ramped_exponential_average():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    avg = weight_average(net, 0.9)
+    seen = []
+    for _ in range(5):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net[1].running_mean.add_(1.0)
+        avg.update_parameters(net)
+        seen.append(([p.clone() for p in net.parameters()], net[1].running_mean.clone()))
+    # by hand: the first update copies; then decay d_n = min(0.9, (1 + n) / (10 + n)) for n = 1, 2, ...
+    want = [p.clone() for p in seen[0][0]]
+    want_rm = seen[0][1].clone()
+    for n, (params, rm) in enumerate(seen[1:], start=1):
+        d = min(0.9, (1 + n) / (10 + n))
+        want = [w + (p - w) * (1 - d) for w, p in zip(want, params)]
+        want_rm = want_rm + (rm - want_rm) * (1 - d)
+    for w, a in zip(want, avg.module.parameters()):
+        assert torch.allclose(w, a, atol=1e-6)
+    assert torch.allclose(want_rm, avg.module[1].running_mean, atol=1e-6)  # batch-norm statistics averaged too
+    assert not torch.allclose(avg.module[0].weight, net[0].weight)
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])
+def test_weight_average_refuses_a_decay_outside_0_1(decay):
+    with pytest.raises(ValueError, match="EMA decay"):
+        weight_average(torch.nn.Linear(2, 2), decay)
