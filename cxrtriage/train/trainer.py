@@ -1,6 +1,6 @@
 """The training loop: cached data, augmentation, class weighting, AdamW + warmup/cosine,
-early stopping on validation AUC, a checkpoint every epoch, resume, DDP under torchrun,
-mixed precision on CUDA. Ends by choosing the threshold on validation and exporting ONNX.
+an optional moving average of the weights, early stopping on validation AUC, a checkpoint
+every epoch, resume, DDP under torchrun, mixed precision on CUDA. Ends by choosing the threshold on validation and exporting ONNX.
 """
 
 from __future__ import annotations
