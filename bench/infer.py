@@ -30,7 +30,6 @@ def pct(xs: list[float], q: float) -> float:
 
 def matmul_ceiling(threads: int, n: int = 1024, reps: int = 30) -> float:
     """GFLOP/s of an n x n x n float32 MatMul in ONNX Runtime (the CPU's practical ceiling)."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
