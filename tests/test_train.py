@@ -124,5 +124,7 @@ def test_bad_configuration_is_refused(tiny_manifest, tmp_path):
         train(_cfg(tmp_path / "y", tiny_manifest, tmp_path / "c", batch_size=4096), progress=False)
     with pytest.raises(ValueError, match="hflip"):
         train(_cfg(tmp_path / "z", tiny_manifest, tmp_path / "c", hflip=2.0), progress=False)
+    with pytest.raises(ValueError, match="strength"):
+        train(_cfg(tmp_path / "v", tiny_manifest, tmp_path / "c", augment_strength=-1.0), progress=False)
     with pytest.raises(ValueError, match="EMA decay"):
         train(_cfg(tmp_path / "w", tiny_manifest, tmp_path / "c", ema_decay=1.0), progress=False)

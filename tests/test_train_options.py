@@ -65,3 +65,16 @@ def test_weight_average_follows_the_ramped_exponential_average():
 def test_weight_average_refuses_a_decay_outside_0_1(decay):
     with pytest.raises(ValueError, match="EMA decay"):
         weight_average(torch.nn.Linear(2, 2), decay)
+
+
+def test_augment_strength_zero_leaves_images_alone_and_one_is_the_default():
+    x = _batch(8)
+    seeds = sample_seeds(1, 2, torch.arange(len(x)))
+    assert AugmentConfig().scaled(1.0) == AugmentConfig()
+    assert torch.allclose(augment_batch(x, seeds, AugmentConfig().scaled(0.0)), x, atol=1e-5)
+    half = augment_batch(x, seeds, AugmentConfig().scaled(0.5))
+    full = augment_batch(x, seeds, AugmentConfig())
+    # same random draws, half the ranges: the change from the input shrinks
+    assert 0.0 < (half - x).abs().mean() < (full - x).abs().mean()
+    with pytest.raises(ValueError, match="strength"):
+        AugmentConfig().scaled(-1.0)

@@ -119,6 +119,8 @@ def train(
     threshold_method: str = typer.Option("youden-plateau", help="youden-plateau (Youden's J averaged over +-1 logit: "
                                          "the middle of the ROC's flat top) or youden (its maximum)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
+    augment_strength: float = typer.Option(1.0, min=0.0, help="Scale every augmentation range (rotation, shift, "
+                                           "zoom, exposure, blur, noise); 0.5 halves them."),
     hflip: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a left-right flip in augmentation "
                                 "(default 0: the heart's side carries meaning)."),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate, keep and export an exponential "
@@ -155,7 +157,7 @@ def train(
         optimizer=optimizer, seed=seed, patience=patience,
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
         threshold_method=threshold_method,
-        augment=not no_augment, hflip=hflip, ema_decay=ema_decay, class_weights=class_weights, dropout=dropout,
+        augment=not no_augment, augment_strength=augment_strength, hflip=hflip, ema_decay=ema_decay, class_weights=class_weights, dropout=dropout,
         stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,
         backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler, probe_views=probe_views,

@@ -10,7 +10,7 @@ across processes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,18 @@ class AugmentConfig:
     blur_p: float = 0.2
     noise_std: float = 0.03
     hflip_p: float = 0.0
+
+    def scaled(self, strength: float) -> "AugmentConfig":
+        """Every range and probability times ``strength`` (0: none, 1: these defaults); the
+        zoom range shrinks towards 1 and the flip probability is kept."""
+        if strength < 0:
+            raise ValueError(f"augmentation strength must be >= 0, got {strength}")
+        lo, hi = self.scale
+        return replace(self, rotate_deg=self.rotate_deg * strength, translate=self.translate * strength,
+                       scale=(1 + (lo - 1) * strength, 1 + (hi - 1) * strength),
+                       brightness=self.brightness * strength, contrast=self.contrast * strength,
+                       gamma=self.gamma * strength, blur_p=min(1.0, self.blur_p * strength),
+                       noise_std=self.noise_std * strength)
 
 
 def _sample_params(seeds: list[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
