@@ -34,6 +34,7 @@ RECIPE: dict[str, dict] = {
     "cxrnet": dict(arch="cxrnet", epochs=30, patience=30, seed=0, class_weights=False),
     "cxrnet_s1": dict(arch="cxrnet", epochs=30, patience=30, seed=1, class_weights=False),
     "cxrnet224": dict(arch="cxrnet", image_size=224, epochs=30, patience=30, seed=0, class_weights=False),
+    "cxrnet224_s1": dict(arch="cxrnet", image_size=224, epochs=30, patience=30, seed=1, class_weights=False),
     "lite0": dict(arch="efficientnet_lite0", pretrained=True, image_size=160, epochs=8, patience=8,
                   batch_size=32, seed=0, class_weights=False),
 }
@@ -73,7 +74,8 @@ def main() -> None:
         runs[name] = run
     if len(runs) > 1:
         ens = out / "ensemble"
-        if not (ens / "model.onnx").exists():
+        built = json.loads((ens / "ensemble.json").read_text())["runs"] if (ens / "model.onnx").exists() else None
+        if built != [str(r.resolve()) for r in runs.values()]:  # missing, or made of other members
             build_ensemble(list(runs.values()), ens, cache_dir=cache)
         runs["ensemble"] = ens
 
