@@ -28,7 +28,7 @@ from cxrtriage.train.ensemble import build_ensemble
 from cxrtriage.train.trainer import train
 
 # name -> TrainConfig fields; every member trains from the same manifest
-# (2-core CPU: cxrnet 30 epochs ~20 min each, cxrnet at 224 px ~60 min,
+# (2-core CPU: cxrnet 30 epochs ~20 min each, cxrnet at 224 px ~60 min each,
 # EfficientNet-Lite0 fine-tuned at 160 px ~37 min)
 RECIPE: dict[str, dict] = {
     "cxrnet": dict(arch="cxrnet", epochs=30, patience=30, seed=0, class_weights=False),
@@ -96,14 +96,15 @@ def main() -> None:
                          "macro_auc_ci": m.get("ci", {}).get("macro_auc")})
 
     print(f"\nvalidation: {len(samples)} images, patient-wise ({', '.join(f'{c} {int((y == i).sum())}' for i, c in enumerate(classes))})")
-    head = f"{'model':<10} {'TTA':>3} " + " ".join(f"{'AUC ' + c:>13}" for c in classes) + \
+    w = max(len(r["model"]) for r in rows)
+    head = f"{'model':<{w}} {'TTA':>3} " + " ".join(f"{'AUC ' + c:>13}" for c in classes) + \
         f" {'macro AUC':>9} {'95% CI':>16} {'accuracy':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
         ci = r["macro_auc_ci"]
         ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        print(f"{r['model']:<10} {'yes' if r['tta'] else 'no':>3} "
+        print(f"{r['model']:<{w}} {'yes' if r['tta'] else 'no':>3} "
               + " ".join(f"{r['per_class_auc'][c]:>13.4f}" for c in classes)
               + f" {r['macro_auc']:>9.4f} {ci_s:>16} {r['accuracy']:>8.3f}")
     best = max(rows, key=lambda r: r["macro_auc"])
