@@ -1,6 +1,7 @@
 """The training loop: cached data, augmentation, class weighting, AdamW + warmup/cosine,
 an optional moving average of the weights, early stopping on validation AUC, a checkpoint
-every epoch, resume, DDP under torchrun, mixed precision on CUDA. Ends by choosing the threshold on validation and exporting ONNX.
+every epoch, resume, DDP under torchrun, mixed precision on CUDA. Ends by choosing the
+threshold on validation and exporting ONNX.
 """
 
 from __future__ import annotations
@@ -207,10 +208,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     size = cfg.image_size or spec.image_size
     lr = cfg.lr or spec.lr
     opt_name = cfg.optimizer or spec.optimizer
-    if cfg.augment_strength < 0:
-        raise ValueError(f"augmentation strength must be >= 0, got {cfg.augment_strength}")
     if not 0.0 <= cfg.hflip <= 1.0:
         raise ValueError(f"hflip is a probability (0 to 1), got {cfg.hflip}")
+    aug_cfg = AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)  # refuses a negative strength
     if cfg.batch_size % ws:
         raise ValueError(f"batch size {cfg.batch_size} must divide by the number of processes {ws}")
     local_bs = cfg.batch_size // ws
@@ -278,7 +278,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     net = model.module if ws > 1 else model
     ema = weight_average(net, cfg.ema_decay) if cfg.ema_decay is not None else None
     scored = ema.module if ema is not None else net  # what is validated, checkpointed as best and exported
-    aug_cfg = AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)
     opt = make_optimizer(model, opt_name, lr, cfg.weight_decay, lr_mult if transfer or cfg.freeze_epochs else None)
     base_lrs = [g["lr"] for g in opt.param_groups]
     use_amp = device.type == "cuda"
