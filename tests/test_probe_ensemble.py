@@ -18,7 +18,8 @@ from cxrtriage.cli.main import app
 from cxrtriage.models.archs import build_model
 from cxrtriage.models.backbones import init_weights
 from cxrtriage.models.ensemble import resize_matrix
-from cxrtriage.train.probe import C_GRID, fold_head
+from cxrtriage.train.augment import AugmentConfig
+from cxrtriage.train.probe import C_GRID, FeatureExtractor, fold_head
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,22 @@ def _train(args, tmp_path):
     r = CliRunner().invoke(app, ["train", *args, "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     assert r.exit_code == 0, r.output
     return r
+
+
+def test_probe_augmented_views_follow_the_augmentation_settings(tmp_path):
+    model = build_model("lite0_probe", 2, 64)
+    init_weights(model, "lite0_probe", pretrained=True)
+    extract = FeatureExtractor(model.eval(), 0.5, 0.25, 64, tmp_path, threads=1)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.nn.functional.interpolate(torch.rand(4, 1, 8, 8, generator=g), size=64, mode="bilinear")[:, 0]
+         * 200 + 20).to(torch.uint8)
+    plain = extract(x, progress=False)
+    default = extract(x, augment_seed=1, progress=False)
+    none = extract(x, augment_seed=1, augment=AugmentConfig().scaled(0.0), progress=False)
+    mirrored = extract(x, augment_seed=1, augment=AugmentConfig(hflip_p=1.0).scaled(0.0), progress=False)
+    assert np.abs(default - plain).max() > 1e-2  # the default views differ from the images
+    assert np.allclose(none, plain, atol=1e-4)  # strength 0: the images as they are
+    assert np.allclose(mirrored, extract(torch.flip(x, dims=[-1]), progress=False), atol=1e-4)
 
 
 def test_linear_probe_then_ensemble_with_a_trained_cnn(mini_kermany, tmp_path):

@@ -109,6 +109,21 @@ def test_weight_average_is_what_is_kept_and_resumes_exactly(tiny_manifest, tiny_
         assert torch.allclose(ea[k].float(), eb[k].float(), atol=1e-6), k
 
 
+def test_mixup_changes_training_and_resumes_exactly(tiny_manifest, tiny_run, tmp_path):
+    out, cache = tiny_run
+    straight = train(_cfg(tmp_path / "a", tiny_manifest, cache, mixup=0.4), progress=False)
+    plain = torch.load(out / "last.pt", weights_only=False)["model"]
+    mixed = torch.load(straight / "last.pt", weights_only=False)["model"]
+    assert any(not torch.allclose(plain[k].float(), mixed[k].float()) for k in plain)
+    train(_cfg(tmp_path / "b", tiny_manifest, cache, mixup=0.4, stop_after=1), progress=False)
+    resumed = train(_cfg(tmp_path / "b", tiny_manifest, cache, mixup=0.4), resume=True,
+                    progress=False)
+    wb = torch.load(resumed / "last.pt", weights_only=False)["model"]
+    for k in mixed:
+        assert torch.allclose(mixed[k].float(), wb[k].float(), atol=1e-6), k
+    assert json.loads((resumed / "config.json").read_text())["mixup"] == 0.4
+
+
 def test_three_class_task_trains(tiny_manifest, tiny_run, tmp_path):
     _, cache = tiny_run
     out = train(_cfg(tmp_path / "r3", tiny_manifest, cache, task="pneumonia3", epochs=1), progress=False)
@@ -126,5 +141,9 @@ def test_bad_configuration_is_refused(tiny_manifest, tmp_path):
         train(_cfg(tmp_path / "z", tiny_manifest, tmp_path / "c", hflip=2.0), progress=False)
     with pytest.raises(ValueError, match="strength"):
         train(_cfg(tmp_path / "v", tiny_manifest, tmp_path / "c", augment_strength=-1.0), progress=False)
+    with pytest.raises(ValueError, match="mixup alpha"):
+        train(_cfg(tmp_path / "u", tiny_manifest, tmp_path / "c", mixup=-0.2), progress=False)
+    with pytest.raises(ValueError, match="linear probe"):
+        train(_cfg(tmp_path / "t", tiny_manifest, tmp_path / "c", arch="lite0_probe", mixup=0.2), progress=False)
     with pytest.raises(ValueError, match="EMA decay"):
         train(_cfg(tmp_path / "w", tiny_manifest, tmp_path / "c", ema_decay=1.0), progress=False)

@@ -1,7 +1,8 @@
-"""Training options on their own: the left-right flip of augmentation and the weight average."""
+"""Training options on their own: the left-right flip of augmentation, the weight average and mixup."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +79,38 @@ def test_augment_strength_zero_leaves_images_alone_and_one_is_the_default():
     assert 0.0 < (half - x).abs().mean() < (full - x).abs().mean()
     with pytest.raises(ValueError, match="strength"):
         AugmentConfig().scaled(-1.0)
+
+
+def test_mixup_draw_is_reproducible_and_varies_by_batch():
+    from cxrtriage.train.mixup import mix_draw
+
+    lam, perm = mix_draw(16, 0.4, seed=1, epoch=2, batch=3)
+    lam2, perm2 = mix_draw(16, 0.4, seed=1, epoch=2, batch=3)
+    assert lam == lam2 and torch.equal(perm, perm2)
+    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == list(range(16))
+    others = [mix_draw(16, 0.4, seed=1, epoch=2, batch=b) for b in range(4, 12)]
+    assert len({round(lam_b, 6) for lam_b, _ in others}) == len(others)  # a new weight per batch
+    with pytest.raises(ValueError, match="alpha"):
+        mix_draw(16, 0.0, seed=1, epoch=2, batch=3)
+
+
+def test_mixup_small_alpha_keeps_images_nearly_whole():
+    from cxrtriage.train.mixup import mix_draw
+
+    lams = np.array([mix_draw(8, 0.05, 0, 0, b)[0] for b in range(400)])
+    assert np.mean((lams < 0.05) | (lams > 0.95)) > 0.8  # Beta(0.05, 0.05) sits at the ends
+    lams = np.array([mix_draw(8, 4.0, 0, 0, b)[0] for b in range(400)])
+    assert abs(lams.mean() - 0.5) < 0.03 and lams.std() < 0.2  # Beta(4, 4) near the middle
+
+
+def test_mixed_batch_and_targets_are_the_same_blend():
+    from cxrtriage.train.mixup import mix_images, mix_targets
+
+    x = _batch(4)
+    perm = torch.tensor([2, 0, 3, 1])
+    mixed = mix_images(x, 0.7, perm)
+    assert torch.allclose(mixed[0], 0.7 * x[0] + 0.3 * x[2])
+    assert torch.allclose(mixed[3], 0.7 * x[3] + 0.3 * x[1])
+    y = torch.tensor([[1, 0], [0, 1], [0, 0], [1, 1]])
+    t = mix_targets(y, 0.7, perm)
+    assert torch.allclose(t[0], torch.tensor([0.7, 0.0])) and torch.allclose(t[1], torch.tensor([0.3, 0.7]))

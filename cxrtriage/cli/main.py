@@ -123,6 +123,8 @@ def train(
                                            "zoom, exposure, blur, noise); 0.5 halves them."),
     hflip: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a left-right flip in augmentation "
                                 "(default 0: the heart's side carries meaning)."),
+    mixup: Optional[float] = typer.Option(None, "--mixup", help="Mixup: blend image pairs and their labels with "
+                                          "weights drawn from Beta(alpha, alpha); this is alpha (e.g. 0.2)."),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate, keep and export an exponential "
                                               "moving average of the weights with this decay (e.g. 0.998)."),
     class_weights: bool = typer.Option(True, help="Weight the loss by inverse class frequency."),
@@ -157,7 +159,7 @@ def train(
         optimizer=optimizer, seed=seed, patience=patience,
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
         threshold_method=threshold_method,
-        augment=not no_augment, augment_strength=augment_strength, hflip=hflip, ema_decay=ema_decay,
+        augment=not no_augment, augment_strength=augment_strength, hflip=hflip, mixup=mixup, ema_decay=ema_decay,
         class_weights=class_weights, dropout=dropout,
         stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,

@@ -26,6 +26,7 @@ class TrainConfig:
     augment: bool = True
     augment_strength: float = 1.0  # scales every augmentation range (0.5: half the rotation, shift, noise...)
     hflip: float = 0.0  # probability of a left-right flip in augmentation (off: the heart's side carries meaning)
+    mixup: float | None = None  # Beta(alpha, alpha) of mixup; None: off
     ema_decay: float | None = None  # keep an exponential moving average of the weights; validate and save it
     val_fraction: float = 0.2
     seed: int = 0

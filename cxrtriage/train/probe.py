@@ -26,7 +26,7 @@ from cxrtriage.data import get_task, load_cached
 from cxrtriage.data.samples import write_manifest
 from cxrtriage.models.archs import CamNet, build_model, get_arch
 from cxrtriage.models.backbones import init_weights
-from cxrtriage.train.augment import augment_batch, sample_seeds
+from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # inverse L2 strengths tried, on standardised features
@@ -62,13 +62,14 @@ class FeatureExtractor:
         path.unlink()
 
     def __call__(self, images: torch.Tensor, batch: int = 64, augment_seed: int | None = None,
-                 desc: str = "features", progress: bool = True) -> np.ndarray:
+                 desc: str = "features", progress: bool = True, augment: AugmentConfig = AugmentConfig()
+                 ) -> np.ndarray:
         """Features of uint8 images (N, S, S); augmented (seeded per image) when ``augment_seed`` is set."""
         out = []
         for s in tqdm(range(0, len(images), batch), desc=desc, disable=not progress, leave=False):
             x = images[s:s + batch].float().unsqueeze(1) / 255.0
             if augment_seed is not None:
-                x = augment_batch(x, sample_seeds(augment_seed, 0, torch.arange(s, s + len(x))))
+                x = augment_batch(x, sample_seeds(augment_seed, 0, torch.arange(s, s + len(x))), augment)
             out.append(self.session.run(["f"], {"x": x.numpy()})[0])
         return np.concatenate(out).astype(np.float64)
 
@@ -93,6 +94,11 @@ def train_probe(cfg: TrainConfig, samples: list, progress: bool = True) -> Path:
     task = get_task(cfg.task)
     if task.kind == "multilabel":
         raise ValueError(f"{cfg.arch} fits single-label tasks; {task.name} is multi-label")
+    unused = [name for name, on in (("--mixup", cfg.mixup), ("--ema-decay", cfg.ema_decay)) if on is not None]
+    if unused:
+        raise ValueError(f"{cfg.arch} is a linear probe fitted in one go; {' and '.join(unused)} "
+                         "apply to gradient training only")
+    augment = AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
@@ -119,9 +125,9 @@ def train_probe(cfg: TrainConfig, samples: list, progress: bool = True) -> Path:
 
     extract = FeatureExtractor(model.eval(), mean, std, size, out, cfg.num_threads)
     feats = [extract(x_train, desc="features (train)", progress=progress)]
-    for v in range(cfg.probe_views):
+    for v in range(cfg.probe_views if cfg.augment else 0):
         feats.append(extract(x_train, augment_seed=cfg.seed + 1 + v, desc=f"features (augmented view {v + 1})",
-                             progress=progress))
+                             progress=progress, augment=augment))
     f_train, y_fit = np.concatenate(feats), np.tile(y_train, len(feats))
     f_val = extract(x_val, desc="features (validation)", progress=progress)
     scaler = StandardScaler().fit(f_train)

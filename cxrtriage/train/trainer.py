@@ -33,6 +33,7 @@ from cxrtriage.train import distributed as dist
 from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
 from cxrtriage.train.losses import multilabel_loss, positive_weights
+from cxrtriage.train.mixup import mix_draw, mix_images, mix_targets
 from cxrtriage.train.sampler import epoch_order, rare_label_probs
 
 
@@ -211,6 +212,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if not 0.0 <= cfg.hflip <= 1.0:
         raise ValueError(f"hflip is a probability (0 to 1), got {cfg.hflip}")
     aug_cfg = AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)  # refuses a negative strength
+    if cfg.mixup is not None and cfg.mixup <= 0:
+        raise ValueError(f"mixup alpha must be > 0, got {cfg.mixup}")
     if cfg.batch_size % ws:
         raise ValueError(f"batch size {cfg.batch_size} must divide by the number of processes {ws}")
     local_bs = cfg.batch_size // ws
@@ -337,6 +340,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 x = augment_batch(x, sample_seeds(cfg.seed, epoch, idx), aug_cfg)
             x = (x - mean) / std
             y = y_train[idx].to(device)
+            mix = mix_draw(len(idx), cfg.mixup, cfg.seed, epoch, b * ws + rank) if cfg.mixup else None
+            if mix is not None:
+                x = mix_images(x, *mix)
             frac = step / max(1, total_steps)
             if cfg.time_budget_s:
                 spent = dist.max_across(elapsed + time.time() - t_epoch)  # the same clock on every rank
@@ -347,10 +353,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(x)
             if multilabel:
-                loss = multilabel_loss(logits.float(), y, pos_w, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
+                target = mix_targets(y, *mix) if mix is not None else y
+                loss = multilabel_loss(logits.float(), target, pos_w, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
             else:
                 per = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
-                loss = (per * class_w[y]).sum() / local_bs
+                per = per * class_w[y]
+                if mix is not None:  # the same mix of the losses against both images' labels
+                    lam, perm = mix
+                    y_b = y[perm.to(device)]
+                    per_b = F.cross_entropy(logits.float(), y_b, reduction="none",
+                                            label_smoothing=cfg.label_smoothing) * class_w[y_b]
+                    per = lam * per + (1.0 - lam) * per_b
+                loss = per.sum() / local_bs
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
