@@ -4,6 +4,7 @@ miniature ChestX-ray14 release."""
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
 
@@ -112,6 +113,22 @@ def test_multilabel_run_exports_sigmoid_model_with_label_thresholds(nih_run):
                                                                                  ) == (per[c] is None)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["sampler"] == "rare" and cfg["loss"] == "bce"
+
+
+def test_multilabel_run_with_mixup_trains_on_blended_findings(nih_run, tmp_path):
+    from cxrtriage.train.config import TrainConfig
+    from cxrtriage.train.trainer import train
+
+    out, manifest, _ = nih_run
+    cfg = TrainConfig.load(out / "config.json")
+    cfg.out_dir, cfg.mixup = str(tmp_path / "mixed"), 0.4
+    mixed = train(cfg, progress=False)
+    rows = list(csv.DictReader((mixed / "metrics.csv").open()))
+    assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+    plain = torch.load(out / "last.pt", weights_only=False)["model"]
+    blended = torch.load(mixed / "last.pt", weights_only=False)["model"]
+    assert any(not torch.allclose(plain[k].float(), blended[k].float()) for k in plain)
+    assert json.loads((mixed / "model.json").read_text())["kind"] == "multilabel"
 
 
 def test_engine_scores_multilabel_model_like_torch(nih_run):
