@@ -33,11 +33,12 @@ def test_kill_mid_queue_then_resume_gives_each_study_one_result(tmp_path, sample
             r = srv.client.post(f"{API}/studies", files={"files": (f"s{i}.jpeg", unique_jpeg(src.read_bytes(), f"crash-{i}"))})
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
-        # wait until the worker has finished some but not all, then kill it without warning
+        # wait until the worker has finished some and holds the next batch, then kill it without warning
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             done = _db(data_dir, "SELECT COUNT(*) FROM results")[0][0]
-            if done >= 2:
+            running = _db(data_dir, "SELECT COUNT(*) FROM jobs WHERE state = 'running'")[0][0]
+            if done >= 2 and running:
                 break
             time.sleep(0.02)
         srv.kill()
@@ -47,6 +48,7 @@ def test_kill_mid_queue_then_resume_gives_each_study_one_result(tmp_path, sample
     states = dict(_db(data_dir, "SELECT state, COUNT(*) FROM jobs GROUP BY state"))
     assert 2 <= results_before < n, f"kill did not land mid-queue: {results_before} results"
     assert states.get("running", 0) + states.get("pending", 0) == n - results_before
+    assert states.get("running", 0) >= 1, "kill did not land while a batch was being worked on"
 
     srv2 = LiveServer(data_dir).wait_ready()
     try:
