@@ -28,6 +28,10 @@ class AugmentConfig:
     noise_std: float = 0.03
     hflip_p: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hflip_p <= 1.0:
+            raise ValueError(f"hflip is a probability (0 to 1), got {self.hflip_p}")
+
     def scaled(self, strength: float) -> "AugmentConfig":
         """Every range and probability times ``strength`` (0: none, 1: these defaults); the
         zoom range shrinks towards 1 and the flip probability is kept."""

@@ -1,4 +1,5 @@
-"""Multi-label losses: binary cross-entropy with per-label positive weights, and focal loss.
+"""Losses: class-weighted cross-entropy for single-label tasks; for multi-label ones, binary
+cross-entropy with per-label positive weights, and focal loss.
 
 With 14 findings of very different frequency (NIH ChestX-ray14: hernia in 0.2% of images,
 infiltration in 18%), an unweighted BCE learns to predict "absent" for the rare labels.
@@ -40,6 +41,13 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
     return bce * (1 - p_t).pow(gamma)
 
 
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor,
+                           label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-image softmax cross-entropy times the weight of the image's class."""
+    ce = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    return ce * class_weights[labels]
+
+
 def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None,
                     kind: str = "bce", gamma: float = 2.0, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean over images of the summed per-label loss, divided by the number of labels."""
@@ -54,4 +62,4 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: tor
     return per.mean()
 
 
-__all__ = ["LOSSES", "focal_loss", "multilabel_loss", "positive_weights"]
+__all__ = ["LOSSES", "focal_loss", "multilabel_loss", "positive_weights", "weighted_cross_entropy"]

@@ -12,10 +12,15 @@ import numpy as np
 import torch
 
 
-def mix_draw(n: int, alpha: float, seed: int, epoch: int, batch: int) -> tuple[float, torch.Tensor]:
-    """``lam`` and a permutation of ``n`` batch positions, reproducible from (seed, epoch, batch)."""
+def check_alpha(alpha: float) -> None:
+    """Refuse a Beta parameter that is not positive."""
     if alpha <= 0:
         raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+
+
+def mix_draw(n: int, alpha: float, seed: int, epoch: int, batch: int) -> tuple[float, torch.Tensor]:
+    """``lam`` and a permutation of ``n`` batch positions, reproducible from (seed, epoch, batch)."""
+    check_alpha(alpha)
     rng = np.random.default_rng([int(seed), int(epoch), int(batch)])
     lam = float(rng.beta(alpha, alpha))
     return lam, torch.from_numpy(rng.permutation(n))
@@ -32,4 +37,4 @@ def mix_targets(y: torch.Tensor, lam: float, perm: torch.Tensor) -> torch.Tensor
     return lam * y + (1.0 - lam) * y[perm.to(y.device)]
 
 
-__all__ = ["mix_draw", "mix_images", "mix_targets"]
+__all__ = ["check_alpha", "mix_draw", "mix_images", "mix_targets"]

@@ -32,8 +32,8 @@ from cxrtriage.models.checkpoint import model_from_checkpoint
 from cxrtriage.train import distributed as dist
 from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
-from cxrtriage.train.losses import multilabel_loss, positive_weights
-from cxrtriage.train.mixup import mix_draw, mix_images, mix_targets
+from cxrtriage.train.losses import multilabel_loss, positive_weights, weighted_cross_entropy
+from cxrtriage.train.mixup import check_alpha, mix_draw, mix_images, mix_targets
 from cxrtriage.train.sampler import epoch_order, rare_label_probs
 
 
@@ -209,11 +209,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     size = cfg.image_size or spec.image_size
     lr = cfg.lr or spec.lr
     opt_name = cfg.optimizer or spec.optimizer
-    if not 0.0 <= cfg.hflip <= 1.0:
-        raise ValueError(f"hflip is a probability (0 to 1), got {cfg.hflip}")
-    aug_cfg = AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)  # refuses a negative strength
-    if cfg.mixup is not None and cfg.mixup <= 0:
-        raise ValueError(f"mixup alpha must be > 0, got {cfg.mixup}")
+    aug_cfg = AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)  # refuses a bad flip or strength
+    if cfg.mixup is not None:
+        check_alpha(cfg.mixup)
     if cfg.batch_size % ws:
         raise ValueError(f"batch size {cfg.batch_size} must divide by the number of processes {ws}")
     local_bs = cfg.batch_size // ws
@@ -351,19 +349,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = 0.0 if frozen and g.get("trunk") else base * f
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(x)
+                logits = model(x).float()
             if multilabel:
                 target = mix_targets(y, *mix) if mix is not None else y
-                loss = multilabel_loss(logits.float(), target, pos_w, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
+                loss = multilabel_loss(logits, target, pos_w, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
             else:
-                per = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing)
-                per = per * class_w[y]
+                per = weighted_cross_entropy(logits, y, class_w, cfg.label_smoothing)
                 if mix is not None:  # the same mix of the losses against both images' labels
                     lam, perm = mix
-                    y_b = y[perm.to(device)]
-                    per_b = F.cross_entropy(logits.float(), y_b, reduction="none",
-                                            label_smoothing=cfg.label_smoothing) * class_w[y_b]
-                    per = lam * per + (1.0 - lam) * per_b
+                    per = lam * per + (1.0 - lam) * weighted_cross_entropy(logits, y[perm.to(device)], class_w,
+                                                                           cfg.label_smoothing)
                 loss = per.sum() / local_bs
             opt.zero_grad(set_to_none=True)
             loss.backward()
