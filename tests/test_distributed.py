@@ -157,3 +157,24 @@ def test_gloo_sync_batchnorm_keeps_the_state_dict_of_batchnorm():
     # outside a process group it is a plain BatchNorm2d
     assert torch.allclose(sync(x), bn(x), atol=1e-6)
     assert list(build_model("cxrnet", 2, 64).state_dict()) == keys
+
+
+def test_more_gpu_processes_than_gpus_is_refused_before_launch(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cxrtriage.cli.main import app
+    from cxrtriage.train import launch
+    from cxrtriage.train.distributed import check_gpu_share
+
+    check_gpu_share(2, 2)  # one process per GPU is fine
+    with pytest.raises(ValueError, match="one process per GPU"):
+        check_gpu_share(3, 2)
+
+    launched = []
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(launch.subprocess, "call", lambda cmd, env: launched.append(cmd) or 0)
+    monkeypatch.setattr(launch.torch.cuda, "device_count", lambda: 1)
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--manifest", "m.csv", "--batch-size", "8",
+                                 "--device", "cuda", "--nproc-per-node", "2"])
+    assert r.exit_code == 2 and "1 GPU(s)" in r.output and "--nproc-per-node 1" in r.output
+    assert not launched

@@ -15,7 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from cxrtriage.train.config import TrainConfig
+from cxrtriage.train.distributed import check_gpu_share
 
 
 def torchrun_command(config_file: str | Path, nproc: int, resume: bool = False, progress: bool = True,
@@ -39,6 +42,8 @@ def run_torchrun(cfg: TrainConfig, nproc: int, resume: bool = False, progress: b
         raise ValueError("--nproc-per-node must be at least 1")
     if cfg.batch_size % nproc:
         raise ValueError(f"batch size {cfg.batch_size} must divide by the number of processes {nproc}")
+    if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
+        check_gpu_share(nproc, torch.cuda.device_count())
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     with tempfile.TemporaryDirectory(prefix="cxr-train-") as tmp:

@@ -188,6 +188,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     dist.init(device)
     rank, local_rank, ws = dist.world()
     if device.type == "cuda" and ws > 1:
+        dist.check_gpu_share(local_rank + 1, torch.cuda.device_count())
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     main = rank == 0
