@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import random
 import time
@@ -188,7 +189,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     dist.init(device)
     rank, local_rank, ws = dist.world()
     if device.type == "cuda" and ws > 1:
-        dist.check_gpu_share(local_rank + 1, torch.cuda.device_count())
+        dist.check_gpu_share(int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count())
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     main = rank == 0
