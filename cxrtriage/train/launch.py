@@ -42,7 +42,9 @@ def run_torchrun(cfg: TrainConfig, nproc: int, resume: bool = False, progress: b
         raise ValueError("--nproc-per-node must be at least 1")
     if cfg.batch_size % nproc:
         raise ValueError(f"batch size {cfg.batch_size} must divide by the number of processes {nproc}")
-    if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
+    from cxrtriage.train.trainer import pick_device
+
+    if pick_device(cfg.device).type == "cuda":
         check_gpu_share(nproc, torch.cuda.device_count())
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
