@@ -29,13 +29,14 @@ from cxrtriage.train.trainer import train
 
 # name -> TrainConfig fields; every member trains from the same manifest
 # (2-core CPU: cxrnet 30 epochs ~20 min each, cxrnet at 224 px ~60 min each,
-# EfficientNet-Lite0 fine-tuned at 160 px ~37 min)
+# EfficientNet-Lite2 fine-tuned at 160 px ~65 min)
 RECIPE: dict[str, dict] = {
     "cxrnet": dict(arch="cxrnet", epochs=30, patience=30, seed=0, class_weights=False),
     "cxrnet_s1": dict(arch="cxrnet", epochs=30, patience=30, seed=1, class_weights=False),
     "cxrnet224": dict(arch="cxrnet", image_size=224, epochs=30, patience=30, seed=0, class_weights=False),
     "cxrnet224_s1": dict(arch="cxrnet", image_size=224, epochs=30, patience=30, seed=1, class_weights=False),
-    "lite0": dict(arch="efficientnet_lite0", pretrained=True, image_size=160, epochs=8, patience=8,
+    # Lite2 rather than Lite0 at 160 px: same recipe, macro AUC 0.936 against 0.928
+    "lite2": dict(arch="efficientnet_lite2", pretrained=True, image_size=160, epochs=8, patience=8,
                   batch_size=32, seed=0, class_weights=False),
     # trained on an H200 (5 s/epoch) with `--epochs 30 --time-budget 1.5`, which ran 17 epochs
     # with the schedule fitted to them; 17 epochs give that schedule on any machine
