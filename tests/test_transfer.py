@@ -251,3 +251,41 @@ def test_odd_sized_feature_maps_export_with_the_gate_embedding(arch, size, tmp_p
     for g, w in zip(got, want):
         assert np.allclose(g, w.numpy(), atol=1e-4)
     assert np.allclose(got[2], pooled.flatten(1).numpy(), atol=1e-4)
+
+
+def test_a_run_fine_tunes_at_a_larger_size_from_its_own_checkpoint(mini_kermany, tmp_path):
+    """`--weights RUN/best.pt`: same network, any input size; the head too when the classes match."""
+    from cxrtriage.train.config import TrainConfig
+    from cxrtriage.train.trainer import train
+
+    common = dict(manifest=str(mini_kermany), batch_size=8, cache_dir=str(tmp_path / "cache"), patience=10)
+    small = train(TrainConfig(out_dir=str(tmp_path / "small"), image_size=64, epochs=1, **common), progress=False)
+    ck = torch.load(small / "best.pt", weights_only=False)
+
+    same = build_model("cxrnet", 2, 96)
+    info = init_weights(same, "cxrnet", weights=str(small / "best.pt"))
+    assert info["skipped_head"] == 0 and info["loaded"] == len(ck["model"])
+    assert all(torch.equal(v, ck["model"][k]) for k, v in same.state_dict().items())
+
+    three = build_model("cxrnet", 3, 96)  # another task: the trunk carries over, the head starts fresh
+    fresh_head = three.state_dict()["head.weight"].clone()
+    assert init_weights(three, "cxrnet", weights=str(small / "best.pt"))["skipped_head"] == 2
+    sd = three.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in ck["model"].items() if not k.startswith("head."))
+    assert torch.equal(sd["head.weight"], fresh_head)
+
+    with pytest.raises(ValueError, match="a cxrnet checkpoint cannot start a cxrnet_wide run"):
+        init_weights(build_model("cxrnet_wide", 2, 96), "cxrnet_wide", weights=str(small / "best.pt"))
+    ref = build_model("ref_cnn150", 2, 64)  # a flattening classifier fits one input size only
+    torch.save({"arch": "ref_cnn150", "classes": ["normal", "pneumonia"], "model": ref.state_dict()},
+               tmp_path / "ref.pt")
+    with pytest.raises(ValueError, match="one input size only"):
+        init_weights(build_model("ref_cnn150", 2, 96), "ref_cnn150", weights=str(tmp_path / "ref.pt"))
+
+    big = train(TrainConfig(out_dir=str(tmp_path / "big"), image_size=96, epochs=1, weights=str(small / "best.pt"),
+                            **common), progress=False)
+    after = torch.load(big / "last.pt", weights_only=False)
+    assert after["image_size"] == 96
+    assert any(not torch.equal(after["model"][k], v) for k, v in ck["model"].items())  # it trained from there
+    meta = json.loads((big / "model.json").read_text())
+    assert meta["input"]["size"] == 96 and meta["training"]["init"].endswith("best.pt")

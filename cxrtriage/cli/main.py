@@ -136,7 +136,9 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Backbones: start from ImageNet weights "
                                     "(EfficientNet-Lite0/1/2 offline; others via torch's download cache)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbones: start from this local state dict."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Start from a local file: a backbone's state "
+                                           "dict, or a `cxr train` checkpoint of the same network (e.g. to "
+                                           "fine-tune a run at a larger size)."),
     freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Train only the head for the first N epochs."),
     backbone_lr_mult: Optional[float] = typer.Option(None, "--backbone-lr-mult", help="Backbone LR = lr x this "
                                                      "(default 0.1 with pretrained weights, else 1)."),

@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.torch_version import TorchVersion
 from torch import nn
 
 # Scale of a normalised input the pretrained weights expect, relative to ours. The trainer
@@ -613,18 +614,28 @@ _DENSE_OLD = re.compile(
 _HEAD_PREFIXES = ("fc.", "classifier.", "_fc.", "AuxLogits.", "head.", "last_linear.")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a ``.pth``/``.pt`` file (plain, or under 'state_dict' / 'model')."""
+def read_weights_file(path: str | Path) -> object:
+    """What a ``.pth``/``.pt`` file holds, read without running pickled code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals([TorchVersion]):  # recorded in `cxr train` checkpoints
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def state_dict_in(obj: object, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded weights file (plain, or under 'state_dict' / 'model')."""
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.pth``/``.pt`` file (plain, or under 'state_dict' / 'model')."""
+    return state_dict_in(read_weights_file(path), path)
 
 
 def fetch_pretrained(arch: str) -> dict[str, torch.Tensor]:
@@ -691,13 +702,20 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], arch
 
 
 def init_weights(model: nn.Module, arch: str, pretrained: bool = False, weights: str | None = None) -> dict | None:
-    """Initialise ``model`` from ``weights`` (a local file) or, with ``pretrained``, ImageNet."""
+    """Initialise ``model`` from ``weights`` (a local file: a backbone release's state dict, or
+    a ``cxr train`` checkpoint of the same architecture) or, with ``pretrained``, ImageNet."""
     if not (pretrained or weights):
         return None
+    saved = read_weights_file(weights) if weights else None
+    if saved is not None:
+        from cxrtriage.models.checkpoint import is_run_checkpoint, warm_start
+
+        if is_run_checkpoint(saved):
+            return warm_start(model, saved, arch, str(weights))
     if arch not in BACKBONES:
         raise ValueError(f"--pretrained/--weights apply to the transfer backbones ({', '.join(BACKBONES)}), "
-                         f"not {arch!r}")
-    state = read_state_dict(weights) if weights else fetch_pretrained(arch)
+                         f"not {arch!r} (--weights also takes a `cxr train` checkpoint of the same network)")
+    state = state_dict_in(saved, weights) if weights else fetch_pretrained(arch)
     info = load_backbone_weights(model, state, arch)
     source_arch = BACKBONES[arch].weights_of or arch
     info["source"] = str(weights) if weights else (lite_package(_LITE[source_arch])

@@ -9,6 +9,8 @@ import torch
 
 from cxrtriage.models.archs import CamNet, build_model
 
+_RUN_KEYS = {"arch", "classes", "model"}
+
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode, metadata) from ``best.pt``/``last.pt`` or a run folder."""
@@ -27,6 +29,37 @@ def model_from_checkpoint(ck: dict) -> tuple[torch.nn.Module, dict]:
     model.eval()
     meta = {k: ck[k] for k in ("arch", "classes", "image_size", "mean", "std", "task") if k in ck}
     return model, meta
+
+
+def is_run_checkpoint(obj: object) -> bool:
+    """Whether ``obj`` is a checkpoint written by ``cxr train`` (``best.pt``/``last.pt``)."""
+    return isinstance(obj, dict) and _RUN_KEYS <= obj.keys() and isinstance(obj["model"], dict)
+
+
+def warm_start(model: torch.nn.Module, ck: dict, arch: str, source: str) -> dict:
+    """Start ``model`` from a ``cxr train`` checkpoint of the same architecture, at any input size.
+
+    Every tensor is taken over; the output layer too when the class count matches, else it
+    keeps its fresh initialisation. Returns a summary (tensors loaded, head tensors skipped).
+    """
+    if ck["arch"] != arch:
+        raise ValueError(f"--weights {source}: a {ck['arch']} checkpoint cannot start a {arch} run")
+    target = model.state_dict()
+    new, skipped = {}, []
+    for key, value in ck["model"].items():
+        if key in target and target[key].shape == value.shape:
+            new[key] = value
+        elif key.startswith("head."):
+            skipped.append(key)
+        else:
+            shape = tuple(target[key].shape) if key in target else None
+            raise ValueError(f"--weights {source}: {key!r} has shape {tuple(value.shape)}, this {arch} "
+                             f"expects {shape} (networks with a flattening classifier fit one input size only)")
+    missing = [k for k in target if k not in new and not k.startswith("head.")]
+    if missing:
+        raise ValueError(f"--weights {source}: {len(missing)} tensor(s) missing, e.g. {missing[:3]}")
+    model.load_state_dict(new, strict=False)
+    return {"loaded": len(new), "skipped_head": len(skipped), "source": str(source)}
 
 
 @torch.no_grad()
