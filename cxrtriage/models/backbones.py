@@ -32,8 +32,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.torch_version import TorchVersion
 from torch import nn
+from torch.torch_version import TorchVersion
 
 # Scale of a normalised input the pretrained weights expect, relative to ours. The trainer
 # feeds (x - mean) / std of the training images, close to ImageNet's per-channel
@@ -707,11 +707,10 @@ def init_weights(model: nn.Module, arch: str, pretrained: bool = False, weights:
     if not (pretrained or weights):
         return None
     saved = read_weights_file(weights) if weights else None
-    if saved is not None:
-        from cxrtriage.models.checkpoint import is_run_checkpoint, warm_start
+    from cxrtriage.models.checkpoint import is_run_checkpoint, warm_start  # it builds on this module
 
-        if is_run_checkpoint(saved):
-            return warm_start(model, saved, arch, str(weights))
+    if is_run_checkpoint(saved):
+        return warm_start(model, saved, arch, str(weights))
     if arch not in BACKBONES:
         raise ValueError(f"--pretrained/--weights apply to the transfer backbones ({', '.join(BACKBONES)}), "
                          f"not {arch!r} (--weights also takes a `cxr train` checkpoint of the same network)")

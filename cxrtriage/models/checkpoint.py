@@ -51,10 +51,12 @@ def warm_start(model: torch.nn.Module, ck: dict, arch: str, source: str) -> dict
             new[key] = value
         elif key.startswith("head."):
             skipped.append(key)
+        elif key not in target:
+            raise ValueError(f"--weights {source}: unexpected tensor {key!r} for {arch}")
         else:
-            shape = tuple(target[key].shape) if key in target else None
-            raise ValueError(f"--weights {source}: {key!r} has shape {tuple(value.shape)}, this {arch} "
-                             f"expects {shape} (networks with a flattening classifier fit one input size only)")
+            raise ValueError(f"--weights {source}: {key!r} has shape {tuple(value.shape)}, this {arch} expects "
+                             f"{tuple(target[key].shape)} (networks with a flattening classifier fit one input "
+                             "size only)")
     missing = [k for k in target if k not in new and not k.startswith("head.")]
     if missing:
         raise ValueError(f"--weights {source}: {len(missing)} tensor(s) missing, e.g. {missing[:3]}")
