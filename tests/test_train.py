@@ -68,6 +68,43 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_manifest, ti
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
 
 
+def test_a_run_killed_while_saving_keeps_whole_checkpoints_and_resumes(tiny_manifest, tiny_run, monkeypatch,
+                                                                        tmp_path):
+    import io
+    _, cache = tiny_run
+    straight = train(_cfg(tmp_path / "a", tiny_manifest, cache, epochs=4), progress=False)
+    aucs = [float(r["val_auc"]) for r in csv.DictReader((straight / "metrics.csv").open())]
+    new_best = [e for e in range(len(aucs)) if aucs[e] > max(aucs[:e], default=-1.0) + 1e-5]
+    assert len(new_best) >= 2, aucs  # the run writes best.pt at least twice
+    real_save, best_writes = torch.save, []
+
+    def killed_mid_write(obj, f, *a, **kw):  # the second best model: half its bytes land, then the process dies
+        if str(f).rsplit("/", 1)[-1].startswith("best"):
+            best_writes.append(f)
+            if len(best_writes) == 2:
+                buf = io.BytesIO()
+                real_save(obj, buf)
+                with open(f, "wb") as fh:
+                    fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                raise KeyboardInterrupt("killed")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path / "b", tiny_manifest, cache, epochs=4), progress=False)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert len(best_writes) == 2
+    # the first best model, whole; the last epoch on record is the one before the kill, so that epoch runs again
+    assert torch.load(tmp_path / "b" / "best.pt", weights_only=False)["epoch"] == new_best[0]
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"] == new_best[1] - 1
+    resumed = train(_cfg(tmp_path / "b", tiny_manifest, cache, epochs=4), resume=True, progress=False)
+    want = torch.load(straight / "best.pt", weights_only=False)
+    got = torch.load(resumed / "best.pt", weights_only=False)
+    assert got["epoch"] == want["epoch"]
+    for k in want["model"]:
+        assert torch.allclose(want["model"][k].float(), got["model"][k].float(), atol=1e-6), k
+
+
 def test_exported_model_matches_torch_on_real_images(tiny_run, shared_root):
     from cxrtriage.data import to_model_input
     from cxrtriage.infer import Engine

@@ -160,6 +160,13 @@ def weight_average(net: torch.nn.Module, decay: float) -> torch.optim.swa_utils.
     return torch.optim.swa_utils.AveragedModel(net, avg_fn=ema, use_buffers=True)
 
 
+def _save_whole(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file, then rename over `path` (never a half-written checkpoint)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
 def _plot_curves(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -410,11 +417,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                      "image_size": size, "mean": mean, "std": std, "task": task.name}
             if ema is not None:
                 state["ema"] = ema.state_dict()
-            torch.save(state, out / "last.tmp")
-            (out / "last.tmp").replace(ckpt_last)
+            # best before last, each written whole then renamed: a run killed at any point resumes
+            # from a last.pt whose best.pt is complete
             if improved:
                 keep = ("arch", "classes", "image_size", "mean", "std", "task", "epoch", "config", "hardware", "torch")
-                torch.save({"model": scored.state_dict(), **{k: state[k] for k in keep}}, out / "best.pt")
+                _save_whole({"model": scored.state_dict(), **{k: state[k] for k in keep}}, out / "best.pt")
+            _save_whole(state, ckpt_last)
             with (out / "metrics.csv").open("w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=list(row))
                 w.writeheader()
