@@ -27,6 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # the checkout's testkit/
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "kermany-224" / "train"
 
@@ -59,7 +64,7 @@ def to_dicom(files: list[Path], size: int, j2k: bool, tmp: Path) -> list[Path]:
     from PIL import Image
     from pydicom import uid
 
-    from cxrtriage.io.make_dicom import radiograph_to_dicom
+    from testkit.make_dicom import radiograph_to_dicom
 
     out = tmp / "dicom"
     out.mkdir(exist_ok=True)

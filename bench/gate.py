@@ -11,9 +11,14 @@ import argparse
 
 import numpy as np
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # the checkout's testkit/
+
 from cxrtriage.data import kermany_samples, load_cached, patient_split, to_model_input
-from cxrtriage.infer import Engine, load_info
-from cxrtriage.infer.ood_samples import skimage_images, synthetic, transformed
+from cxrtriage.infer import Engine
+from testkit.ood_samples import skimage_images, synthetic, transformed
 
 
 def main() -> None:
@@ -25,8 +30,8 @@ def main() -> None:
     gate = engine.feature_gate
     if gate is None:
         raise SystemExit("this model has no fitted quality gate")
-    info = load_info(args.model)
-    seed = int(info.raw.get("training", {}).get("seed", 0))
+    info = engine.spec
+    seed = info.training_seed
     samples = patient_split(kermany_samples(args.data, "train"), 0.2, seed)
     val = [s for s in samples if s.split == "val"]
     size = info.input_size

@@ -72,7 +72,7 @@ def main() -> None:
     files = (files * (args.n // max(1, len(files)) + 1))[: args.n] if files else []
     blobs = [f.read_bytes() for f in files]
     engine = Engine(args.model, threads=args.threads)
-    info = engine.info
+    info = engine.spec
     size = info.input_size
     print(f"{len(blobs)} images from {folder}; model {info.name} {info.version} ({size} px); "
           f"threads {args.threads}; gate {'on' if engine.feature_gate is not None else 'off'}")

@@ -12,12 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # the checkout's testkit/
+
 from cxrtriage import DISCLAIMER
 from cxrtriage.data import get_task, kermany_samples, load_cached, patient_split, to_model_input
 from cxrtriage.evaluate import evaluate_predictions
-from cxrtriage.explain.checks import deletion_check, randomisation_check
+from testkit.explain_checks import deletion_check, randomisation_check
 from cxrtriage.infer import DEFAULT_MODEL, Engine
-from cxrtriage.infer.ood_samples import skimage_images, synthetic, transformed
+from testkit.ood_samples import skimage_images, synthetic, transformed
 
 COMMANDS = [
     "cxr train --data ../shared/data/kermany-224 --out runs/cnn --epochs 30 --patience 30 --seed 0 --device cpu",
@@ -37,10 +42,10 @@ def main() -> None:
                     help="measured wall-clock seconds of the three training commands")
     args = ap.parse_args()
     engine = Engine()
-    info = engine.info
-    meta = info.raw
+    info = engine.spec
+    meta = info.to_dict()  # the sidecar as written
     task = get_task(info.task)
-    seed = int(meta["training"]["seed"])
+    seed = info.training_seed
     val = [s for s in patient_split(kermany_samples(args.data, "train", task.name), 0.2, seed) if s.split == "val"]
     imgs = np.asarray(load_cached([s.path for s in val], info.input_size, progress=False))
     y = np.array([task.index(s.label) for s in val])
@@ -48,7 +53,7 @@ def main() -> None:
     out_dir = DEFAULT_MODEL.parent / "validation"
     res = evaluate_predictions(task.name, list(task.classes), y, probs, info.threshold, out_dir,
                                {"model": info.name, "model_version": info.version, "split": "val (patient-wise 20% of train/)",
-                                "data": "Kermany chest X-ray, train/ split", "threshold_method": meta["threshold_method"]})
+                                "data": "Kermany chest X-ray, train/ split", "threshold_method": info.decision.method})
     for f in out_dir.glob("*.png"):
         f.unlink()  # the self-contained report.html and metrics.json are enough to ship
     dele = deletion_check(engine, imgs[y != 0], 0.1, seed=0)
@@ -74,7 +79,7 @@ def main() -> None:
     card = {
         "model": info.name, "version": info.version, "sha256": meta["sha256"], "task": task.name,
         "classes": list(task.classes), "architecture": meta["arch"], "input": meta["input"],
-        "threshold": info.threshold, "threshold_high": info.threshold_high, "threshold_method": meta["threshold_method"],
+        "threshold": info.threshold, "threshold_high": info.threshold_high, "threshold_method": info.decision.method,
         "members": members,
         "training": {**meta["training"], "commands": COMMANDS,
                      "cpu_2core_seconds": round(sum(m["training"]["seconds"] for m in members), 1)},

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxrtriage.pacs.local_orthanc import OrthancServer, orthanc_missing  # noqa: E402
+from testkit.local_orthanc import OrthancServer, orthanc_missing  # noqa: E402
 
 SHARED = Path(os.environ.get("CXR_SHARED", ROOT.parent / "shared")) / "data" / "kermany-224"
 
@@ -73,7 +73,7 @@ def make_files(pixels: list[np.ndarray], tag: str) -> list[tuple[str, str, bytes
     """
     import pydicom
 
-    from cxrtriage.io.make_dicom import build_dataset
+    from testkit.make_dicom import build_dataset
 
     out = []
     for i, px in enumerate(pixels):

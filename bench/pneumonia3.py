@@ -93,9 +93,9 @@ def main() -> None:
     rows = []
     for name, run in runs.items():
         engine = Engine(run, gate=False)
-        classes = engine.info.classes
+        classes = engine.spec.classes
         y = np.array([classes.index(s.label) for s in samples])
-        imgs = np.asarray(load_cached([s.path for s in samples], engine.info.input_size, cache, progress=False))
+        imgs = np.asarray(load_cached([s.path for s in samples], engine.spec.input_size, cache, progress=False))
         for tta in (False, True):
             views = tta_views(imgs) if tta else [imgs]
             probs = np.mean([np.concatenate([engine.run_arrays(v[i:i + 64])["probs"] for i in range(0, len(v), 64)])

@@ -59,7 +59,7 @@ def main() -> None:
     rows = []
     for name, run in runs.items():
         engine = Engine(run, gate=False)
-        size = engine.info.input_size
+        size = engine.spec.input_size
 
         def score(group):
             imgs = np.asarray(load_cached([s.path for s in group], size, cache, progress=False))

@@ -68,16 +68,16 @@ def main() -> None:
         degraded = [fn(a) for a in base]
         row = {"perturbation": name}
         for m, e in zip(args.models, engines):
-            x = np.stack([to_model_input(a, e.info.input_size) for a in degraded])
+            x = np.stack([to_model_input(a, e.spec.input_size) for a in degraded])
             s = 1.0 - e.run_arrays(x)["probs"][:, 0]
-            t = e.info.threshold
+            t = e.spec.threshold
             row[m] = {"auc": float(roc_auc_score(y, s)), "sensitivity": float((s[y == 1] >= t).mean()),
                       "specificity": float((s[y == 0] < t).mean())}
         rows.append(row)
     print(f"validation: {len(val)} images (patient-wise split of train/), each model at its stored threshold")
     for i, m in enumerate(args.models):
-        print(f"  [{i}] {m} ({engines[i].info.name}, {engines[i].info.input_size} px, threshold "
-              f"{engines[i].info.threshold:.3f})")
+        print(f"  [{i}] {m} ({engines[i].spec.name}, {engines[i].spec.input_size} px, threshold "
+              f"{engines[i].spec.threshold:.3f})")
     head = f"{'perturbation':<20}" + "".join(f"   [{i}] AUC   sens   spec" for i in range(len(args.models)))
     print(head)
     print("-" * len(head))

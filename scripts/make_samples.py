@@ -2,7 +2,7 @@
 """Regenerate cxrtriage/assets/samples/ from the shared Kermany radiographs.
 
 Copies eight JPEGs (4 normal, 2 bacterial and 2 viral pneumonia) unchanged, converts
-two of them to DICOM with :func:`cxrtriage.io.make_dicom.radiograph_to_dicom` and
+two of them to DICOM with :func:`testkit.make_dicom.radiograph_to_dicom` and
 writes the folder's README with the CC BY 4.0 attribution.
 
 Usage::
@@ -28,7 +28,7 @@ from pydicom.uid import JPEG2000Lossless, generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxrtriage.io.make_dicom import radiograph_to_dicom  # noqa: E402
+from testkit.make_dicom import radiograph_to_dicom  # noqa: E402
 
 DEFAULT_SHARED = ROOT / ".." / "shared" / "data" / "kermany-224"
 DEFAULT_OUT = ROOT / "cxrtriage" / "assets" / "samples"

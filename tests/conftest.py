@@ -93,7 +93,7 @@ def dicom_dir(tmp_path_factory: pytest.TempPathFactory, real_gray_u8: np.ndarray
     """A folder of DICOM test objects (see ``DICOM_FILES``) made from a real radiograph."""
     from pydicom import uid
 
-    from cxrtriage.io.make_dicom import can_encode, radiograph_to_dicom
+    from testkit.make_dicom import can_encode, radiograph_to_dicom
 
     out = tmp_path_factory.mktemp("dicom")
     g = real_gray_u8
@@ -134,10 +134,10 @@ def val_images(shared_root: Path) -> tuple[np.ndarray, np.ndarray]:
     """Validation radiographs of the bundled model's patient-wise split at its input size:
     (uint8 images (N, S, S), labels 0 = normal / 1 = pneumonia)."""
     from cxrtriage.data import kermany_samples, load_cached, patient_split
-    from cxrtriage.infer import load_info
+    from cxrtriage.infer import load_spec
 
-    info = load_info(None)
-    seed = int(info.raw.get("training", {}).get("seed", 0))
+    info = load_spec(None)
+    seed = info.training_seed
     val = [s for s in patient_split(kermany_samples(shared_root, "train"), 0.2, seed) if s.split == "val"]
     cache = Path(os.environ.get("CXR_CACHE_DIR", ROOT / ".cache" / "images"))
     arr = np.asarray(load_cached([s.path for s in val], info.input_size, cache, progress=False))

@@ -1,7 +1,7 @@
 """Real Orthanc for the PACS tests, and DICOM radiographs to push into it.
 
 Orthanc comes from Debian's packages (``scripts/install_orthanc.sh``). Each server
-(:class:`cxrtriage.pacs.local_orthanc.OrthancServer`) is started from
+(:class:`testkit.local_orthanc.OrthancServer`) is started from
 ``/usr/sbin/Orthanc`` with its own JSON configuration on free loopback ports (HTTP and
 DICOM), a temporary storage folder and the DICOMweb plugin (plus the Python plugin
 running ``cxrtriage/pacs/orthanc_plugin.py`` when asked), and stopped afterwards; the
@@ -34,7 +34,7 @@ def __getattr__(name: str):
     modules and their dependencies load only when a PACS test needs them.
     """
     if name in _LAUNCHER:
-        from cxrtriage.pacs import local_orthanc
+        from testkit import local_orthanc
 
         return getattr(local_orthanc, name)
     raise AttributeError(name)
@@ -93,7 +93,7 @@ def make_dicom(pixels: np.ndarray, variant: str = "dx", **overrides) -> bytes:
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
-    from cxrtriage.io.make_dicom import build_dataset
+    from testkit.make_dicom import build_dataset
 
     kw = dict(PATIENT)
     kw.update(overrides)
@@ -134,7 +134,7 @@ def make_dicom(pixels: np.ndarray, variant: str = "dx", **overrides) -> bytes:
 @pytest.fixture(scope="session")
 def orthanc_available() -> None:
     try:
-        from cxrtriage.pacs.local_orthanc import orthanc_missing
+        from testkit.local_orthanc import orthanc_missing
     except ImportError as exc:
         pytest.skip(f"PACS dependencies missing (pip install -e '.[pacs]'): {exc}")
     reason = orthanc_missing()
@@ -143,7 +143,7 @@ def orthanc_available() -> None:
 
 
 def _server(tmp: Path, **kw):
-    from cxrtriage.pacs.local_orthanc import OrthancServer
+    from testkit.local_orthanc import OrthancServer
 
     srv = OrthancServer(tmp, **kw)
     try:
@@ -172,7 +172,7 @@ def orthanc_module(orthanc_available, tmp_path_factory):
 @pytest.fixture
 def orthanc_python(orthanc_available, tmp_path):
     """A fresh Orthanc that also runs the cxr-triage Python plugin; skips if the plugin is missing."""
-    from cxrtriage.pacs.local_orthanc import find_plugin
+    from testkit.local_orthanc import find_plugin
 
     if find_plugin("OrthancPython") is None:
         pytest.skip("Orthanc Python plugin not found (Debian package orthanc-python)")

@@ -1,7 +1,7 @@
 """Fixtures and helpers for the service tests (tests/test_serve*.py, tests/test_web*.py).
 
 Real radiographs only: the samples bundled in ``cxrtriage/assets/samples`` (or the folder
-in ``$CXR_TEST_SAMPLES_DIR``), DICOM made from them with ``cxrtriage.io.make_dicom``, and
+in ``$CXR_TEST_SAMPLES_DIR``), DICOM made from them with ``testkit.make_dicom``, and
 the real server started as a subprocess where a test needs a process to kill.
 """
 
@@ -61,7 +61,7 @@ def unique_jpeg(data: bytes, tag: str) -> bytes:
 
 def dicom_bytes(pixels: np.ndarray, **kw) -> bytes:
     """A Part-10 DICOM of ``pixels`` (uint8 display values) made with the project's writer."""
-    from cxrtriage.io.make_dicom import radiograph_to_dicom
+    from testkit.make_dicom import radiograph_to_dicom
 
     buf = io.BytesIO()
     kw.setdefault("modality", "DX")

@@ -81,7 +81,7 @@ def test_rows_errors_and_resume(archive, tmp_path):
     assert len(rows) == s2.listed == len(_table(out))  # one row per image, none twice
 
     engine = Engine()
-    info = engine.info
+    info = engine.spec
     broken, truncated = rows[str(archive / "sub" / "broken.jpeg")], rows[str(archive / "sub" / "truncated.dcm")]
     for bad in (broken, truncated):
         assert bad["priority"] == "error" and bad["error"] and bad["error_type"] and bad["label"] is None

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cxrtriage.cli.main import app
 from cxrtriage.explain import render_overlay
-from cxrtriage.explain.checks import RandomisedGraph, deletion_check, randomisation_check
+from testkit.explain_checks import RandomisedGraph, deletion_check, randomisation_check
 from cxrtriage.infer import DEFAULT_MODEL, Engine
 
 
@@ -42,7 +42,7 @@ def test_randomised_weights_change_the_heatmap(samples_dir):
 
     engine = Engine()
     files = sorted(samples_dir.glob("*.jpeg"))
-    x = np.stack([to_model_input(read_radiograph(f), engine.info.input_size) for f in files])
+    x = np.stack([to_model_input(read_radiograph(f), engine.spec.input_size) for f in files])
     res = randomisation_check(engine, x)
     assert res["rank_corr_self"] == pytest.approx(1.0)
     assert res["rank_corr_random"] < 0.5, res

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrtriage.infer import Engine
-from cxrtriage.infer.ood_samples import skimage_images, synthetic, transformed
+from testkit.ood_samples import skimage_images, synthetic, transformed
 from cxrtriage.io import Radiograph
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cxrtriage.cli.main import app
-from cxrtriage.infer import DEFAULT_MODEL, Engine, load_info
+from cxrtriage.infer import DEFAULT_MODEL, Engine, load_spec
 from cxrtriage.io import read_radiograph
 
 
@@ -35,8 +35,8 @@ def test_engine_does_not_import_torch(samples_dir):
 
 
 def test_bundled_model_is_intact_and_described():
-    info = load_info(None)
-    assert hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest() == info.raw["sha256"]
+    info = load_spec(None)
+    assert hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest() == info.sha256
     assert info.classes == ("normal", "pneumonia")
     assert 0.0 < info.threshold <= info.threshold_high < 1.0
     assert DEFAULT_MODEL.stat().st_size < 5 * 2**20
@@ -53,7 +53,7 @@ def test_samples_are_scored_sensibly(engine, samples_dir):
     for p in preds:
         assert abs(sum(p.probabilities.values()) - 1.0) < 1e-4
         assert p.priority in ("urgent", "review", "routine")
-        assert p.model["version"] == engine.info.version
+        assert p.model["version"] == engine.spec.version
 
 
 def test_dicom_and_jpeg_of_the_same_radiograph_agree(engine, samples_dir):
@@ -85,7 +85,7 @@ def test_bad_files_become_error_rows_and_lose_nothing(engine, samples_dir, tmp_p
 
 
 def test_blank_and_lateral_images_are_refused(engine, samples_dir, tmp_path):
-    from cxrtriage.io.make_dicom import radiograph_to_dicom
+    from testkit.make_dicom import radiograph_to_dicom
 
     rg = read_radiograph(samples_dir / "IM-0119-0001.jpeg")
     lateral = tmp_path / "lateral.dcm"
@@ -146,11 +146,11 @@ def test_tta_averages_the_views_and_keeps_the_heatmap(engine, samples_dir):
     f = samples_dir / "IM-0115-0001.jpeg"
     tta = Engine(tta=True)
     plain_p, tta_p = engine.predict_files([f], heatmap=True)[0], tta.predict_files([f], heatmap=True)[0]
-    x = to_model_input(read_radiograph(f), engine.info.input_size)[None]
+    x = to_model_input(read_radiograph(f), engine.spec.input_size)[None]
     by_view = [engine.run_arrays(v)["probs"][0] for v in tta_views(x)]
     assert len({round(float(p[0]), 4) for p in by_view}) > 1  # the views do differ
     want = np.mean(by_view, axis=0)
-    got = np.array([tta_p.probabilities[c] for c in engine.info.classes])
+    got = np.array([tta_p.probabilities[c] for c in engine.spec.classes])
     assert np.allclose(got, want, atol=1e-5)
     assert np.array_equal(tta_p.heatmap, plain_p.heatmap)
     assert tta_p.label == plain_p.label == "normal"

@@ -23,7 +23,7 @@ from cxrtriage.io import (
     read_radiograph,
     read_radiograph_bytes,
 )
-from cxrtriage.io.make_dicom import build_dataset, can_encode, radiograph_to_dicom
+from testkit.make_dicom import build_dataset, can_encode, radiograph_to_dicom
 
 U8 = 1.0 / 255.0
 
@@ -445,7 +445,7 @@ def test_writer_rejects_bad_input(tmp_path):
 
 @pytest.mark.parametrize("bits", [8, 16])
 def test_image_file_to_dicom_round_trip(tmp_path, real_jpeg_path, real_gray_u8, bits):
-    from cxrtriage.io import image_file_to_dicom
+    from testkit.make_dicom import image_file_to_dicom
 
     src = real_jpeg_path
     if bits == 16:

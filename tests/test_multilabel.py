@@ -146,13 +146,13 @@ def test_engine_scores_multilabel_model_like_torch(nih_run):
         ref = torch.sigmoid(model((t - meta["mean"]) / meta["std"])).numpy()
     engine = Engine(out, gate=False)
     preds = engine.predict_files(files, heatmap=True)
-    got = np.array([[p.probabilities[c] for c in engine.info.classes] for p in preds])
+    got = np.array([[p.probabilities[c] for c in engine.spec.classes] for p in preds])
     assert np.abs(got - ref).max() < 1e-4
     assert not np.allclose(got.sum(axis=1), 1.0)  # independent sigmoids, not a softmax
-    thr = engine.info.raw["label_thresholds"]
+    thr = engine.spec.decision.label_thresholds
     for p, row in zip(preds, got):
         assert p.score == pytest.approx(row.max(), abs=1e-6)
-        flagged = [c for c, v in zip(engine.info.classes, row) if v >= (thr[c] if thr[c] is not None else 0.5)]
+        flagged = [c for c, v in zip(engine.spec.classes, row) if v >= (thr[c] if thr[c] is not None else 0.5)]
         assert p.label == ("|".join(flagged) or "no finding")
         assert p.heatmap is not None and p.heatmap.max() <= 1.0
 

@@ -98,7 +98,7 @@ def test_stow_radiograph_gets_sc_and_sr_within_10s(live, triage_engine, cxr_pixe
     assert expected.ok and summary.probability == pytest.approx(expected.score, abs=1e-5)
     assert summary.threshold == pytest.approx(expected.threshold, abs=1e-6)
     assert summary.source_sop_instance_uids == [src.SOPInstanceUID]
-    assert summary.model_version == triage_engine.info.version and not summary.refused
+    assert summary.model_version == triage_engine.spec.version and not summary.refused
 
     # New, valid UIDs; same study; patient and study attributes copied.
     for ds in (sc, sr):

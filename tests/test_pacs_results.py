@@ -69,7 +69,7 @@ def test_scored_results_are_valid_dicom(triage_engine, dx_bytes):
     assert summary.probability == pytest.approx(expected.score, abs=1e-6)
     assert summary.threshold == pytest.approx(expected.threshold, abs=1e-6)
     assert summary.finding == ("present" if expected.score >= expected.threshold else "absent")
-    assert summary.model_name == triage_engine.info.name and summary.model_version == triage_engine.info.version
+    assert summary.model_name == triage_engine.spec.name and summary.model_version == triage_engine.spec.version
     assert summary.source_sop_instance_uids == [src.SOPInstanceUID]
     assert summary.priority == expected.priority and not summary.refused
     assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \

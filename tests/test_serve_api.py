@@ -108,7 +108,7 @@ def test_upload_gives_the_engines_result(client, engine, samples, kind):
     for k, v in expected.probabilities.items():
         assert res["probabilities"][k] == pytest.approx(v, abs=1e-5)
     assert res["gate"]["accepted"] is True
-    assert res["model"] == {"name": engine.info.name, "version": engine.info.version}
+    assert res["model"] == {"name": engine.spec.name, "version": engine.spec.version}
     assert res["timings_ms"]["total"] > 0
     assert res["heatmap_url"].startswith(f"{API}/studies/{sid}/heatmap.png")
     assert res["disclaimer"] == DISCLAIMER

@@ -120,7 +120,7 @@ def test_exported_model_matches_torch_on_real_images(tiny_run, shared_root):
         t = torch.from_numpy(x).float().unsqueeze(1) / 255.0
         ref = torch.softmax(model((t - meta["mean"]) / meta["std"]), 1).numpy()
     engine = Engine(out, gate=False)
-    got = np.array([[p.probabilities[c] for c in engine.info.classes] for p in engine.predict_files(files)])
+    got = np.array([[p.probabilities[c] for c in engine.spec.classes] for p in engine.predict_files(files)])
     assert np.abs(got - ref).max() < 1e-4
     # and a second engine (a reload) gives identical numbers
     again = np.array([[p.probabilities[c] for c in ("normal", "pneumonia")]

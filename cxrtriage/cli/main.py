@@ -256,7 +256,7 @@ def predict(
     if sort:
         preds = sorted(preds, key=lambda p: (PRIORITY_ORDER[p.priority], -(p.score or 0.0)))
     colours = {"urgent": "bold red", "review": "yellow", "routine": "green", "refused": "magenta", "error": "red"}
-    table = Table(title=f"Triage with {engine.info.name} ({engine.info.version}), threshold {engine.info.threshold:.3f}")
+    table = Table(title=f"Triage with {engine.spec.name} ({engine.spec.version}), threshold {engine.spec.threshold:.3f}")
     for col in ("file", "label", "P(abnormal)", "priority", "note"):
         table.add_column(col, justify="right" if col == "P(abnormal)" else "left")
     for p in preds:
@@ -387,14 +387,14 @@ def explain(
     except ModelNotFoundError as exc:
         fail(str(exc))
     gradcam_model = None
-    if not engine.info.has_cam:
+    if not engine.spec.has_cam:
         from cxrtriage.models.checkpoint import load_checkpoint
 
-        run = Path(model) if model and Path(model).is_dir() else engine.info.onnx_path.parent
+        run = Path(model) if model and Path(model).is_dir() else engine.onnx_path.parent
         try:
             gradcam_model = load_checkpoint(run)
         except FileNotFoundError:
-            fail(f"{engine.info.name} has no in-graph heatmap and no checkpoint beside it for Grad-CAM")
+            fail(f"{engine.spec.name} has no in-graph heatmap and no checkpoint beside it for Grad-CAM")
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for f in files:
@@ -413,7 +413,7 @@ def explain(
 
             net, meta = gradcam_model
             x = torch.from_numpy(to_model_input(rg, meta["image_size"])).float()[None, None] / 255.0
-            target = 1 + int(np.argmax([pred.probabilities[c] for c in engine.info.classes[1:]]))
+            target = 1 + int(np.argmax([pred.probabilities[c] for c in engine.spec.classes[1:]]))
             pred.heatmap = gradcam(net, (x - meta["mean"]) / meta["std"], target)[0]
         png = out / f"{f.stem}.heatmap.png"
         overlay_for(rg.pixels, pred, opacity=opacity).save(png)
@@ -464,10 +464,10 @@ def evaluate(
         engine = Engine(model, gate=False, tta=tta)
     except ModelNotFoundError as exc:
         fail(str(exc))
-    info = engine.info
+    info = engine.spec
     try:
         task = get_task(info.task)
-        samples = _eval_samples(data, manifest, split, task.name, int(info.raw.get("training", {}).get("seed", 0)))
+        samples = _eval_samples(data, manifest, split, task.name, info.training_seed)
         y = (np.stack([task.multi_hot(s.label) for s in samples]).astype(int) if task.kind == "multilabel"
              else np.array([task.index(s.label) for s in samples]))
     except (FileNotFoundError, ValueError) as exc:
@@ -481,10 +481,10 @@ def evaluate(
     keep = np.array([p.error is None for p in preds])
     probs = np.array([[p.probabilities[c] for c in info.classes] for p in preds if p.error is None])
     meta = {"model": info.name, "model_version": info.version, "data": str(manifest or data), "split": split,
-            "threshold_method": info.raw.get("threshold_method", "stored with the model"),
+            "threshold_method": info.decision.method,
             "task_description": task.description, "unreadable": len(bad), "tta": tta}
     result = evaluate_predictions(task.name, list(info.classes), y[keep], probs, info.threshold, out, meta,
-                                  n_boot=n_boot, label_thresholds=info.raw.get("label_thresholds"))
+                                  n_boot=n_boot, label_thresholds=info.decision.label_thresholds)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxrtriage.infer.bundle import ModelInfo, load_info
+from cxrtriage.contract import ModelSpec
+from cxrtriage.infer.bundle import load_spec, resolve_model
 from cxrtriage.infer.gate import gate_path
 
 DICOMWEB_PREFIXES = ("http://", "https://")
@@ -197,8 +198,8 @@ def _table(rows: list[dict[str, Any]], schema):
 
 def model_files(model: str | Path | None) -> dict[str, bytes]:
     """The model bundle (ONNX, sidecar, quality gate) as ``{file name: bytes}``, to ship to workers."""
-    info = load_info(model)
-    files = [info.onnx_path, info.onnx_path.with_suffix(".json"), gate_path(info.onnx_path)]
+    onnx = resolve_model(model)
+    files = [onnx, onnx.with_suffix(".json"), gate_path(onnx)]
     return {f.name: f.read_bytes() for f in files if f.is_file()}
 
 
@@ -220,7 +221,7 @@ class Triager:
                 (Path(self._tmp.name) / name).write_bytes(data)
             model = next(Path(self._tmp.name) / n for n in model if n.endswith(".onnx"))
         self.engine = Engine(model, threads=threads, gate=gate)
-        self.classes = tuple(self.engine.info.classes)
+        self.classes = tuple(self.engine.spec.classes)
         self.schema = result_schema(self.classes)
         self.batch_size = batch_size
         self.fetch_retries = fetch_retries
@@ -319,7 +320,7 @@ class ResultStore:
     def parts(self) -> list[Path]:
         return sorted(self.out.glob("*.parquet")) if self.out.is_dir() else []
 
-    def scored(self, info: ModelInfo | None = None) -> set[str]:
+    def scored(self, info: ModelSpec | None = None) -> set[str]:
         """Paths already holding a row. Refuses results made by another model version."""
         import pyarrow.parquet as pq
 
@@ -446,7 +447,7 @@ def bulk_triage(source: str | Path, out: str | Path, model: str | Path | None = 
     _require_pyarrow()
     if is_dicomweb(source) and dicomweb is None:
         dicomweb = DicomwebSource(str(source))
-    info = load_info(model)
+    info = load_spec(model)
     store = ResultStore(Path(out))
     items = list_source(source, dicomweb)
     done = store.scored(info)

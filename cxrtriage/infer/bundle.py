@@ -1,43 +1,34 @@
-"""Locating and describing a model bundle: ``<name>.onnx`` beside its ``<name>.json`` sidecar."""
+"""Locating a model: a bundled model by name, or an ``.onnx`` file beside its ``.json`` sidecar."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxrtriage.contract import ModelSpec
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_MODEL = ASSETS / "model" / "cxr-pneumonia.onnx"
+MODELS_DIR = ASSETS / "model"
+DEFAULT_NAME = "cxr-pneumonia"
+DEFAULT_MODEL = MODELS_DIR / f"{DEFAULT_NAME}.onnx"
 
 
 class ModelNotFoundError(FileNotFoundError):
-    """The model path does not lead to an ONNX file with its JSON sidecar."""
+    """The model reference leads to no ONNX file with its JSON sidecar."""
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What serving needs to know about a model, read from its sidecar."""
-
-    onnx_path: Path
-    name: str
-    version: str
-    task: str
-    classes: tuple[str, ...]
-    input_size: int
-    threshold: float
-    threshold_high: float
-    outputs: tuple[str, ...]
-    raw: dict = field(repr=False, default_factory=dict)
-
-    @property
-    def has_cam(self) -> bool:
-        return "cam" in self.outputs
+def bundled_models() -> dict[str, Path]:
+    """The models that ship inside the package, by name (the default first)."""
+    found = {p.stem: p for p in sorted(MODELS_DIR.glob("*.onnx")) if p.with_suffix(".json").exists()}
+    return dict(sorted(found.items(), key=lambda kv: kv[0] != DEFAULT_NAME))
 
 
 def resolve_model(model: str | Path | None) -> Path:
-    """The .onnx file for ``model``: a .onnx or .json path, a run folder, or None for the bundled one."""
+    """The .onnx file for ``model``: a bundled model's name, a .onnx or .json path, a run folder,
+    or None for the default model."""
     if model is None:
         p = DEFAULT_MODEL
+    elif isinstance(model, str) and model in bundled_models():
+        p = bundled_models()[model]
     else:
         p = Path(model)
         if p.is_dir():
@@ -46,26 +37,14 @@ def resolve_model(model: str | Path | None) -> Path:
         elif p.suffix == ".json":
             p = p.with_suffix(".onnx")
     if not p.exists():
-        raise ModelNotFoundError(f"no model at {p} (give an .onnx file, its .json sidecar or a training run folder)")
+        names = ", ".join(bundled_models())
+        raise ModelNotFoundError(f"no model at {p} (give a bundled model's name ({names}), an .onnx file, "
+                                 "its .json sidecar or a training run folder)")
     if not p.with_suffix(".json").exists():
         raise ModelNotFoundError(f"{p}: the sidecar {p.with_suffix('.json').name} is missing")
     return p
 
 
-def load_info(model: str | Path | None) -> ModelInfo:
-    """Read the sidecar of ``model`` (see :func:`resolve_model`)."""
-    p = resolve_model(model)
-    meta = json.loads(p.with_suffix(".json").read_text())
-    thr = float(meta.get("threshold", 0.5))
-    return ModelInfo(
-        onnx_path=p,
-        name=str(meta.get("name", p.stem)),
-        version=str(meta.get("version", "")),
-        task=str(meta.get("task", "pneumonia")),
-        classes=tuple(meta["classes"]),
-        input_size=int(meta["input"]["size"]),
-        threshold=thr,
-        threshold_high=float(meta.get("threshold_high", max(thr, 0.9))),
-        outputs=tuple(meta.get("outputs", ["probs"])),
-        raw=meta,
-    )
+def load_spec(model: str | Path | None) -> ModelSpec:
+    """The contract of ``model`` (see :func:`resolve_model`)."""
+    return ModelSpec.load(resolve_model(model))

@@ -8,11 +8,12 @@ validation radiographs (a chosen quantile, so the false-refusal rate is known).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from cxrtriage.contract import ModelSpec
 
 LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "XTABLE"}
 MIN_STD = 0.02
@@ -110,8 +111,7 @@ def gate_path(onnx_path: Path) -> Path:
 def attach_gate(onnx_path: Path, gate: FeatureGate, stats: dict) -> None:
     """Save the gate beside the model and record it in the sidecar."""
     gate.save(gate_path(onnx_path))
-    sidecar = onnx_path.with_suffix(".json")
-    meta = json.loads(sidecar.read_text())
-    meta["gate"] = {"method": "mahalanobis on pooled features (Ledoit-Wolf)", "file": gate_path(onnx_path).name,
-                    "threshold": gate.threshold, "quantile": gate.quantile, **stats}
-    sidecar.write_text(json.dumps(meta, indent=2))
+    spec = ModelSpec.load(onnx_path)
+    spec.with_provenance(gate={"method": "mahalanobis on pooled features (Ledoit-Wolf)",
+                               "file": gate_path(onnx_path).name, "threshold": gate.threshold,
+                               "quantile": gate.quantile, **stats}).save(onnx_path)

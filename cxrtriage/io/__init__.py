@@ -8,8 +8,7 @@ from cxrtriage.io.errors import (
     UnsupportedDicomError,
     WrongModalityError,
 )
-from cxrtriage.io.image import Radiograph
-from cxrtriage.io.make_dicom import image_file_to_dicom, radiograph_to_dicom
+from cxrtriage.io.image import Radiograph, to_uint8
 from cxrtriage.io.reader import MIN_SIDE, read_radiograph, read_radiograph_bytes
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
@@ -24,8 +23,7 @@ __all__ = [
     "Radiograph",
     "UnsupportedDicomError",
     "WrongModalityError",
-    "image_file_to_dicom",
-    "radiograph_to_dicom",
     "read_radiograph",
     "read_radiograph_bytes",
+    "to_uint8",
 ]

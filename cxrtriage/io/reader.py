@@ -6,10 +6,9 @@ from pathlib import Path
 
 from cxrtriage.io.dicom import looks_like_dicom, looks_like_raw_dicom, read_dicom
 from cxrtriage.io.errors import CorruptImageError, ImageTooSmallError, NotAnImageError
-from cxrtriage.io.image import Radiograph
+from cxrtriage.io.image import MIN_SIDE, Radiograph
 from cxrtriage.io.raster import looks_like_raster, read_raster
 
-MIN_SIDE = 64
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 # Common non-image files, named in the error so the user sees what they uploaded.

@@ -38,7 +38,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, Comprehensive3DSRStorag
 
 from cxrtriage import DISCLAIMER, __version__
 from cxrtriage.explain.overlay import BANNER, overlay_for
-from cxrtriage.infer.result import Prediction
+from cxrtriage.contract import Prediction
 
 SERIES_DESCRIPTION = BANNER
 MANUFACTURER = "cxr-triage"

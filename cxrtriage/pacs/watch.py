@@ -196,7 +196,7 @@ class Watcher:
         self._procs: ProcessPoolExecutor | None = None
         if self.workers > 1:
             ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
-            model_path = str(self.engine.info.onnx_path)
+            model_path = str(self.engine.onnx_path)
             self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=pool_init,
                                               initargs=(model_path,))
             for f in [self._procs.submit(pool_ready) for _ in range(self.workers)]:
@@ -357,7 +357,7 @@ class Watcher:
         stop = stop or threading.Event()
         failures = 0
         log.info("watching %s (%s mode, store %s, model %s %s)", self.url, self.mode, self.storer.kind,
-                 self.engine.info.name, self.engine.info.version)
+                 self.engine.spec.name, self.engine.spec.version)
         while not stop.is_set():
             started = time.monotonic()
             try:

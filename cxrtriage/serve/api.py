@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from cxrtriage import DISCLAIMER
-from cxrtriage.infer.result import PRIORITY_ORDER
+from cxrtriage.contract import PRIORITY_ORDER
 from cxrtriage.io import ImageReadError, NotAnImageError
 from cxrtriage.serve.middleware import error_body
 from cxrtriage.serve.render import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE
@@ -437,7 +437,7 @@ def readyz(request: Request) -> JSONResponse:
     eng = w.engine
     model = {"ok": w.ready.is_set()}
     if eng is not None:
-        model.update(name=eng.info.name, version=eng.info.version)
+        model.update(name=eng.spec.name, version=eng.spec.version)
     if w.engine_error:
         model["error"] = w.engine_error
     elif not w.ready.is_set():

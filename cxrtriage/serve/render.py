@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from cxrtriage.explain.overlay import heatmap_rgba, overlay_for
-from cxrtriage.infer.result import Prediction
+from cxrtriage.contract import Prediction
 from cxrtriage.io import Radiograph, read_radiograph_bytes
 from cxrtriage.io.dicom import _modality_lut, _number, _window
 

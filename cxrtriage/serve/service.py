@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrtriage import DISCLAIMER, __version__
-from cxrtriage.infer.result import Prediction
+from cxrtriage.contract import Prediction
 from cxrtriage.io import IMAGE_SUFFIXES, ImageReadError, NotAnImageError, Radiograph, read_radiograph_bytes
 from cxrtriage.serve import render
 from cxrtriage.serve.metrics import Metrics
@@ -457,7 +457,7 @@ class TriageService:
         eng = self.worker.engine
         model = None
         if eng is not None:
-            i = eng.info
+            i = eng.spec
             model = {"name": i.name, "version": i.version, "classes": list(i.classes), "threshold": i.threshold,
                      "threshold_high": i.threshold_high, "input_size": i.input_size}
         return {"service": "cxr-triage", "version": __version__, "disclaimer": DISCLAIMER, "model": model,

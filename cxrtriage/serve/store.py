@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage.infer.result import PRIORITY_ORDER
+from cxrtriage.contract import PRIORITY_ORDER
 
 DB_NAME = "cxr.sqlite3"
 SCHEMA_VERSION = 1

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from cxrtriage.infer import Engine
-from cxrtriage.infer.result import Prediction
+from cxrtriage.contract import Prediction
 from cxrtriage.io import ImageReadError, Radiograph, read_radiograph_bytes
 from cxrtriage.serve.metrics import Metrics
 from cxrtriage.serve.settings import Settings
@@ -112,8 +112,8 @@ class Worker:
         self.store.relax_sync()
         self.metrics.model_loaded.set(1)
         self.ready.set()
-        log.info("model %s %s loaded; worker running (batch %d)", self.engine.info.name,
-                 self.engine.info.version, self.settings.batch_size)
+        log.info("model %s %s loaded; worker running (batch %d)", self.engine.spec.name,
+                 self.engine.spec.version, self.settings.batch_size)
         while not self._stop.is_set():
             self._wake.clear()
             try:

@@ -94,7 +94,7 @@ class RandomisedGraph:
 
 def randomisation_check(engine, images: np.ndarray, seed: int = 0) -> dict:
     """Mean rank correlation of the abnormal-class CAM: trained vs itself and trained vs random weights."""
-    rand = RandomisedGraph(engine.info.onnx_path, seed)
+    rand = RandomisedGraph(engine.onnx_path, seed)
     a = engine.run_arrays(images)["cam"][:, 1]  # raw maps: a ReLU would make many of them constant
     b = engine.run_arrays(images)["cam"][:, 1]
     r = rand.run_arrays(images)["cam"][:, 1]

@@ -15,7 +15,7 @@ as follows:
 
 Example::
 
-    from cxrtriage.io.make_dicom import radiograph_to_dicom
+    from testkit.make_dicom import radiograph_to_dicom
     radiograph_to_dicom(gray_u8, "out.dcm", modality="CR", photometric="MONOCHROME1",
                         bits_stored=12, transfer_syntax=pydicom.uid.JPEG2000Lossless)
 """

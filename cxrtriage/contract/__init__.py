@@ -1,0 +1,17 @@
+"""The model contract, torch-free: what an exported model takes and answers (:class:`ModelSpec`),
+the shared scoring rules, and the one result type (:class:`Prediction`)."""
+
+from cxrtriage.contract.result import PRIORITY_ORDER, Prediction, Priority, StrEnum
+from cxrtriage.contract.scoring import Kind, normalise, triage_score, triage_target
+from cxrtriage.contract.spec import (
+    URGENT_SPECIFICITY,
+    Decision,
+    InputSpec,
+    ModelSpec,
+    SpecError,
+)
+
+__all__ = [
+    "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
+    "StrEnum", "URGENT_SPECIFICITY", "normalise", "triage_score", "triage_target",
+]

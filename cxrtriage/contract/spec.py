@@ -1,0 +1,255 @@
+"""The model contract: one typed object for an exported model's sidecar (``<name>.json`` beside
+``<name>.onnx``).
+
+:class:`ModelSpec` owns what every path must agree on: the input (size, normalisation), how a
+triage score is read from the probabilities, the decision (operating threshold, "urgent"
+threshold, per-finding thresholds -> label and priority) and the model's provenance (training,
+validation, quality gate, calibration). This module is the only one that reads or writes the
+sidecar's JSON form; export, calibration and the quality gate write through :meth:`ModelSpec.save`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrtriage.contract.result import Priority
+from cxrtriage.contract.scoring import Kind, normalise, triage_score
+
+FORMAT = "cxr-triage-onnx/1"
+DEFAULT_LABEL_THRESHOLD = 0.5  # a finding with no threshold of its own (absent from validation)
+URGENT_SPECIFICITY = 0.995     # the "urgent" threshold keeps this specificity on validation
+
+
+class SpecError(ValueError):
+    """A sidecar that does not describe a usable model."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The graph's input: (N, 1, size, size) float32 pixel values in 0..255.
+
+    ``mean``/``std`` are the normalisation applied inside the graph (None for an ensemble,
+    whose members each normalise on their own)."""
+
+    size: int
+    mean: float | None = None
+    std: float | None = None
+    name: str = "image"
+    channels: int = 1
+    range: tuple[int, int] = (0, 255)
+    resize: str = "square, bilinear, aspect not kept"
+    normalisation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise SpecError(f"input size {self.size} is too small")
+        if (self.mean is None) != (self.std is None) or (self.std is not None and self.std <= 0):
+            raise SpecError("input normalisation needs both mean and a positive std")
+
+    def normalise(self, x: Any) -> Any:
+        """0..255 pixel values to what the network sees (the graph does this itself)."""
+        if self.mean is None or self.std is None:
+            raise SpecError("this model normalises per member inside its graph")
+        return normalise(x, self.mean, self.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "size": self.size, "channels": self.channels,
+                             "range": list(self.range)}
+        if self.mean is not None:
+            d.update(mean=self.mean, std=self.std)
+        if self.normalisation is not None:
+            d["normalisation"] = self.normalisation
+        d["resize"] = self.resize
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "InputSpec":
+        return cls(size=int(d["size"]), mean=_opt_float(d.get("mean")), std=_opt_float(d.get("std")),
+                   name=str(d.get("name", "image")), channels=int(d.get("channels", 1)),
+                   range=tuple(d.get("range", (0, 255))), resize=str(d.get("resize", cls.resize)),
+                   normalisation=d.get("normalisation"))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """From a triage score to a call: ``score >= threshold`` is abnormal, ``>= threshold_high``
+    urgent; a multi-label model also flags each finding at its own threshold."""
+
+    threshold: float
+    threshold_high: float
+    method: str = "stored with the model"
+    label_thresholds: Mapping[str, float | None] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "threshold_high"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or not 0.0 <= v <= 1.0:
+                raise SpecError(f"{name} must be a probability, got {v}")
+        if self.threshold_high < self.threshold:
+            raise SpecError(f"threshold_high {self.threshold_high} is below threshold {self.threshold}")
+
+    def priority(self, score: float) -> Priority:
+        if score >= self.threshold_high:
+            return Priority.URGENT
+        if score >= self.threshold:
+            return Priority.REVIEW
+        return Priority.ROUTINE
+
+    def label_threshold(self, label: str) -> float:
+        t = (self.label_thresholds or {}).get(label)
+        return DEFAULT_LABEL_THRESHOLD if t is None else float(t)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An exported model: what it takes, what it answers, how to decide, where it came from."""
+
+    name: str
+    task: str
+    classes: tuple[str, ...]
+    input: InputSpec
+    decision: Decision
+    kind: Kind = Kind.SINGLE
+    outputs: tuple[str, ...] = ("probs",)
+    version: str = ""
+    arch: str = ""
+    sha256: str = ""
+    onnx_file: str = ""
+    weights_storage: str = "float32"
+    heatmap: str = "gradcam"
+    score: str = "1 - P(normal)"
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # training, validation, gate, members, ...
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Kind(self.kind))
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        if len(self.classes) < (1 if self.kind is Kind.MULTILABEL else 2):
+            raise SpecError(f"model {self.name!r} needs at least two classes, has {list(self.classes)}")
+        if "probs" not in self.outputs:
+            raise SpecError(f"model {self.name!r} has no 'probs' output")
+        unknown = set(self.decision.label_thresholds or {}) - set(self.classes)
+        if unknown:
+            raise SpecError(f"label thresholds for unknown classes: {sorted(unknown)}")
+
+    # -- the rules ------------------------------------------------------------
+    @property
+    def has_cam(self) -> bool:
+        return "cam" in self.outputs
+
+    @property
+    def threshold(self) -> float:
+        return self.decision.threshold
+
+    @property
+    def threshold_high(self) -> float:
+        return self.decision.threshold_high
+
+    @property
+    def input_size(self) -> int:
+        return self.input.size
+
+    def triage_score(self, probs: np.ndarray) -> np.ndarray:
+        """P(abnormal) per row of (N, C) probabilities."""
+        return triage_score(probs, self.kind)
+
+    def label_for(self, probs: np.ndarray) -> str:
+        """The call for one image's probabilities (C,): the normal class below the threshold, else
+        the most likely abnormal class; multi-label: the flagged findings joined by '|'."""
+        probs = np.asarray(probs, dtype=float)
+        if self.kind is Kind.MULTILABEL:
+            flagged = [c for c, v in zip(self.classes, probs) if v >= self.decision.label_threshold(c)]
+            return "|".join(flagged) if flagged else "no finding"
+        if float(self.triage_score(probs[None])[0]) < self.threshold:
+            return self.classes[0]
+        return self.classes[1 + int(np.argmax(probs[1:]))]
+
+    def heatmap_class(self, probs: np.ndarray) -> int:
+        """The class whose activation map is the heatmap: the most likely abnormal one."""
+        probs = np.asarray(probs)
+        return int(np.argmax(probs)) if self.kind is Kind.MULTILABEL else 1 + int(np.argmax(probs[1:]))
+
+    def priority(self, score: float) -> Priority:
+        return self.decision.priority(score)
+
+    @property
+    def training_seed(self) -> int:
+        return int((self.provenance.get("training") or {}).get("seed", 0))
+
+    @property
+    def ref(self) -> dict[str, str]:
+        """The name and version a result carries."""
+        return {"name": self.name, "version": self.version}
+
+    def with_decision(self, **changes: Any) -> "ModelSpec":
+        return replace(self, decision=replace(self.decision, **changes))
+
+    def with_provenance(self, **entries: Any) -> "ModelSpec":
+        return replace(self, provenance={**self.provenance, **entries})
+
+    # -- the JSON form --------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format": FORMAT, "name": self.name, "version": self.version, "task": self.task,
+            "kind": self.kind.value, "classes": list(self.classes), "arch": self.arch,
+            "onnx_file": self.onnx_file, "sha256": self.sha256, "weights_storage": self.weights_storage,
+            "input": self.input.to_dict(), "outputs": list(self.outputs), "heatmap": self.heatmap,
+            "score": self.score, "threshold": self.decision.threshold,
+            "threshold_high": self.decision.threshold_high, "threshold_method": self.decision.method,
+        }
+        if self.decision.label_thresholds is not None:
+            d["label_thresholds"] = dict(self.decision.label_thresholds)
+        d.update(self.provenance)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], default_name: str = "model") -> "ModelSpec":
+        try:
+            thr = float(d["threshold"]) if "threshold" in d else DEFAULT_LABEL_THRESHOLD
+            decision = Decision(threshold=thr, threshold_high=float(d.get("threshold_high", max(thr, 0.9))),
+                                method=str(d.get("threshold_method", Decision.method)),
+                                label_thresholds=d.get("label_thresholds"))
+            own = {f.name for f in fields(cls)} | {"format", "threshold", "threshold_high", "threshold_method",
+                                                    "label_thresholds"}
+            return cls(
+                name=str(d.get("name", default_name)), task=str(d.get("task", "pneumonia")),
+                classes=tuple(d["classes"]), input=InputSpec.from_dict(d["input"]), decision=decision,
+                kind=Kind(d.get("kind", "single")), outputs=tuple(d.get("outputs", ("probs",))),
+                version=str(d.get("version", "")), arch=str(d.get("arch", "")), sha256=str(d.get("sha256", "")),
+                onnx_file=str(d.get("onnx_file", "")), weights_storage=str(d.get("weights_storage", "float32")),
+                heatmap=str(d.get("heatmap", "gradcam")), score=str(d.get("score", cls.score)),
+                provenance={k: v for k, v in d.items() if k not in own},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, SpecError):
+                raise
+            raise SpecError(f"not a cxr-triage model sidecar: {exc!r}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelSpec":
+        """Read a sidecar (``.json``; an ``.onnx`` path reads the one beside it)."""
+        path = Path(path).with_suffix(".json")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, default_name=path.stem)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the sidecar beside ``path`` (an ``.onnx`` or ``.json`` path); returns the JSON path."""
+        path = Path(path).with_suffix(".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+        return path
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
