@@ -1,10 +1,47 @@
 """cxr-triage: a chest X-ray triage assistant.
 
 A decision aid that sorts a reading queue; it is not a diagnostic device.
+
+    >>> import cxrtriage
+    >>> model = cxrtriage.load_model("cxr-pneumonia")
+    >>> result = model.predict("film.dcm")          # a path, bytes, a 2-D array or a Radiograph
+    >>> result.label, result.score, result.priority  # ('pneumonia', 0.97, 'urgent')
+    >>> result.heatmap                               # where it looked (h, w), 0..1
+    >>> model.predict_batch(["a.dcm", "b.png"])      # a list, in order; bad files give results with .error
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 DISCLAIMER = (
     "AI triage aid, not a diagnosis: every image must still be read by a qualified clinician."
 )
+
+if TYPE_CHECKING:
+    from cxrtriage.infer import Engine
+
+__all__ = ["DISCLAIMER", "__version__", "list_models", "load_model"]
+
+
+def load_model(model: str | Path | None = None, *, threads: int | None = None, gate: bool = True,
+               tta: bool = False) -> "Engine":
+    """A model ready to triage films: a bundled model's name (see :func:`list_models`), an ``.onnx``
+    file with its sidecar, a training run folder, or None for the default model.
+
+    The returned :class:`~cxrtriage.infer.Engine` has ``predict(film)`` and ``predict_batch(films)``,
+    giving :class:`~cxrtriage.contract.Prediction` results; ``model.spec`` is its contract
+    (classes, thresholds, provenance)."""
+    from cxrtriage.infer import Engine
+
+    return Engine(model, threads=threads, gate=gate, tta=tta)
+
+
+def list_models() -> list[str]:
+    """The names of the models bundled with the package, the default first."""
+    from cxrtriage.infer import bundled_models
+
+    return list(bundled_models())
