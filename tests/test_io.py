@@ -15,6 +15,7 @@ from cxrtriage.io import (
     MIN_SIDE,
     CorruptImageError,
     ImageReadError,
+    ImageTooLargeError,
     ImageTooSmallError,
     NotAnImageError,
     Radiograph,
@@ -23,6 +24,7 @@ from cxrtriage.io import (
     read_radiograph,
     read_radiograph_bytes,
 )
+from serve_fixtures import dicom_bomb, png_bomb
 from testkit.make_dicom import build_dataset, can_encode, radiograph_to_dicom
 
 U8 = 1.0 / 255.0
@@ -512,3 +514,81 @@ def test_reads_shared_radiographs(shared_root):
             rg = read_radiograph(files[i])
             assert rg.pixels.ndim == 2 and min(rg.shape) >= MIN_SIDE
             assert rg.pixels.dtype == np.float32 and float(rg.pixels.std()) > 0.02
+
+
+# ---------------------------------------------------------------- the pixel budget (decompression bombs)
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bombs")
+    return {"png": png_bomb(d / "bomb.png", 14000), "rle": dicom_bomb(d / "bomb_rle.dcm", 30000),
+            "raw": dicom_bomb(d / "bomb_raw.dcm", 30000, rle=False)}
+
+
+def test_bombs_are_small_files(bombs):
+    assert bombs["png"].stat().st_size < 400_000
+    assert bombs["rle"].stat().st_size < 2_000 and bombs["raw"].stat().st_size < 2_000
+
+
+@pytest.mark.parametrize("kind", ["png", "rle", "raw"])
+def test_bomb_refused_from_its_header(bombs, kind):
+    with pytest.raises(ImageTooLargeError, match="not decoded") as info:
+        read_radiograph(bombs[kind])
+    assert isinstance(info.value, ImageReadError)
+    if kind != "png":
+        assert "30000x30000" in str(info.value) and "60 Mpx" in str(info.value)
+
+
+def test_bombs_take_no_memory(bombs):
+    """In a fresh process (so the peak RSS is the reader's own): all three bombs refused, peak
+    memory far below one decode (196 MB for the PNG at 8 bits, 1.8 GB for the DICOM)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from cxrtriage.io import ImageTooLargeError, read_radiograph\n"
+            "for p in sys.argv[1:]:\n"
+            "    try:\n        read_radiograph(p)\n"
+            "    except ImageTooLargeError:\n        pass\n"
+            "    else:\n        raise SystemExit('decoded ' + p)\n"
+            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"
+            "print(int(hwm.split()[1]) // 1024)\n")  # peak RSS of this process image (ru_maxrss spans exec)
+    out = subprocess.run([sys.executable, "-c", code, *map(str, bombs.values())], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) < 180, f"peak RSS {out.stdout.strip()} MB"
+
+
+def test_budget_is_configurable(tmp_path, real_gray_u8, monkeypatch):
+    path = save_png(real_gray_u8, tmp_path / "film.png")
+    h, w = real_gray_u8.shape
+    assert read_radiograph(path).shape == (h, w)
+    with pytest.raises(ImageTooLargeError, match="over the limit"):
+        read_radiograph(path, max_pixels=h * w - 1)
+    monkeypatch.setenv("CXR_MAX_PIXELS", str(h * w - 1))
+    with pytest.raises(ImageTooLargeError):
+        read_radiograph_bytes(path.read_bytes(), "film.png")
+    monkeypatch.setenv("CXR_MAX_PIXELS", str(h * w))
+    assert read_radiograph_bytes(path.read_bytes(), "film.png").shape == (h, w)
+
+
+def test_pillow_bomb_warning_is_an_error(tmp_path):
+    """Between Pillow's limit and twice it Pillow only warns; here that is an error, whatever budget
+    the caller gives."""
+    from PIL import Image as PILImage
+
+    side = int((PILImage.MAX_IMAGE_PIXELS * 1.2) ** 0.5)
+    path = png_bomb(tmp_path / "warn.png", side)
+    with pytest.raises(ImageTooLargeError, match="implausibly large"):
+        read_radiograph(path, max_pixels=10**10)
+
+
+def test_decoding_is_float32(dicom_dir, real_jpeg_path):
+    from cxrtriage.io import apply_window, modality_values
+
+    assert read_radiograph(real_jpeg_path).pixels.dtype == np.float32
+    ds = pydicom.dcmread(dicom_dir / "rescale_window.dcm")
+    values = modality_values(ds.pixel_array, ds)
+    assert values.dtype == np.float32
+    assert apply_window(values, 1000.0, 500.0).dtype == np.float32

@@ -19,6 +19,7 @@ from cxrtriage.io.errors import (
     UnsupportedDicomError,
     WrongModalityError,
 )
+from cxrtriage.io.limits import check_pixel_budget
 
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG"})
 
@@ -113,7 +114,7 @@ def _first(value):
     return value
 
 
-def _number(value, default: float | None = None) -> float | None:
+def header_number(value, default: float | None = None) -> float | None:
     """A DS/IS/US value (possibly multi-valued or empty) as a float, else ``default``."""
     value = _first(value)
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -125,28 +126,30 @@ def _number(value, default: float | None = None) -> float | None:
     return out if math.isfinite(out) else default
 
 
-def _modality_lut(raw: np.ndarray, ds: pydicom.Dataset, name: str) -> np.ndarray:
-    """Stored values -> modality values (Modality LUT Sequence or rescale slope/intercept)."""
+def modality_values(raw: np.ndarray, ds: pydicom.Dataset, name: str = "<dicom>") -> np.ndarray:
+    """Stored values -> modality values, float32 (Modality LUT Sequence or rescale slope/intercept)."""
     if ds.get("ModalityLUTSequence"):
         try:
-            return np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+            return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
         except Exception as exc:
             raise CorruptImageError(f"{name}: cannot apply the Modality LUT ({exc})") from exc
-    slope = _number(ds.get("RescaleSlope"), 1.0)
-    intercept = _number(ds.get("RescaleIntercept"), 0.0)
+    slope = header_number(ds.get("RescaleSlope"), 1.0)
+    intercept = header_number(ds.get("RescaleIntercept"), 0.0)
     if slope == 0:
         raise CorruptImageError(f"{name}: Rescale Slope is 0, the image would be blank")
-    return raw.astype(np.float64) * slope + intercept
+    return raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
-def _window(arr: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """VOI window of DICOM PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT, SIGMOID), mapped to [0, 1]."""
+def apply_window(arr: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """VOI window of DICOM PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT, SIGMOID), mapped to [0, 1].
+
+    ``arr``: modality values (see :func:`modality_values`); the result keeps its float dtype."""
     if function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (arr - center) / width, -700.0, 700.0)))
     if function == "LINEAR_EXACT":
         return np.clip((arr - (center - width / 2.0)) / width, 0.0, 1.0)
     if width <= 1.0:  # a width of 1 is a threshold at center - 0.5
-        return (arr > center - 0.5).astype(np.float64)
+        return (arr > center - 0.5).astype(arr.dtype if arr.dtype.kind == "f" else np.float32)
     lo = center - 0.5 - (width - 1) / 2
     return np.clip((arr - lo) / (width - 1), 0.0, 1.0)
 
@@ -162,8 +165,8 @@ def _lut_values(item: pydicom.Dataset, ds: pydicom.Dataset) -> np.ndarray:
     return np.asarray(list(value), dtype=np.int64)
 
 
-def _apply_voi_lut(arr: np.ndarray, ds: pydicom.Dataset, name: str) -> np.ndarray:
-    """First item of the VOI LUT Sequence applied to modality values, mapped to [0, 1]."""
+def apply_voi_lut_sequence(arr: np.ndarray, ds: pydicom.Dataset, name: str = "<dicom>") -> np.ndarray:
+    """First item of the VOI LUT Sequence applied to modality values, mapped to [0, 1] (float32)."""
     try:
         item = ds.VOILUTSequence[0]
         desc = [int(v) for v in item.LUTDescriptor]
@@ -180,22 +183,33 @@ def _apply_voi_lut(arr: np.ndarray, ds: pydicom.Dataset, name: str) -> np.ndarra
     peak = float((1 << (bits if 1 <= bits <= 16 else 16)) - 1)
     if lut.max() > peak:  # descriptor understates the LUT depth
         peak = float((1 << int(lut.max()).bit_length()) - 1)
-    idx = np.clip(np.rint(arr).astype(np.int64) - first, 0, lut.size - 1)
-    return lut[idx].astype(np.float64) / peak
+    idx = np.clip(np.rint(arr).astype(np.int32) - first, 0, lut.size - 1)
+    return lut[idx].astype(np.float32) / np.float32(peak)
 
 
-def read_dicom(data: bytes, name: str) -> tuple[np.ndarray, dict, pydicom.Dataset]:
-    """Decode a single-frame grayscale CR/DX DICOM into float32 [0, 1] display values."""
+def check_dicom_budget(ds: pydicom.Dataset, name: str, frames: int = 1, max_pixels: int | None = None) -> None:
+    """Rows x Columns x frames x samples at Bits Allocated, from the header, against the pixel budget
+    (before ``pixel_array`` allocates anything)."""
+    rows = int(header_number(ds.get("Rows"), 0) or 0)
+    cols = int(header_number(ds.get("Columns"), 0) or 0)
+    samples = int(header_number(ds.get("SamplesPerPixel"), 1) or 1)
+    bits = int(header_number(ds.get("BitsAllocated"), 16) or 16)
+    check_pixel_budget(name, cols, rows, frames=frames * max(1, samples), bits=bits, max_pixels=max_pixels)
+
+
+def read_dicom(data: bytes, name: str, max_pixels: int | None = None) -> tuple[np.ndarray, dict, pydicom.Dataset]:
+    """Decode a single-frame grayscale CR/DX DICOM into float32 [0, 1] display values
+    (refusing an image over ``max_pixels`` from its header, before decoding)."""
     ds = parse_dicom(data, name)
     try:
-        return _read_dataset(ds, name)
+        return _read_dataset(ds, name, max_pixels)
     except ImageReadError:
         raise
     except Exception as exc:  # a damaged element value surfacing on access
         raise CorruptImageError(f"{name}: DICOM header is damaged ({exc})") from exc
 
 
-def _read_dataset(ds: pydicom.Dataset, name: str) -> tuple[np.ndarray, dict, pydicom.Dataset]:
+def _read_dataset(ds: pydicom.Dataset, name: str, max_pixels: int | None = None) -> tuple[np.ndarray, dict, pydicom.Dataset]:
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
         raise WrongModalityError(
@@ -205,11 +219,12 @@ def _read_dataset(ds: pydicom.Dataset, name: str) -> tuple[np.ndarray, dict, pyd
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise UnsupportedDicomError(f"{name}: floating-point pixel data is not supported")
         raise UnsupportedDicomError(f"{name}: DICOM object has no pixel data (not an image)")
-    frames = int(_number(ds.get("NumberOfFrames"), 1) or 1)
+    frames = int(header_number(ds.get("NumberOfFrames"), 1) or 1)
+    check_dicom_budget(ds, name, frames, max_pixels)
     if frames > 1:
         raise UnsupportedDicomError(f"{name}: multi-frame DICOM ({frames} frames) is not supported")
     photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
-    if int(_number(ds.get("SamplesPerPixel"), 1) or 1) != 1 or not photometric.startswith("MONOCHROME"):
+    if int(header_number(ds.get("SamplesPerPixel"), 1) or 1) != 1 or not photometric.startswith("MONOCHROME"):
         raise UnsupportedDicomError(
             f"{name}: colour DICOM ({photometric}) is not a grayscale radiograph"
         )
@@ -220,17 +235,17 @@ def _read_dataset(ds: pydicom.Dataset, name: str) -> tuple[np.ndarray, dict, pyd
     if raw.ndim != 2:
         raise UnsupportedDicomError(f"{name}: expected a 2-D image, got shape {raw.shape}")
 
-    arr = _modality_lut(raw, ds, name)
-    center = _number(ds.get("WindowCenter"))
-    width = _number(ds.get("WindowWidth"))
+    arr = modality_values(raw, ds, name)
+    center = header_number(ds.get("WindowCenter"))
+    width = header_number(ds.get("WindowWidth"))
     function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
     if ds.get("VOILUTSequence"):
-        arr = _apply_voi_lut(arr, ds, name)
+        arr = apply_voi_lut_sequence(arr, ds, name)
         voi = "lut"
     elif center is not None and width is not None and width > 0:
         if function not in ("LINEAR_EXACT", "SIGMOID"):
             function = "LINEAR"
-        arr = _window(arr, center, width, function)
+        arr = apply_window(arr, center, width, function)
         voi = "window"
     else:
         lo, hi = float(arr.min()), float(arr.max())
@@ -241,7 +256,7 @@ def _read_dataset(ds: pydicom.Dataset, name: str) -> tuple[np.ndarray, dict, pyd
     file_meta = getattr(ds, "file_meta", None)
     meta = {
         "format": "dicom",
-        "bits": int(_number(ds.get("BitsStored"), 0) or 0),
+        "bits": int(header_number(ds.get("BitsStored"), 0) or 0),
         "photometric": photometric,
         "modality": modality or None,
         "view_position": str(ds.get("ViewPosition", "") or "") or None,

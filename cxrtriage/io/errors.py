@@ -17,6 +17,10 @@ class ImageTooSmallError(ImageReadError):
     """The image is smaller than the minimum side length."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """The image declares more pixels than the pixel budget allows (refused before decoding)."""
+
+
 class UnsupportedDicomError(ImageReadError):
     """A valid DICOM that is not a single-frame grayscale projection radiograph."""
 

@@ -33,20 +33,24 @@ def _describe(data: bytes) -> str:
     return ""
 
 
-def read_radiograph_bytes(data: bytes, name: str = "<bytes>", min_side: int = MIN_SIDE) -> Radiograph:
-    """Decode bytes of a DICOM, JPEG or PNG file into a :class:`Radiograph`."""
+def read_radiograph_bytes(data: bytes, name: str = "<bytes>", min_side: int = MIN_SIDE,
+                          max_pixels: int | None = None) -> Radiograph:
+    """Decode bytes of a DICOM, JPEG or PNG file into a :class:`Radiograph`.
+
+    An image declaring more than ``max_pixels`` (default: :func:`cxrtriage.io.default_max_pixels`,
+    60 Mpx or ``$CXR_MAX_PIXELS``) is refused from its header with :class:`ImageTooLargeError`."""
     if not data:
         raise NotAnImageError(f"{name}: file is empty")
     if not data.strip(b"\x00"):
         raise CorruptImageError(f"{name}: file holds only zero bytes (truncated or blank)")
     dataset = None
     if looks_like_dicom(data):
-        pixels, meta, dataset = read_dicom(data, name)
+        pixels, meta, dataset = read_dicom(data, name, max_pixels)
     elif looks_like_raster(data):
-        pixels, meta = read_raster(data, name)
+        pixels, meta = read_raster(data, name, max_pixels)
     elif looks_like_raw_dicom(data):
         # A DICOM dataset without the Part-10 preamble and header.
-        pixels, meta, dataset = read_dicom(data, name)
+        pixels, meta, dataset = read_dicom(data, name, max_pixels)
     elif name.lower().endswith(DICOM_SUFFIXES):
         raise NotAnImageError(
             f"{name}: not a DICOM file (no DICM header and no DICOM data elements)"
@@ -54,7 +58,7 @@ def read_radiograph_bytes(data: bytes, name: str = "<bytes>", min_side: int = MI
         )
     else:
         try:  # let Pillow try the formats it knows beyond the signatures above
-            pixels, meta = read_raster(data, name)
+            pixels, meta = read_raster(data, name, max_pixels)
         except NotAnImageError as exc:
             raise NotAnImageError(f"{exc}{_describe(data)}") from exc
     h, w = pixels.shape
@@ -66,7 +70,7 @@ def read_radiograph_bytes(data: bytes, name: str = "<bytes>", min_side: int = MI
     return Radiograph(pixels=pixels, source=name, meta=meta, dicom=dataset)
 
 
-def read_radiograph(path: str | Path, min_side: int = MIN_SIDE) -> Radiograph:
+def read_radiograph(path: str | Path, min_side: int = MIN_SIDE, max_pixels: int | None = None) -> Radiograph:
     """Read a DICOM, JPEG or PNG radiograph from disk.
 
     Raises a subclass of :class:`cxrtriage.io.ImageReadError` with a message a person
@@ -79,6 +83,6 @@ def read_radiograph(path: str | Path, min_side: int = MIN_SIDE) -> Radiograph:
         data = p.read_bytes()
     except IsADirectoryError as exc:
         raise NotAnImageError(f"{p}: is a folder, not a file") from exc
-    rg = read_radiograph_bytes(data, p.name, min_side=min_side)
+    rg = read_radiograph_bytes(data, p.name, min_side=min_side, max_pixels=max_pixels)
     rg.source = str(p)
     return rg

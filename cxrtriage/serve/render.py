@@ -11,8 +11,7 @@ from PIL import Image
 
 from cxrtriage.explain.overlay import heatmap_rgba, overlay_for
 from cxrtriage.contract import Prediction
-from cxrtriage.io import Radiograph, read_radiograph_bytes
-from cxrtriage.io.dicom import _modality_lut, _number, _window
+from cxrtriage.io import Radiograph, apply_window, header_number, modality_values, read_radiograph_bytes
 
 DEFAULT_MAX_SIDE = 1024
 MIN_MAX_SIDE, MAX_MAX_SIDE = 32, 4096
@@ -57,7 +56,7 @@ class WindowSource:
         return int(self.values.nbytes)
 
     def render(self, center: float, width: float) -> np.ndarray:
-        out = _window(self.values, float(center), max(float(width), 1.0), "LINEAR")
+        out = apply_window(self.values, float(center), max(float(width), 1.0), "LINEAR")
         return (1.0 - out if self.invert else out).astype(np.float32)
 
 
@@ -71,15 +70,15 @@ def window_defaults(rg: Radiograph) -> dict[str, float | bool]:
     ds = rg.dicom
     raw = ds.pixel_array
     if ds.get("ModalityLUTSequence"):
-        values = _modality_lut(raw, ds, "<study>")
+        values = modality_values(raw, ds, "<study>")
         lo, hi = float(values.min()), float(values.max())
     else:
-        slope = _number(ds.get("RescaleSlope"), 1.0) or 1.0
-        intercept = _number(ds.get("RescaleIntercept"), 0.0) or 0.0
+        slope = header_number(ds.get("RescaleSlope"), 1.0) or 1.0
+        intercept = header_number(ds.get("RescaleIntercept"), 0.0) or 0.0
         ends = (float(raw.min()) * slope + intercept, float(raw.max()) * slope + intercept)
         lo, hi = min(ends), max(ends)
-    center = _number(ds.get("WindowCenter"))
-    width = _number(ds.get("WindowWidth"))
+    center = header_number(ds.get("WindowCenter"))
+    width = header_number(ds.get("WindowWidth"))
     if center is None or width is None or width <= 0:
         center, width = (lo + hi + 1) / 2.0, max(1.0, hi - lo + 1)
     invert = str(rg.meta.get("photometric", "")).upper() == "MONOCHROME1"
@@ -92,7 +91,7 @@ def window_source(data: bytes, rg: Radiograph | None = None, name: str = "<study
         rg = read_radiograph_bytes(data, name)
     d = window_defaults(rg)
     if rg.dicom is not None:
-        values = _modality_lut(rg.dicom.pixel_array, rg.dicom, name).astype(np.float32)
+        values = modality_values(rg.dicom.pixel_array, rg.dicom, name).astype(np.float32)
     else:
         values = rg.pixels.astype(np.float32) * np.float32(d["max"])
     return WindowSource(values, bool(d["invert"]), (float(d["center"]), float(d["width"])))
