@@ -63,7 +63,8 @@ def data_split(
     from collections import Counter
 
     from cxrtriage.data import kermany_samples, patient_split, write_manifest
-    from cxrtriage.data.generic import carve_validation, dataset_samples, task_split
+    from cxrtriage.data.generic import dataset_samples
+    from cxrtriage.data.split import carve_validation, task_split
 
     try:
         if source == "kermany":
@@ -595,3 +596,9 @@ def pacs_listen(
         listen(port, ae_title, forward=forward, model=model, host=host, spool_dir=spool, out_dir=out_dir)
     except (ValueError, ModelNotFoundError) as exc:
         fail(str(exc))
+
+
+from cxrtriage.cli import model_commands  # noqa: E402  (commands kept in their own module)
+
+app.command("models")(model_commands.models)
+app.command("calibrate")(model_commands.calibrate)

@@ -38,3 +38,19 @@ def triage_target(y: np.ndarray, kind: Kind | str = Kind.SINGLE) -> np.ndarray:
     if Kind(kind) is Kind.MULTILABEL:
         return y.reshape(len(y), -1).any(axis=1).astype(int)
     return (y != 0).astype(int)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float, kind: Kind | str = Kind.SINGLE) -> np.ndarray:
+    """Probabilities recalibrated by a temperature: ``softmax(log p / T)`` for a single-label model,
+    ``sigmoid(logit p / T)`` per finding for a multi-label one. ``T = 1`` changes nothing."""
+    p = np.asarray(probs, dtype=np.float64)
+    if temperature == 1.0:
+        return np.asarray(probs)
+    eps = 1e-12
+    if Kind(kind) is Kind.MULTILABEL:
+        z = np.log(np.clip(p, eps, 1.0)) - np.log(np.clip(1.0 - p, eps, 1.0))
+        return (1.0 / (1.0 + np.exp(-z / temperature))).astype(np.float32)
+    z = np.log(np.clip(p, eps, 1.0)) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

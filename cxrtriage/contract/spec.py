@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cxrtriage.contract.result import Priority
-from cxrtriage.contract.scoring import Kind, normalise, triage_score
+from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, triage_score
 
 FORMAT = "cxr-triage-onnx/1"
 DEFAULT_LABEL_THRESHOLD = 0.5  # a finding with no threshold of its own (absent from validation)
@@ -124,6 +124,7 @@ class ModelSpec:
     weights_storage: str = "float32"
     heatmap: str = "gradcam"
     score: str = "1 - P(normal)"
+    temperature: float = 1.0  # probabilities are recalibrated by it (site calibration); 1 = as trained
     provenance: Mapping[str, Any] = field(default_factory=dict)  # training, validation, gate, members, ...
 
     def __post_init__(self) -> None:
@@ -134,6 +135,8 @@ class ModelSpec:
             raise SpecError(f"model {self.name!r} needs at least two classes, has {list(self.classes)}")
         if "probs" not in self.outputs:
             raise SpecError(f"model {self.name!r} has no 'probs' output")
+        if not np.isfinite(self.temperature) or self.temperature <= 0:
+            raise SpecError(f"temperature must be positive, got {self.temperature}")
         unknown = set(self.decision.label_thresholds or {}) - set(self.classes)
         if unknown:
             raise SpecError(f"label thresholds for unknown classes: {sorted(unknown)}")
@@ -154,6 +157,10 @@ class ModelSpec:
     @property
     def input_size(self) -> int:
         return self.input.size
+
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        """The graph's probabilities after the model's temperature (unchanged when it is 1)."""
+        return apply_temperature(probs, self.temperature, self.kind)
 
     def triage_score(self, probs: np.ndarray) -> np.ndarray:
         """P(abnormal) per row of (N, C) probabilities."""
@@ -205,6 +212,8 @@ class ModelSpec:
         }
         if self.decision.label_thresholds is not None:
             d["label_thresholds"] = dict(self.decision.label_thresholds)
+        if self.temperature != 1.0:
+            d["temperature"] = self.temperature
         d.update(self.provenance)
         return d
 
@@ -224,6 +233,7 @@ class ModelSpec:
                 version=str(d.get("version", "")), arch=str(d.get("arch", "")), sha256=str(d.get("sha256", "")),
                 onnx_file=str(d.get("onnx_file", "")), weights_storage=str(d.get("weights_storage", "float32")),
                 heatmap=str(d.get("heatmap", "gradcam")), score=str(d.get("score", cls.score)),
+                temperature=float(d.get("temperature", 1.0)),
                 provenance={k: v for k, v in d.items() if k not in own},
             )
         except (KeyError, TypeError, ValueError) as exc:

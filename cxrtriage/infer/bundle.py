@@ -48,3 +48,12 @@ def resolve_model(model: str | Path | None) -> Path:
 def load_spec(model: str | Path | None) -> ModelSpec:
     """The contract of ``model`` (see :func:`resolve_model`)."""
     return ModelSpec.load(resolve_model(model))
+
+
+def model_card(onnx_path: Path) -> Path | None:
+    """The model card of a bundled model: ``<name>.md`` beside it (``MODEL_CARD.md`` for the default)."""
+    for card in (onnx_path.with_suffix(".md"),
+                 onnx_path.parent / "MODEL_CARD.md" if onnx_path.stem == DEFAULT_NAME else None):
+        if card is not None and card.exists():
+            return card
+    return None

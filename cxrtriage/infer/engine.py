@@ -150,6 +150,7 @@ class Engine:
             batch = np.stack([to_model_input(rgs[i], self.spec.input_size) for i in todo])
             t1 = time.perf_counter()
             out = self.run_tta(batch) if self.tta else self.run_arrays(batch)
+            out["probs"] = self.spec.calibrated(out["probs"])
             per = (time.perf_counter() - t1) * 1000 / len(todo)
             self._judge([preds[i] for i in todo], out, heatmap)
             for i in todo:

@@ -1,0 +1,109 @@
+"""``cxr calibrate``: score a site's labelled sample with a model, fit a temperature and the
+operating point(s) on it, and write the recalibrated model (same graph, new sidecar) with a report."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrtriage import DISCLAIMER
+from cxrtriage.calibrate.report import write_calibration_report
+from cxrtriage.calibrate.sample import MIN_PER_CLASS, SampleError, counts_of, read_sample, sample_hash
+from cxrtriage.calibrate.temperature import fit_temperature
+from cxrtriage.contract import URGENT_SPECIFICITY, Kind, ModelSpec, apply_temperature, triage_target
+from cxrtriage.data import get_task
+from cxrtriage.evaluate.metrics import binary_metrics, jsonable
+from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
+from cxrtriage.infer import Engine
+from cxrtriage.infer.gate import gate_path
+
+
+class CalibrationError(ValueError):
+    """The sample or the model cannot be calibrated; the message says why."""
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists() and dst.samefile(src):
+        return
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _score_sample(engine: Engine, sample: Path, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Raw (uncalibrated) probabilities and labels of the sample's readable films."""
+    spec = engine.spec
+    task = get_task(spec.task)
+    try:
+        samples = read_sample(sample, task.name)
+    except SampleError as exc:
+        raise CalibrationError(str(exc)) from None
+    preds = engine.predict_files([s.path for s in samples], batch_size=batch_size)
+    kept = [(s, p) for s, p in zip(samples, preds) if p.error is None]
+    counts = counts_of([s for s, _ in kept], task.classes)
+    short = {c: n for c, n in counts.items() if n < MIN_PER_CLASS}
+    if short:
+        raise CalibrationError(f"after leaving out {len(samples) - len(kept)} unreadable film(s), too few "
+                               f"films of {short} remain (at least {MIN_PER_CLASS} each)")
+    probs = np.array([[p.probabilities[c] for c in spec.classes] for _, p in kept])
+    if spec.kind is Kind.MULTILABEL:
+        y = np.stack([task.multi_hot(s.label) for s, _ in kept]).astype(int)
+    else:
+        y = np.array([task.index(s.label) for s, _ in kept])
+    facts = {"films_per_class": counts, "films": len(kept), "unreadable": len(samples) - len(kept),
+             "sample_sha256": sample_hash([s for s, _ in kept]), "sample": str(sample)}
+    return probs, y, facts
+
+
+def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, target_sensitivity: float = 0.95,
+              n_boot: int = 1000, seed: int = 0, batch_size: int = 32) -> dict[str, Any]:
+    """Recalibrate ``model`` on ``sample``; writes ``out/<model>.onnx`` (the same graph), its new
+    sidecar and gate, ``calibration.json`` and ``calibration.html``. Returns the summary."""
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise CalibrationError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
+    engine = Engine(model, gate=False)
+    before_spec: ModelSpec = engine.spec
+    engine.spec = replace(before_spec, temperature=1.0)  # fit on the graph's own probabilities
+    raw, y, facts = _score_sample(engine, Path(sample), batch_size)
+    kind = before_spec.kind
+    pos = triage_target(y, kind)
+    temperature = fit_temperature(raw, y, kind)
+    before = before_spec.triage_score(before_spec.calibrated(raw))
+    after = before_spec.triage_score(apply_temperature(raw, temperature, kind))
+    thr = choose_threshold(pos, after, target_sensitivity=target_sensitivity)
+    thr_high = max(thr, high_priority_threshold(pos, after, specificity=URGENT_SPECIFICITY))
+    m_before = binary_metrics(pos, before, before_spec.threshold, n_boot=n_boot, seed=seed)
+    m_after = binary_metrics(pos, after, thr, n_boot=n_boot, seed=seed)
+    date = _dt.date.today().isoformat()
+    expected = {k: {"value": m_after[k], "ci95": m_after["ci"][k]} for k in ("sensitivity", "specificity")}
+    calibration = {**facts, "date": date, "target_sensitivity": target_sensitivity, "temperature": temperature,
+                   "expected": expected, "previous": {"version": before_spec.version,
+                                                      "threshold": before_spec.threshold,
+                                                      "threshold_high": before_spec.threshold_high,
+                                                      "temperature": before_spec.temperature}}
+    new = replace(before_spec.with_decision(
+        threshold=float(thr), threshold_high=float(thr_high),
+        method=f"sensitivity>={target_sensitivity} on a site sample (cxr calibrate, {date})"),
+        temperature=temperature, version=f"{before_spec.version}-cal{facts['sample_sha256'][:8]}",
+    ).with_provenance(calibration=jsonable(calibration))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx = out / engine.onnx_path.name
+    _link_or_copy(engine.onnx_path, onnx)
+    if gate_path(engine.onnx_path).exists():
+        _link_or_copy(gate_path(engine.onnx_path), gate_path(onnx))
+    new.save(onnx)
+    summary = jsonable({"model": new.name, "version": new.version, "onnx": str(onnx), **calibration,
+                        "before": m_before, "after": m_after, "disclaimer": DISCLAIMER})
+    (out / "calibration.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    write_calibration_report(out, summary, pos, before, after, before_spec.threshold, thr)
+    return summary

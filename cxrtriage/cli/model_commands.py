@@ -1,0 +1,83 @@
+"""``cxr models`` and ``cxr calibrate``: what ships, and fitting a model to a site."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cxrtriage import DISCLAIMER
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the bundled models: name, task, classes, version, size, model card."""
+    from cxrtriage.infer import bundled_models, load_spec
+    from cxrtriage.infer.bundle import model_card
+    from cxrtriage.infer.gate import gate_path
+
+    rows = []
+    for name, onnx in bundled_models().items():
+        spec = load_spec(onnx)
+        size = sum(p.stat().st_size for p in (onnx, onnx.with_suffix(".json"), gate_path(onnx)) if p.exists())
+        card = model_card(onnx)
+        rows.append({"name": name, "task": spec.task, "kind": spec.kind.value, "classes": list(spec.classes),
+                     "version": spec.version, "size_mb": round(size / 2**20, 2), "input_size": spec.input_size,
+                     "threshold": spec.threshold, "card": str(card) if card else None, "default": not rows})
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title="Bundled models")
+    for col in ("name", "task", "classes", "version", "size", "card"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"] + (" (default)" if r["default"] else ""), r["task"], " / ".join(r["classes"]),
+                      r["version"], f"{r['size_mb']:.1f} MB", Path(r["card"]).name if r["card"] else "-")
+    console.print(table)
+
+
+def calibrate(
+    data: Path = typer.Option(..., "--data", help="The site's labelled sample: a Kermany-layout folder "
+                              "(NORMAL/, PNEUMONIA/), one folder per class, or a path,label[,patient_id] CSV."),
+    out: Path = typer.Option(..., "--out", help="Folder for the recalibrated model, calibration.json and "
+                             "calibration.html."),
+    model: Optional[str] = typer.Option(None, "--model", help="Bundled model name, .onnx file or run folder "
+                                        "(default: the bundled default model)."),
+    target_sensitivity: float = typer.Option(0.95, "--target-sensitivity", min=0.5, max=1.0,
+                                             help="Sensitivity the operating point keeps on the sample."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=100, help="Bootstrap resamples for the 95% CIs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Refit a model's operating point(s) and probability temperature on a site's own labelled films."""
+    from cxrtriage.calibrate import CalibrationError
+    from cxrtriage.calibrate import calibrate as run_calibration
+    from cxrtriage.infer import ModelNotFoundError
+
+    try:
+        s = run_calibration(model, data, out, target_sensitivity=target_sensitivity, n_boot=n_boot)
+    except (CalibrationError, ModelNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(s) + "\n")
+        return
+    exp = s["expected"]
+    console.print(f"[bold]{s['model']}[/] {s['version']}: {s['films']} films "
+                  f"({', '.join(f'{c} {n}' for c, n in s['films_per_class'].items())}), temperature "
+                  f"{s['temperature']:.3f}, threshold {s['after']['threshold']:.3f}")
+    for k in ("sensitivity", "specificity"):
+        lo, hi = exp[k]["ci95"] or (float("nan"), float("nan"))
+        console.print(f"  expected {k} {exp[k]['value']:.3f} [{lo:.3f}, {hi:.3f}] (on the sample itself)")
+    console.print(f"model: {s['onnx']}  report: {Path(s['onnx']).parent / 'calibration.html'}")
+    console.print(f"[dim]{DISCLAIMER}[/]")
