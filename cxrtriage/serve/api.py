@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -13,11 +11,21 @@ from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Respon
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from cxrtriage import DISCLAIMER
 from cxrtriage.contract import PRIORITY_ORDER
-from cxrtriage.io import ImageReadError, NotAnImageError
+from cxrtriage.io import ImageReadError, ImageTooLargeError, NotAnImageError
 from cxrtriage.serve.middleware import error_body
 from cxrtriage.serve.render import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE
+from cxrtriage.serve.responses import (
+    API,
+    Pending,
+    ResultOut,
+    StudyList,
+    StudyOut,
+    UploadReply,
+    result_json,
+    study_json,
+)
+from cxrtriage.serve.schema import Source, StudyStatus
 from cxrtriage.serve.service import (
     EmptyFileError,
     NotReadyError,
@@ -26,23 +34,27 @@ from cxrtriage.serve.service import (
     TriageService,
     UnknownPacsStudyError,
     UnknownStudyError,
+    display_name,
 )
 
 log = logging.getLogger("cxrtriage.serve.api")
-API = "/api/v1"
 
 router = APIRouter(prefix=API)
 ops = APIRouter()
 
 StudyId = Annotated[str, Path(description="Study id, as returned by the upload", max_length=64)]
 MaxSide = Annotated[int, Query(ge=MIN_MAX_SIDE, le=MAX_MAX_SIDE, description="Longest side of the PNG in px")]
-Wait = Annotated[float, Query(ge=0, le=60, description="Seconds to wait for a pending result (long poll)")]
+Wait = Annotated[float, Query(ge=0, le=60, allow_inf_nan=False,
+                              description="Seconds to wait for a pending result (long poll)")]
+#: The largest offset a listing takes (far beyond any worklist; SQLite's integers end at 2**63).
+MAX_OFFSET = 1_000_000_000
 
 ERRORS = {
     400: {"description": "Malformed request (for example no file or an empty file)"},
     401: {"description": "Missing or wrong API token"},
     404: {"description": "Unknown study"},
-    413: {"description": "Upload larger than the limit"},
+    413: {"description": "Upload larger than the limit, or an image of more pixels than the limit (checked "
+                 "from its header before decoding)"},
     415: {"description": "Not a DICOM, PNG or JPEG file"},
     422: {"description": "A radiograph that cannot be used (corrupt, too small, not a projection radiograph)"},
 }
@@ -52,62 +64,18 @@ def svc(request: Request) -> TriageService:
     return request.app.state.service
 
 
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _urls(sid: str) -> dict[str, str]:
-    base = f"{API}/studies/{sid}"
-    return {"self": base, "result": f"{base}/result", "image": f"{base}/image.png", "heatmap": f"{base}/heatmap.png",
-            "overlay": f"{base}/overlay.png", "analyze": f"{base}/analyze"}
-
-
-def result_json(res, sid: str) -> dict[str, Any]:
-    urls = _urls(sid)
-    has_heatmap = res["heatmap"] is not None
-    return {
-        "id": res["id"], "created_at": iso(res["created_at"]), "label": res["label"], "score": res["score"],
-        "probabilities": json.loads(res["probabilities"] or "{}"), "threshold": res["threshold"],
-        "priority": res["priority"], "gate": json.loads(res["gate"] or "{}"),
-        "model": {"name": res["model_name"], "version": res["model_version"]},
-        "timings_ms": json.loads(res["timings"] or "{}"), "error": res["error"], "error_type": res["error_type"],
-        "heatmap_url": f"{urls['heatmap']}?r={res['id']}" if has_heatmap else None,
-        "overlay_url": f"{urls['overlay']}?r={res['id']}", "disclaimer": DISCLAIMER,
-    }
-
-
-def study_json(row, res=None, window: dict | None = None) -> dict[str, Any]:
-    sid = row["id"]
-    pending = row["status"] in ("queued", "running")
-    d = {
-        "id": sid, "name": row["name"], "source": row["source"], "external_ref": row["external_ref"],
-        "status": row["status"], "created_at": iso(row["created_at"]), "completed_at": iso(row["completed_at"]),
-        "priority": row["priority"] or ("pending" if pending else None), "label": row["label"], "score": row["score"],
-        "patient_ref": row["patient_ref"],
-        "image": {"format": row["format"], "modality": row["modality"], "view_position": row["view_position"],
-                  "photometric": row["photometric"], "bits": row["bits"], "width": row["width"],
-                  "height": row["height"], "bytes": row["size"], "sha256": row["sha256"]},
-        "urls": _urls(sid),
-    }
-    if res is not None:
-        d["result"] = result_json(res, sid)
-    if window is not None:
-        d["window"] = window
-    return d
-
-
 def _not_found(sid: str) -> HTTPException:
     return HTTPException(404, f"no study with id '{sid}' (it may have been deleted)")
 
 
-_ERROR_CODES = {400: "bad_request", 415: "unsupported_media_type", 422: "unprocessable"}
+_ERROR_CODES = {400: "bad_request", 413: "too_large", 415: "unsupported_media_type", 422: "unprocessable"}
 
 
 def _status_for(exc: ImageReadError) -> int:
     if isinstance(exc, EmptyFileError):
         return 400
+    if isinstance(exc, ImageTooLargeError):
+        return 413
     if isinstance(exc, NotAnImageError):
         return 415
     return 422
@@ -120,18 +88,18 @@ def _detail(service: TriageService, sid: str) -> dict[str, Any]:
         window = service.window_info(row)
     except (ImageReadError, OSError):
         window = None
-    return study_json(row, res, window)
+    return study_json(row, res, service.prediction(res) if res is not None else None, window)
 
 
 # -- studies --------------------------------------------------------------------------
-@router.post("/studies", status_code=201, summary="Upload one or more radiographs",
-             responses={200: {"description": "Every file was already known (same bytes): their existing studies"},
-                        **ERRORS})
+@router.post("/studies", status_code=201, summary="Upload one or more radiographs", response_model=UploadReply,
+             responses={200: {"description": "Every file was already known (same bytes): their existing studies",
+                              "model": UploadReply}, **ERRORS})
 async def upload(
     request: Request,
     files: Annotated[list[UploadFile] | None, File(description="DICOM, PNG or JPEG files (several allowed)")] = None,
     file: Annotated[UploadFile | None, File(description="A single file (alternative field name)")] = None,
-    source: Annotated[Literal["upload", "pacs"], Query(
+    source: Annotated[Literal[Source.UPLOAD, Source.PACS], Query(
         description="Where the study comes from: 'pacs' for a PACS bridge posting what it received")] = "upload",
     external_ref: Annotated[str | None, Query(
         max_length=256, description="The sender's reference for the study (e.g. its SOP Instance UID)")] = None,
@@ -156,10 +124,10 @@ async def upload(
             service.metrics.uploads.labels("rejected").inc()
             service.metrics.rejections.labels(str(status), type(exc).__name__).inc()
             log.info("upload refused: %s (%d bytes) -> %d", type(exc).__name__, len(data), status)
-            errors.append({"name": part.filename, "status": status, "error": _ERROR_CODES[status],
+            errors.append({"name": display_name(part.filename), "status": status, "error": _ERROR_CODES[status],
                            "type": type(exc).__name__, "message": str(exc)})
             continue
-        studies.append({"id": added.id, "name": part.filename, "created": added.created,
+        studies.append({"id": added.id, "name": added.name, "created": added.created,
                         "duplicate": not added.created, "url": f"{API}/studies/{added.id}"})
     if not studies:
         first = errors[0]
@@ -169,24 +137,26 @@ async def upload(
     return JSONResponse(body, status_code=201 if any(s["created"] for s in studies) else 200)
 
 
-@router.get("/studies", summary="List studies (the worklist)")
+@router.get("/studies", summary="List studies (the worklist)", response_model=StudyList)
 def list_studies(
     request: Request,
     sort: Annotated[Literal["priority", "time", "+time", "score"], Query(
         description="priority: urgent first, then newest; time: newest first; +time: oldest first; "
                     "score: highest P(abnormal) first")] = "priority",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    source: Annotated[Literal["upload", "pacs", "sample"] | None, Query()] = None,
-    status: Annotated[Literal["queued", "running", "done", "failed"] | None, Query()] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    source: Annotated[Source | None, Query()] = None,
+    status: Annotated[StudyStatus | None, Query()] = None,
 ) -> dict[str, Any]:
     service = svc(request)
-    total, rows = service.store.list_studies(sort, limit, offset, source, status)
+    total, rows = service.store.list_studies(sort, limit, offset, source and source.value,
+                                             status and status.value)
     return {"total": total, "limit": limit, "offset": offset, "sort": sort,
             "items": [study_json(r) for r in rows]}
 
 
-@router.get("/studies/{study_id}", summary="A study with its latest result", responses=ERRORS)
+@router.get("/studies/{study_id}", summary="A study with its latest result", response_model=StudyOut,
+            responses=ERRORS)
 async def get_study(request: Request, study_id: StudyId, wait: Wait = 0) -> dict[str, Any]:
     """``wait`` > 0 holds the answer until the pending result is ready (at most that many seconds)."""
     service = svc(request)
@@ -199,8 +169,8 @@ async def get_study(request: Request, study_id: StudyId, wait: Wait = 0) -> dict
         raise _not_found(study_id) from None
 
 
-@router.get("/studies/{study_id}/result", summary="The latest result of a study",
-            responses={202: {"description": "No result yet"}, **ERRORS})
+@router.get("/studies/{study_id}/result", summary="The latest result of a study", response_model=ResultOut,
+            responses={202: {"description": "No result yet", "model": Pending}, **ERRORS})
 async def get_result(request: Request, study_id: StudyId, wait: Wait = 0) -> Any:
     service = svc(request)
     try:
@@ -213,10 +183,10 @@ async def get_result(request: Request, study_id: StudyId, wait: Wait = 0) -> Any
     res = service.store.get_result(row["result_id"])
     if res is None:
         return JSONResponse({"id": study_id, "status": row["status"], "message": "no result yet"}, status_code=202)
-    return result_json(res, study_id)
+    return result_json(res, service.prediction(res), study_id)
 
 
-@router.post("/studies/{study_id}/analyze", summary="Run the model (again) on a study",
+@router.post("/studies/{study_id}/analyze", summary="Run the model (again) on a study", response_model=StudyOut,
              responses={202: {"description": "Queued; not finished within `wait` seconds"}, **ERRORS})
 async def analyze(request: Request, study_id: StudyId, wait: Wait = 30) -> Any:
     """Queues a fresh model run and waits up to ``wait`` seconds for it; answers with the study and its
@@ -253,8 +223,10 @@ def _png(data: bytes, cache: str = "private, max-age=300") -> Response:
 @router.get("/studies/{study_id}/image.png", summary="The radiograph as PNG (optionally re-windowed)",
             response_class=Response, responses={200: {"content": {"image/png": {}}}, **ERRORS})
 def image_png(request: Request, study_id: StudyId, max_side: MaxSide = DEFAULT_MAX_SIDE,
-              wc: Annotated[float | None, Query(description="Window center (modality units for DICOM)")] = None,
-              ww: Annotated[float | None, Query(gt=0, description="Window width")] = None) -> Response:
+              wc: Annotated[float | None, Query(ge=-1e9, le=1e9, allow_inf_nan=False,
+                                                description="Window center (modality units for DICOM)")] = None,
+              ww: Annotated[float | None, Query(gt=0, le=1e9, allow_inf_nan=False,
+                                                description="Window width")] = None) -> Response:
     """Without ``wc``/``ww`` the image as the file presents it (its own VOI window or LUT); with them, the
     stored values re-windowed (DICOM: after the modality LUT; MONOCHROME1 shown inverted)."""
     try:
@@ -262,13 +234,19 @@ def image_png(request: Request, study_id: StudyId, max_side: MaxSide = DEFAULT_M
     except UnknownStudyError:
         raise _not_found(study_id) from None
     except (ImageReadError, FileNotFoundError) as exc:
-        raise HTTPException(422, f"the stored file cannot be shown: {type(exc).__name__}") from None
+        raise _cannot_show(exc) from None
+
+
+def _cannot_show(exc: Exception) -> HTTPException:
+    if isinstance(exc, ImageTooLargeError):
+        return HTTPException(413, f"the stored file cannot be shown: {exc}")
+    return HTTPException(422, f"the stored file cannot be shown: {type(exc).__name__}")
 
 
 @router.get("/studies/{study_id}/heatmap.png", summary="Where the model looked: a transparent overlay PNG",
             response_class=Response, responses={200: {"content": {"image/png": {}}}, **ERRORS})
 def heatmap_png(request: Request, study_id: StudyId, max_side: MaxSide = DEFAULT_MAX_SIDE,
-                opacity: Annotated[float, Query(ge=0, le=1)] = 1.0) -> Response:
+                opacity: Annotated[float, Query(ge=0, le=1, allow_inf_nan=False)] = 1.0) -> Response:
     """RGBA PNG of the size of ``image.png`` (same ``max_side``), to lay over it."""
     try:
         return _png(svc(request).heatmap_png(study_id, max_side, opacity), "private, no-cache")
@@ -288,7 +266,7 @@ def overlay_png(request: Request, study_id: StudyId, max_side: MaxSide = 768) ->
     except NotReadyError as exc:
         raise HTTPException(404, f"no overlay: {exc}") from None
     except (ImageReadError, FileNotFoundError) as exc:
-        raise HTTPException(422, f"the stored file cannot be shown: {type(exc).__name__}") from None
+        raise _cannot_show(exc) from None
 
 
 # -- the PACS ------------------------------------------------------------------------------
@@ -321,7 +299,7 @@ async def _pacs(request: Request, fn, *args: Any) -> Any:
 
 
 def _local_summary(row) -> dict[str, Any]:
-    pending = row["status"] in ("queued", "running")
+    pending = StudyStatus(row["status"]) in (StudyStatus.QUEUED, StudyStatus.RUNNING)
     return {"id": row["id"], "name": row["name"], "status": row["status"], "external_ref": row["external_ref"],
             "priority": row["priority"] or ("pending" if pending else None), "label": row["label"],
             "score": row["score"], "url": f"{API}/studies/{row['id']}"}

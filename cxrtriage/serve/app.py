@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import html
 import logging
+import sqlite3
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,7 +30,9 @@ log = logging.getLogger("cxrtriage.serve")
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "unprocessable", 429: "too_many",
-          500: "internal_error", 502: "bad_gateway", 503: "unavailable"}
+          500: "internal_error", 502: "bad_gateway", 503: "unavailable", 507: "insufficient_storage"}
+RETRY_AFTER_S = 60  # what a client is told to wait when the disk is full or the data folder read-only
+DOCS_ASSETS = "/docs-assets"
 
 
 def _index_html() -> str:
@@ -64,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    Middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)]
 
     app = FastAPI(
+        docs_url=None, redoc_url=None,  # served below from files installed with the service (no CDN)
         title="cxr-triage",
         version=__version__,
         summary="Chest X-ray triage: upload radiographs, get a priority, probabilities and a heatmap.",
@@ -76,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(ops)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_docs(app)
     page = _index_html()
 
     @app.get("/", include_in_schema=False)
@@ -97,4 +105,85 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body(422, "invalid_request", _validation_message(exc)), status_code=422)
 
+    _add_error_handlers(app)
     return app
+
+
+def _docs_assets() -> Path | None:
+    """The Swagger UI and ReDoc files of the ``fastapi-offline`` package (None when it is not installed)."""
+    try:
+        folder = Path(str(resources.files("fastapi_offline") / "static"))
+    except ModuleNotFoundError:
+        return None
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc from assets installed with the service: a hospital network has
+    no internet, and a page that loads its scripts from a CDN stays blank there."""
+    assets = _docs_assets()
+    if assets is None:
+        log.warning("fastapi-offline is not installed: /docs and /redoc are off (pip install -e '.[serve]')")
+        return
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    title = f"{app.title} API"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=title,
+                                   oauth2_redirect_url="/docs/oauth2-redirect",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title=title,
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url="/static/favicon.svg", with_google_fonts=False)
+
+
+def storage_failure(exc: BaseException) -> tuple[int, str, str] | None:
+    """(status, code, message) when ``exc`` is the data folder refusing a write, else None:
+    507 when the disk is full, 503 when the folder or database is read-only."""
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return 507, "insufficient_storage", "the service's disk is full; the upload was not stored"
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return 503, "storage_unavailable", "the service's data folder is read-only; the upload was not stored"
+        return None
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc).lower()
+        if "full" in text:
+            return 507, "insufficient_storage", "the service's disk is full; the upload was not stored"
+        if "readonly" in text or "read-only" in text or "locked" in text or "disk i/o" in text:
+            return 503, "storage_unavailable", f"the service's database cannot be written now ({exc})"
+    return None
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every failure answers JSON: storage refusals with Retry-After, anything else as a 500."""
+
+    async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+        found = storage_failure(exc)
+        if found is None:
+            return await internal_error(request, exc)
+        status, code, message = found
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+        return JSONResponse(error_body(status, code, f"{message}; try again later"), status_code=status,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return JSONResponse(error_body(500, "internal_error", f"the service failed on this request "
+                                                              f"({type(exc).__name__}); it has been logged"),
+                            status_code=500)
+
+    app.add_exception_handler(OSError, storage_error)
+    app.add_exception_handler(sqlite3.Error, storage_error)
+    app.add_exception_handler(Exception, internal_error)

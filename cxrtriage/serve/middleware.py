@@ -13,8 +13,8 @@ from cxrtriage.serve.metrics import Metrics
 
 # Paths served without the token: liveness, and the page shell and API description, which
 # hold no data (the page asks for the token before it calls the API).
-OPEN_PATHS = frozenset({"/healthz", "/", "/favicon.ico", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
-OPEN_PREFIXES = ("/static/",)
+OPEN_PATHS = frozenset({"/healthz", "/", "/favicon.ico", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PREFIXES = ("/static/", "/docs-assets/")
 
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; font-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; "

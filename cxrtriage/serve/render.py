@@ -14,7 +14,10 @@ from cxrtriage.contract import Prediction
 from cxrtriage.io import Radiograph, apply_window, header_number, modality_values, read_radiograph_bytes
 
 DEFAULT_MAX_SIDE = 1024
-MIN_MAX_SIDE, MAX_MAX_SIDE = 32, 4096
+#: The viewer's images are made from a rendition of at most this many px a side, decoded once
+#: (at upload, or on first view) and kept; the full image is not decoded again for each request.
+RENDITION_SIDE = 2048
+MIN_MAX_SIDE, MAX_MAX_SIDE = 32, RENDITION_SIDE
 
 
 def display_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -39,6 +42,21 @@ def gray_image(pixels01: np.ndarray, max_side: int) -> Image.Image:
     if size != img.size:
         img = img.resize(size, Image.BILINEAR, reducing_gap=2.0)
     return img
+
+
+def rendition(pixels01: np.ndarray, side: int = RENDITION_SIDE) -> np.ndarray:
+    """The display rendition of a radiograph: uint8, the longer side at most ``side`` px."""
+    return np.asarray(gray_image(pixels01, side), dtype=np.uint8)
+
+
+def downscale_values(values: np.ndarray, side: int = RENDITION_SIDE) -> np.ndarray:
+    """Float values (e.g. modality values) resized so the longer side is at most ``side`` px."""
+    h, w = values.shape
+    size = display_size(w, h, side)
+    if size == (w, h):
+        return values.astype(np.float32, copy=False)
+    img = Image.fromarray(values.astype(np.float32, copy=False), mode="F")
+    return np.asarray(img.resize(size, Image.BILINEAR, reducing_gap=2.0), dtype=np.float32)
 
 
 class WindowSource:
@@ -91,33 +109,34 @@ def window_source(data: bytes, rg: Radiograph | None = None, name: str = "<study
         rg = read_radiograph_bytes(data, name)
     d = window_defaults(rg)
     if rg.dicom is not None:
-        values = modality_values(rg.dicom.pixel_array, rg.dicom, name).astype(np.float32)
+        values = modality_values(rg.dicom.pixel_array, rg.dicom, name)
     else:
         values = rg.pixels.astype(np.float32) * np.float32(d["max"])
-    return WindowSource(values, bool(d["invert"]), (float(d["center"]), float(d["width"])))
+    return WindowSource(downscale_values(values), bool(d["invert"]), (float(d["center"]), float(d["width"])))
 
 
 class WindowCache:
-    """Small LRU of window sources so dragging a window/level slider does not re-decode the file."""
+    """Small LRU (of window sources, or of renditions) so the viewer does not decode the file again
+    for each request: dragging a window/level slider, opening a study twice."""
 
     def __init__(self, max_entries: int = 8, max_bytes: int = 256 * 1024 * 1024):
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self._items: OrderedDict[str, WindowSource] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> WindowSource | None:
+    def get(self, key: str):
         with self._lock:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
             return item
 
-    def put(self, key: str, item: WindowSource) -> None:
+    def put(self, key: str, item) -> None:
         with self._lock:
             self._items[key] = item
             self._items.move_to_end(key)
             while self._items and (len(self._items) > self.max_entries
-                                   or sum(i.nbytes for i in self._items.values()) > self.max_bytes):
+                                   or sum(int(i.nbytes) for i in self._items.values()) > self.max_bytes):
                 self._items.popitem(last=False)
 
     def drop(self, key: str) -> None:

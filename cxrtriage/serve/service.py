@@ -16,10 +16,13 @@ import logging
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cxrtriage import DISCLAIMER, __version__
 from cxrtriage.contract import Prediction
@@ -27,7 +30,7 @@ from cxrtriage.io import IMAGE_SUFFIXES, ImageReadError, NotAnImageError, Radiog
 from cxrtriage.serve import render
 from cxrtriage.serve.metrics import Metrics
 from cxrtriage.serve.settings import Settings
-from cxrtriage.serve.store import SOURCES, Store, heatmap_from_row
+from cxrtriage.serve.store import Source, Store, StudyStatus, heatmap_from_row, prediction_from_row
 from cxrtriage.serve.worker import Worker
 
 log = logging.getLogger("cxrtriage.serve")
@@ -125,17 +128,19 @@ class Added:
     id: str
     created: bool
     job_id: int | None = None
+    name: str | None = None  # the name stored for the study (cleaned; for a duplicate, the first one's)
 
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def display_name(name: str | None) -> str | None:
-    """The client's file name, for display only: last path component, no control characters, 120 chars."""
+    """The client's file name, for display only: last path component, no control characters, no
+    format characters (Unicode category Cf, e.g. U+202E, which can reorder how a name reads), 120 chars."""
     if not name:
         return None
     base = re.split(r"[\\/]", name)[-1]
-    base = _UNSAFE.sub("", base).strip()
+    base = "".join(ch for ch in _UNSAFE.sub("", base) if unicodedata.category(ch) != "Cf").strip()
     return base[:120] or None
 
 
@@ -162,6 +167,8 @@ class TriageService:
         self.store = Store(settings.data_dir, fsync=settings.fsync)
         self.worker = Worker(self.store, settings, self.metrics, on_done=self._on_done)
         self.windows = render.WindowCache()
+        self.renditions = render.WindowCache(max_entries=64, max_bytes=128 * 1024 * 1024)
+        self._decodes = threading.BoundedSemaphore(settings.max_decodes)  # full decodes at once
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
         self._lock = threading.Lock()
         self.metrics.bind_queue(self._queue_depth)
@@ -219,8 +226,7 @@ class TriageService:
         Raises a :class:`cxrtriage.io.ImageReadError` subclass (message for the user) when the
         file is not a usable radiograph. The same bytes twice give the same study.
         """
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}")
+        source = Source(source)
         shown = display_name(name)
         if not data:
             raise EmptyFileError(f"{shown or 'the upload'}: file is empty")
@@ -228,12 +234,12 @@ class TriageService:
         row = self.store.find_by_sha(sha)
         if row is not None:
             self.metrics.uploads.labels("duplicate").inc()
-            return Added(row["id"], False)
-        rg = read_radiograph_bytes(data, shown or "upload")
+            return Added(row["id"], False, name=row["name"])
+        rg = self.decode_bytes(data, shown or "upload")
         meta = rg.meta
         parts = _patient_parts(rg)
         fields: dict[str, Any] = {
-            "sha256": sha, "source": source, "external_ref": external_ref, "name": shown, "size": len(data),
+            "sha256": sha, "source": source.value, "external_ref": external_ref, "name": shown, "size": len(data),
             "format": meta.get("format"), "modality": meta.get("modality"),
             "view_position": meta.get("view_position"), "photometric": meta.get("photometric"),
             "bits": meta.get("bits"), "width": meta.get("width"), "height": meta.get("height"),
@@ -249,12 +255,19 @@ class TriageService:
         sid, created, job_id = self.store.insert_study(fields)
         if created:
             self.worker.cache.put(job_id, rg)
+            self.renditions.put(sid, render.rendition(rg.pixels))
             self.worker.notify()
             self.metrics.uploads.labels("created").inc()
             log.info("study %s queued (%s, %d bytes, source %s)", sid, fields["format"], len(data), source)
         else:
             self.metrics.uploads.labels("duplicate").inc()
-        return Added(sid, created, job_id)
+            shown = (self.store.find_by_sha(sha) or {"name": shown})["name"]
+        return Added(sid, created, job_id, shown)
+
+    def decode_bytes(self, data: bytes, name: str) -> Radiograph:
+        """Decode a file within the pixel budget, at most ``settings.max_decodes`` at once."""
+        with self._decodes:
+            return read_radiograph_bytes(data, name, max_pixels=self.settings.max_pixels)
 
     # -- the PACS (DICOMweb) -------------------------------------------------------------
     def _pacs_call(self, fn_name: str, *args: Any, **kw: Any) -> Any:
@@ -264,14 +277,15 @@ class TriageService:
             raise PacsNotConfiguredError("no PACS is configured")
         try:
             from cxrtriage.pacs import worklist
+            from cxrtriage.pacs.connection import PacsConnection
             from cxrtriage.pacs.orthanc import PacsError, PacsUnavailable
         except ImportError as exc:
             raise PacsFailedError(f"PACS support is not installed (pip install -e '.[pacs]'): {exc.name}",
                                   retry=False) from exc
         fn = getattr(worklist, fn_name)
         try:
-            return fn(st.pacs_url, *args, user=st.pacs_user, password=st.pacs_password, token=st.pacs_token,
-                      dicomweb_root=st.pacs_dicomweb_root, **kw)
+            pacs = PacsConnection(st.pacs_url, st.pacs_user, st.pacs_password, st.pacs_token, st.pacs_dicomweb_root)
+            return fn(pacs, *args, **kw)
         except PacsUnavailable as exc:
             log.warning("PACS %s does not answer: %s", st.pacs_url, _pacs_reason(exc))
             raise PacsFailedError(f"the PACS at {st.pacs_url} does not answer ({_pacs_reason(exc)}); "
@@ -344,6 +358,7 @@ class TriageService:
         if self.store.delete_study(study_id) is None:
             raise UnknownStudyError(study_id)
         self.windows.drop(study_id)
+        self.renditions.drop(study_id)
         log.info("study %s deleted", study_id)
 
     # -- waiting for results -------------------------------------------------------
@@ -394,25 +409,26 @@ class TriageService:
 
     def finished(self, study_id: str) -> bool:
         row = self.store.get_study(study_id)
-        return row is None or row["status"] in ("done", "failed")
+        return row is None or StudyStatus(row["status"]) in (StudyStatus.DONE, StudyStatus.FAILED)
 
     def prediction(self, result_row) -> Prediction:
-        """A Prediction rebuilt from a stored result (for the annotated overlay)."""
-        return Prediction(
-            source=result_row["study_id"], label=result_row["label"], score=result_row["score"],
-            probabilities=json.loads(result_row["probabilities"] or "{}"), threshold=result_row["threshold"],
-            priority=result_row["priority"], gate=json.loads(result_row["gate"] or "{}"),
-            model={"name": result_row["model_name"], "version": result_row["model_version"]},
-            error=result_row["error"], error_type=result_row["error_type"], heatmap=heatmap_from_row(result_row))
+        """The stored result as the one result type (for the annotated overlay and the API)."""
+        return prediction_from_row(result_row)
 
-    def _decode(self, row) -> Radiograph:
-        return read_radiograph_bytes(self.store.read_object(row["sha256"]), f"study {row['id']}")
+    def rendition(self, row) -> np.ndarray:
+        """The study's display rendition (uint8, at most ``render.RENDITION_SIDE`` a side), decoded once."""
+        img = self.renditions.get(row["id"])
+        if img is None:
+            rg = self.decode_bytes(self.store.read_object(row["sha256"]), f"study {row['id']}")
+            img = render.rendition(rg.pixels)
+            self.renditions.put(row["id"], img)
+        return img
 
     def window_source(self, row) -> render.WindowSource:
         src = self.windows.get(row["id"])
         if src is None:
-            data = self.store.read_object(row["sha256"])
-            src = render.window_source(data, name=f"study {row['id']}")
+            rg = self.decode_bytes(self.store.read_object(row["sha256"]), f"study {row['id']}")
+            src = render.window_source(b"", rg, name=f"study {row['id']}")
             self.windows.put(row["id"], src)
         return src
 
@@ -428,7 +444,7 @@ class TriageService:
     def original_png(self, study_id: str, center: float | None, width: float | None, max_side: int) -> bytes:
         row = self.study(study_id)
         if center is None and width is None:
-            pixels = self._decode(row).pixels
+            return render.png_bytes(render.gray_image(self.rendition(row) / np.float32(255.0), max_side))
         else:
             src = self.window_source(row)
             c = src.default[0] if center is None else center
@@ -451,7 +467,7 @@ class TriageService:
         res = self.store.get_result(row["result_id"])
         if res is None:
             raise NotReadyError("the study has not been analysed yet")
-        return render.overlay_png(self._decode(row).pixels, self.prediction(res), max_side)
+        return render.overlay_png(self.rendition(row) / np.float32(255.0), self.prediction(res), max_side)
 
     def info(self) -> dict[str, Any]:
         eng = self.worker.engine

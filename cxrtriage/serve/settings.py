@@ -10,6 +10,9 @@ Environment variables (all optional):
 ``CXR_CORS_ORIGINS``        comma-separated origins allowed by CORS (default: none, CORS closed)
 ``CXR_THREADS``             ONNX Runtime threads (default: half the cores)
 ``CXR_WORKER_BATCH``        most studies scored in one batch (default 16)
+``CXR_MAX_PIXELS``          largest image accepted, in pixels, checked from the file's header before it is
+                            decoded (default 60000000; real CR/DX radiographs are under 20 Mpx); 413 beyond
+``CXR_MAX_DECODES``         most images the service decodes at once (default 2)
 ``CXR_WORKER_DELAY_S``      artificial delay per study in the worker (tests of crash recovery only)
 ``CXR_FSYNC``               ``0`` to skip fsync of uploads (faster, not crash-proof against power loss)
 ``CXR_SAMPLES``             ``0`` not to offer the bundled sample radiographs on first start
@@ -29,6 +32,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from cxrtriage.infer.bundle import ASSETS
+from cxrtriage.io import default_max_pixels
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 SAMPLES_DIR = ASSETS / "samples"
@@ -108,6 +112,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     threads: int | None = None
     batch_size: int = 16
+    max_pixels: int = field(default_factory=default_max_pixels)
+    max_decodes: int = 2
     worker_delay_s: float = 0.0
     fsync: bool = True
     samples: bool = True
@@ -127,6 +133,10 @@ class Settings:
             raise SettingsError("the upload limit must be at least 1 byte")
         if self.batch_size < 1:
             raise SettingsError("the worker batch size must be at least 1")
+        if self.max_pixels < 64 * 64:
+            raise SettingsError(f"the pixel limit ({self.max_pixels}) must be at least 4096 (64 x 64)")
+        if self.max_decodes < 1:
+            raise SettingsError("the number of concurrent decodes must be at least 1")
         if self.worker_delay_s < 0:
             raise SettingsError("the worker delay cannot be negative")
         for name in ("pacs_url", "pacs_user", "pacs_password", "pacs_token"):
@@ -163,6 +173,8 @@ class Settings:
             cors_origins=origins,
             threads=threads,
             batch_size=_env_int("CXR_WORKER_BATCH", 16),
+            max_pixels=_env_int("CXR_MAX_PIXELS", default_max_pixels()),
+            max_decodes=_env_int("CXR_MAX_DECODES", 2),
             worker_delay_s=_env_float("CXR_WORKER_DELAY_S", 0.0),
             fsync=_env_bool("CXR_FSYNC", True),
             samples=_env_bool("CXR_SAMPLES", True),
@@ -184,6 +196,7 @@ class Settings:
             "auth": self.token is not None,
             "cors_origins": list(self.cors_origins),
             "batch_size": self.batch_size,
+            "max_pixels": self.max_pixels,
             "pacs": self.pacs,
             "pacs_url": self.pacs_url,
         }

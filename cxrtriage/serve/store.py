@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import sqlite3
@@ -26,126 +25,67 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxrtriage.contract import PRIORITY_ORDER
+from cxrtriage.serve.queue import MAX_ATTEMPTS, Job, QueueMixin, prediction_from_row
+from cxrtriage.serve.schema import SOURCES, JobState, Source, StudyStatus, migrate
+
+__all__ = ["DB_NAME", "MAX_ATTEMPTS", "PENDING_RANK", "SOURCES", "DataDirBusyError", "DataDirError", "Job",
+           "JobState", "Source", "Store", "StudyStatus", "heatmap_from_row", "prediction_from_row"]
 
 DB_NAME = "cxr.sqlite3"
-SCHEMA_VERSION = 1
-SOURCES = ("upload", "pacs", "sample")
-MAX_ATTEMPTS = 3
 # Rank used to sort the worklist: results by PRIORITY_ORDER, studies still waiting between
 # 'review' and 'routine' (unread work is shown above what the model called routine).
 PENDING_RANK = 1.5
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (
-    id            TEXT PRIMARY KEY,
-    sha256        TEXT NOT NULL UNIQUE,
-    source        TEXT NOT NULL DEFAULT 'upload',
-    external_ref  TEXT,
-    name          TEXT,
-    size          INTEGER NOT NULL,
-    format        TEXT,
-    modality      TEXT,
-    view_position TEXT,
-    photometric   TEXT,
-    bits          INTEGER,
-    width         INTEGER,
-    height        INTEGER,
-    patient_ref   TEXT,
-    win_center    REAL,
-    win_width     REAL,
-    value_min     REAL,
-    value_max     REAL,
-    created_at    REAL NOT NULL,
-    status        TEXT NOT NULL DEFAULT 'queued',
-    result_id     INTEGER,
-    priority      TEXT,
-    priority_rank REAL NOT NULL DEFAULT 1.5,
-    score         REAL,
-    label         TEXT,
-    completed_at  REAL
-);
-CREATE INDEX IF NOT EXISTS studies_by_priority ON studies (priority_rank, created_at DESC);
-CREATE INDEX IF NOT EXISTS studies_by_time ON studies (created_at);
-CREATE INDEX IF NOT EXISTS studies_by_ref ON studies (source, external_ref);
-CREATE TABLE IF NOT EXISTS jobs (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_id    TEXT NOT NULL REFERENCES studies (id) ON DELETE CASCADE,
-    kind        TEXT NOT NULL,
-    state       TEXT NOT NULL DEFAULT 'pending',
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    created_at  REAL NOT NULL,
-    started_at  REAL,
-    finished_at REAL,
-    error       TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
-CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs (study_id);
-CREATE TABLE IF NOT EXISTS results (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_id      TEXT NOT NULL REFERENCES studies (id) ON DELETE CASCADE,
-    job_id        INTEGER NOT NULL UNIQUE,
-    created_at    REAL NOT NULL,
-    model_name    TEXT,
-    model_version TEXT,
-    label         TEXT,
-    score         REAL,
-    priority      TEXT NOT NULL,
-    threshold     REAL,
-    probabilities TEXT,
-    gate          TEXT,
-    timings       TEXT,
-    error         TEXT,
-    error_type    TEXT,
-    heatmap       BLOB,
-    heatmap_h     INTEGER,
-    heatmap_w     INTEGER
-);
-CREATE INDEX IF NOT EXISTS results_by_study ON results (study_id);
-"""
 
 
 class DataDirBusyError(RuntimeError):
     """Another service process holds the data directory."""
 
 
-@dataclass(frozen=True)
-class Job:
-    id: int
-    study_id: str
-    sha256: str
-    kind: str
-    created_at: float
+class DataDirError(RuntimeError):
+    """The data directory cannot be created, read or written (the message names it and says why)."""
 
 
-class Store:
-    """SQLite + file store of one data directory. Safe to use from many threads."""
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+class Store(QueueMixin):
+    """SQLite + file store of one data directory, and its work queue. Safe to use from many threads."""
 
     def __init__(self, data_dir: str | Path, fsync: bool = True):
         self.root = Path(data_dir)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
         self.fsync = fsync
+        self.db_path = self.root / DB_NAME
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        try:
+            self._open()
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise DataDirError(f"the data folder {self.root.resolve()} cannot be used: {_why(exc)}; it must be a "
+                               "writable folder (set --data-dir or CXR_DATA_DIR)") from None
+
+    def _open(self) -> None:
         for d in (self.root, self.objects, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         for i in range(256):  # the fan-out folders, made once rather than checked on every write
             (self.objects / f"{i:02x}").mkdir(exist_ok=True)
-        self.db_path = self.root / DB_NAME
         self.created = not self.db_path.exists()
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
-        c = self.conn()
-        c.executescript(_SCHEMA)
-        c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        migrate(self.conn())
         self._secret = self._load_secret()
+        probe = self.tmp / f".probe-{os.getpid()}"  # a read-only folder with a database in it reads fine
+        probe.write_bytes(b"ok")
+        probe.unlink()
 
     def lock(self) -> None:
         """Take the data directory for this process; a second server on the same directory is refused
@@ -198,9 +138,20 @@ class Store:
         try:
             yield c
         except BaseException:
-            c.execute("ROLLBACK")
+            try:
+                c.execute("ROLLBACK")
+            except sqlite3.Error:  # a full disk may refuse the rollback too; the original error is what counts
+                pass
             raise
-        c.execute("COMMIT")
+        try:
+            c.execute("COMMIT")
+        except sqlite3.Error:  # e.g. the disk filled up: leave no transaction open on this connection
+            if c.in_transaction:
+                try:
+                    c.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
 
     def close(self) -> None:
         self.unlock()
@@ -314,7 +265,9 @@ class Store:
         """
         now = time.time()
         sid = secrets.token_hex(8)
-        cols = {**fields, "id": sid, "created_at": now, "status": "queued", "priority_rank": PENDING_RANK}
+        cols = {**fields, "id": sid, "created_at": now, "status": StudyStatus.QUEUED.value,
+                "priority_rank": PENDING_RANK}
+        cols["source"] = Source(cols.get("source") or Source.UPLOAD).value
         names = ", ".join(cols)
         marks = ", ".join("?" for _ in cols)
         try:
@@ -378,103 +331,8 @@ class Store:
         out.update({f"jobs_{k}": v for k, v in c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")})
         return out
 
-    # -- the queue -------------------------------------------------------------
-    def enqueue(self, study_id: str, kind: str = "analyze") -> int | None:
-        """Queue another run for a study; returns the job id (None when the study is unknown)."""
-        now = time.time()
-        with self.tx() as c:
-            if c.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone() is None:
-                return None
-            cur = c.execute("INSERT INTO jobs (study_id, kind, created_at) VALUES (?, ?, ?)", (study_id, kind, now))
-            c.execute("UPDATE studies SET status = 'queued' WHERE id = ?", (study_id,))
-            return cur.lastrowid
 
-    def pending_count(self) -> int:
-        return self.conn().execute("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')").fetchone()[0]
-
-    def recover(self) -> dict[str, int]:
-        """After a restart: jobs that were running when the process died go back to the queue,
-        unless they have been tried MAX_ATTEMPTS times (then they fail, so a file that crashes
-        the process cannot stop the service)."""
-        now = time.time()
-        with self.tx() as c:
-            poison = c.execute("SELECT id, study_id FROM jobs WHERE state = 'running' AND attempts >= ?",
-                               (MAX_ATTEMPTS,)).fetchall()
-            for job in poison:
-                self._finish_failed(c, job["id"], job["study_id"], now,
-                                    f"inference stopped {MAX_ATTEMPTS} times on this study; not retried")
-            n = c.execute("UPDATE jobs SET state = 'pending' WHERE state = 'running'").rowcount
-        return {"requeued": n, "failed": len(poison)}
-
-    def claim(self, limit: int) -> list[Job]:
-        """Take up to ``limit`` pending jobs, oldest first, marking them running."""
-        now = time.time()
-        with self.tx() as c:
-            rows = c.execute(
-                "SELECT j.id, j.study_id, j.kind, j.created_at, s.sha256 FROM jobs j JOIN studies s ON s.id = j.study_id"
-                " WHERE j.state = 'pending' ORDER BY j.id LIMIT ?", (limit,)).fetchall()
-            if not rows:
-                return []
-            ids = [r["id"] for r in rows]
-            marks = ",".join("?" for _ in ids)
-            c.execute(f"UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ? WHERE id IN ({marks})",
-                      (now, *ids))
-            c.execute(f"UPDATE studies SET status = 'running' WHERE id IN (SELECT study_id FROM jobs WHERE id IN ({marks}))",
-                      ids)
-        return [Job(r["id"], r["study_id"], r["sha256"], r["kind"], r["created_at"]) for r in rows]
-
-    def finish(self, done: list[tuple[Job, dict[str, Any]]]) -> list[tuple[Job, int]]:
-        """Record results and close their jobs in one transaction. Returns (job, result id) of those written
-        (a job whose study was deleted meanwhile is dropped)."""
-        now = time.time()
-        written = []
-        with self.tx() as c:
-            for job, res in done:
-                state = c.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchone()
-                if state is None or state["state"] != "running":
-                    continue
-                hm = res.get("heatmap")
-                cur = c.execute(
-                    "INSERT INTO results (study_id, job_id, created_at, model_name, model_version, label, score,"
-                    " priority, threshold, probabilities, gate, timings, error, error_type, heatmap, heatmap_h,"
-                    " heatmap_w) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job.study_id, job.id, now, res["model"].get("name"), res["model"].get("version"),
-                     res.get("label"), res.get("score"), res["priority"], res.get("threshold"),
-                     json.dumps(res.get("probabilities") or {}), json.dumps(res.get("gate") or {}),
-                     json.dumps(res.get("timings_ms") or {}), res.get("error"), res.get("error_type"),
-                     None if hm is None else np.asarray(hm, dtype=np.float32).tobytes(),
-                     None if hm is None else int(hm.shape[0]), None if hm is None else int(hm.shape[1])))
-                rid = cur.lastrowid
-                c.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?", (now, job.id))
-                still_queued = c.execute("SELECT 1 FROM jobs WHERE study_id = ? AND state IN ('pending', 'running')",
-                                         (job.study_id,)).fetchone()
-                c.execute("UPDATE studies SET result_id = ?, priority = ?, priority_rank = ?, score = ?, label = ?,"
-                          " completed_at = ?, status = ? WHERE id = ?",
-                          (rid, res["priority"], PRIORITY_ORDER.get(res["priority"], 9), res.get("score"),
-                           res.get("label"), now, "queued" if still_queued else "done", job.study_id))
-                written.append((job, rid))
-        return written
-
-    def fail(self, jobs: list[Job], error: str) -> None:
-        """Give jobs up after an unexpected failure (the study keeps its previous result, if any)."""
-        now = time.time()
-        with self.tx() as c:
-            for job in jobs:
-                self._finish_failed(c, job.id, job.study_id, now, error)
-
-    @staticmethod
-    def _finish_failed(c: sqlite3.Connection, job_id: int, study_id: str, now: float, error: str) -> None:
-        c.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?", (now, error, job_id))
-        has_result = c.execute("SELECT result_id FROM studies WHERE id = ?", (study_id,)).fetchone()
-        status = "done" if has_result is not None and has_result[0] is not None else "failed"
-        c.execute("UPDATE studies SET status = ? WHERE id = ?", (status, study_id))
-
-    def job_state(self, job_id: int) -> str | None:
-        row = self.conn().execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else row[0]
-
-
-def heatmap_from_row(row: sqlite3.Row) -> np.ndarray | None:
+def heatmap_from_row(row: sqlite3.Row | None) -> np.ndarray | None:
     if row is None or row["heatmap"] is None:
         return None
     return np.frombuffer(row["heatmap"], dtype=np.float32).reshape(row["heatmap_h"], row["heatmap_w"])

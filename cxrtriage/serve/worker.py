@@ -1,30 +1,35 @@
 """The background inference worker: one thread, one engine, fed by the queue persisted in SQLite.
 
-The worker claims the oldest pending jobs (several at once when they pile up, so a burst
-is scored as one batch), decodes their files (or takes the radiograph the upload already
-decoded), runs the model and stores each result together with the end of its job. After a
-crash the jobs left 'running' are put back in the queue by :meth:`Store.recover`.
+The worker claims the oldest pending jobs (several at once when they pile up, so a burst is
+scored as one batch) and hands their files (or the radiographs the upload already decoded) to
+the engine's one pipeline, :meth:`cxrtriage.infer.Engine.predict_batch`, whose failures come
+back as results. Each result is stored together with the end of its job. When the write fails
+(disk full, read-only folder) the jobs go back to the queue and are tried again later; jobs
+left 'running' are reclaimed by the live worker. When the batch raises, or the process dies
+on it, its jobs are retried one by one, so only the culprit fails.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
+from cxrtriage.contract import Prediction, Priority
 from cxrtriage.infer import Engine
-from cxrtriage.contract import Prediction
-from cxrtriage.io import ImageReadError, Radiograph, read_radiograph_bytes
+from cxrtriage.io import Radiograph
 from cxrtriage.serve.metrics import Metrics
 from cxrtriage.serve.settings import Settings
 from cxrtriage.serve.store import Job, Store
 
 log = logging.getLogger("cxrtriage.serve.worker")
+RECLAIM_EVERY_S = 5.0  # how often the worker looks for 'running' jobs nobody holds
+MAX_BACKOFF_S = 10.0   # longest pause after a failed write before the next try
 
 
 class DecodedCache:
@@ -61,12 +66,6 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def result_fields(p: Prediction) -> dict[str, Any]:
-    return {"label": p.label, "score": p.score, "probabilities": p.probabilities, "threshold": p.threshold,
-            "priority": p.priority, "gate": p.gate, "model": p.model, "timings_ms": p.timings_ms,
-            "error": p.error, "error_type": p.error_type, "heatmap": p.heatmap}
-
-
 class Worker:
     """Runs inference in a daemon thread. ``notify()`` wakes it after a job was queued."""
 
@@ -82,6 +81,8 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.processed = 0
+        self._held: set[int] = set()  # ids of the jobs being scored now
+        self._write_failures = 0
 
     # -- control -------------------------------------------------------------
     def start(self) -> None:
@@ -109,13 +110,20 @@ class Worker:
             self.engine_error = f"{type(exc).__name__}: {exc}"
             log.error("model could not be loaded: %s", self.engine_error)
             return
-        self.store.relax_sync()
+        try:
+            self.store.relax_sync()
+        except sqlite3.Error:
+            pass
         self.metrics.model_loaded.set(1)
         self.ready.set()
         log.info("model %s %s loaded; worker running (batch %d)", self.engine.spec.name,
                  self.engine.spec.version, self.settings.batch_size)
+        next_reclaim = 0.0
         while not self._stop.is_set():
             self._wake.clear()
+            if time.monotonic() >= next_reclaim:
+                next_reclaim = time.monotonic() + RECLAIM_EVERY_S
+                self._reclaim()
             try:
                 jobs = self.store.claim(self.settings.batch_size)
             except Exception:
@@ -127,48 +135,98 @@ class Worker:
                 continue
             self._process(jobs)
 
+    def _reclaim(self) -> None:
+        try:
+            n = self.store.reclaim(self._held)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cannot reclaim stale jobs yet: %s", _why(exc))
+            return
+        if n:
+            log.warning("%d job(s) left 'running' put back in the queue", n)
+            self.notify()
+
+    def _score(self, jobs: list[Job]) -> list[Prediction]:
+        """The engine's pipeline over the jobs' radiographs (decoded at upload) or stored files."""
+        items: list[Radiograph | bytes | None] = []
+        failed: dict[int, Prediction] = {}
+        for k, job in enumerate(jobs):
+            rg = self.cache.pop(job.id)
+            if rg is not None:
+                items.append(rg)
+                continue
+            try:
+                items.append(self.store.read_object(job.sha256))
+            except OSError as exc:  # the stored file is gone or unreadable: that is this job's result
+                failed[k] = Prediction.failed(f"study {job.study_id}", exc, self.engine.model_ref)
+                items.append(None)
+        todo = [k for k in range(len(jobs)) if k not in failed]
+        preds = self.engine.predict_batch([items[k] for k in todo], [f"study {jobs[k].study_id}" for k in todo],
+                                          heatmap=True) if todo else []
+        out = dict(failed)
+        out.update(zip(todo, preds))
+        return [out[k] for k in range(len(jobs))]
+
     def _process(self, jobs: list[Job]) -> None:
         if self.settings.worker_delay_s:
             if self._stop.wait(self.settings.worker_delay_s * len(jobs)):
                 return  # stopping: the jobs stay 'running' and are queued again on the next start
+        self._held = {j.id for j in jobs}
         t0 = time.perf_counter()
         try:
-            out: list[tuple[Job, dict[str, Any]]] = []
-            rgs, decode_ms, slots = [], [], []
-            for job in jobs:
-                t = time.perf_counter()
-                rg = self.cache.pop(job.id)
-                if rg is None:
-                    try:
-                        rg = read_radiograph_bytes(self.store.read_object(job.sha256), f"study {job.study_id}")
-                    except (ImageReadError, OSError) as exc:
-                        out.append((job, result_fields(Prediction(
-                            source=job.study_id, model=self.engine.model_ref, error=str(exc),
-                            error_type=type(exc).__name__))))
-                        continue
-                rgs.append(rg)
-                decode_ms.append((time.perf_counter() - t) * 1000)
-                slots.append(job)
-            if rgs:
-                preds = self.engine.predict_radiographs(rgs, decode_ms, heatmap=True)
-                out.extend((job, result_fields(p)) for job, p in zip(slots, preds))
+            try:
+                preds = self._score(jobs)
+            except Exception as exc:
+                self._batch_failed(jobs, exc)
+                return
             self.metrics.inference_seconds.observe(time.perf_counter() - t0)
             self.metrics.batch_size.observe(len(jobs))
-            written = self.store.finish(out)
-        except Exception as exc:
-            log.exception("inference failed for %d job(s)", len(jobs))
-            self.metrics.inference_errors.inc(len(jobs))
             try:
-                self.store.fail(jobs, f"inference failed: {type(exc).__name__}")
-            except Exception:
-                log.exception("cannot record the failure")
-            self.on_done([j.study_id for j in jobs])
-            return
+                written = self.store.finish(list(zip(jobs, preds)))
+            except (OSError, sqlite3.Error) as exc:
+                self._write_failed(jobs, exc)
+                return
+            self._write_failures = 0
+        finally:
+            self._held = set()
         now = time.time()
-        for job, res in out:
-            self.metrics.inferences.labels(res["priority"]).inc()
-            if res["priority"] == "refused":
+        for job, p in zip(jobs, preds):
+            self.metrics.inferences.labels(p.priority.value).inc()
+            if p.priority is Priority.REFUSED:
                 self.metrics.refusals.inc()
             self.metrics.turnaround.observe(max(0.0, now - job.created_at))
         self.processed += len(written)
         self.on_done([j.study_id for j, _ in written] or [j.study_id for j in jobs])
+
+    def _batch_failed(self, jobs: list[Job], exc: Exception) -> None:
+        """The pipeline raised (it should not): a batch is retried one job at a time, so that only
+        the job that raises fails; a single job fails."""
+        log.exception("inference failed for %d job(s)", len(jobs))
+        try:
+            if len(jobs) > 1:
+                self.store.isolate(jobs, f"inference failed in a batch: {type(exc).__name__}; retried alone")
+                self.notify()
+                return
+            self.metrics.inference_errors.inc(len(jobs))
+            self.store.fail(jobs, f"inference failed: {type(exc).__name__}")
+        except Exception:
+            log.exception("cannot record the failure; the jobs are reclaimed later")
+        self.on_done([j.study_id for j in jobs])
+
+    def _write_failed(self, jobs: list[Job], exc: BaseException) -> None:
+        """The result could not be stored (disk full, read-only folder): the jobs go back to the queue
+        (their retry counted, the reason kept); the worker pauses, longer after each failure."""
+        self._write_failures += 1
+        reason = f"result not written ({_why(exc)}); retry {self._write_failures}"
+        log.warning("%d job(s) put back in the queue: %s", len(jobs), reason)
+        try:
+            self.store.requeue(jobs, reason)
+        except Exception as again:
+            log.warning("cannot put the jobs back yet (%s); they are reclaimed when the store takes writes",
+                        _why(again))
+        self._stop.wait(min(MAX_BACKOFF_S, 0.25 * 2 ** self._write_failures))
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc) or type(exc).__name__
