@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need (Python packages into .venv; Debian's chromium and Orthanc
-# when running as root), then run the whole test suite.
+# when running as root; the OHIF viewer from npm), then run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh all
@@ -12,4 +12,6 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     fi
     [ -x scripts/install_orthanc.sh ] && scripts/install_orthanc.sh
 fi
+# The OHIF viewer for tests/test_ohif_viewer.py (npm, into .cache/ohif/; that test skips without it).
+scripts/install_ohif.sh || echo "test.sh: OHIF viewer not installed; tests/test_ohif_viewer.py will skip" >&2
 exec .venv/bin/pytest -q -p no:cacheprovider "$@"
