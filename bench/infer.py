@@ -18,7 +18,7 @@ import numpy as np
 
 from cxrtriage.data import to_model_input
 from cxrtriage.explain.overlay import upsample
-from cxrtriage.infer import Engine
+from cxrtriage.infer import Engine, bundled_models
 from cxrtriage.io import read_radiograph_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,47 +55,43 @@ def matmul_ceiling(threads: int, n: int = 1024, reps: int = 30) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", default=None, help="folder of radiographs (default: shared set, else samples)")
-    ap.add_argument("--n", type=int, default=256, help="images to use")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--checkpoint", default=str(ROOT / "runs" / "default" / "best.pt"))
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    shared = ROOT / ".." / "shared" / "data" / "kermany-224" / "train"
-    folder = Path(args.images) if args.images else (shared if shared.is_dir() else ROOT / "cxrtriage/assets/samples")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    files = (files * (args.n // max(1, len(files)) + 1))[: args.n] if files else []
-    blobs = [f.read_bytes() for f in files]
-    engine = Engine(args.model, threads=args.threads)
-    info = engine.spec
-    size = info.input_size
-    print(f"{len(blobs)} images from {folder}; model {info.name} {info.version} ({size} px); "
-          f"threads {args.threads}; gate {'on' if engine.feature_gate is not None else 'off'}")
-
-    # torch eager on the same weights
+def torch_graph(spec, checkpoint: Path):
+    """The same model in torch eager and its FLOPs per image: from the run's checkpoint when there is
+    one, otherwise the same architecture (an ensemble: the same members) with random weights."""
     from cxrtriage.models.archs import build_model, count_flops
     from cxrtriage.models.checkpoint import load_checkpoint
+    from cxrtriage.models.ensemble import EnsembleGraph, Member
     from cxrtriage.models.export import ServingGraph
 
-    ckpt = Path(args.checkpoint)
-    if (ckpt / "ensemble.json").exists():  # an ensemble: the same graph in torch, FLOPs summed over members
+    if (checkpoint / "ensemble.json").exists():  # an ensemble's run folder: its members' weights
         from cxrtriage.train.ensemble import load_ensemble
 
-        graph = load_ensemble(ckpt)
-        flops = sum(count_flops(m.net, m.image_size) for m in graph.members)
+        graph = load_ensemble(checkpoint)
+        return graph, sum(count_flops(m.net, m.image_size) for m in graph.members)
+    members = spec.provenance.get("members")
+    if members:
+        print(f"(torch eager: the {len(members)} members' architectures, random weights)")
+        nets = [(build_model(m["arch"], len(spec.classes), m["image_size"]).eval(), m["image_size"]) for m in members]
+        graph = EnsembleGraph([Member(n, s, 0.5, 0.25, spec.input_size) for n, s in nets], spec.input_size).eval()
+        return graph, sum(count_flops(n, s) for n, s in nets)
+    if checkpoint.is_file():
+        net, meta = load_checkpoint(checkpoint)
     else:
-        if ckpt.exists():
-            net, meta = load_checkpoint(ckpt)
-        else:
-            print(f"(no checkpoint at {ckpt}: torch eager uses the same architecture, random weights)")
-            net, meta = build_model(info.raw.get("arch", "cxrnet"), len(info.classes), size).eval(), info.raw["input"]
-        graph = ServingGraph(net, meta["mean"], meta["std"]).eval()
-        flops = count_flops(net, size)
+        print(f"(no checkpoint at {checkpoint}: torch eager uses the same architecture, random weights)")
+        net = build_model(spec.arch or "cxrnet", len(spec.classes), spec.input_size).eval()
+        meta = {"mean": spec.input.mean or 0.5, "std": spec.input.std or 0.25}
+    return ServingGraph(net, meta["mean"], meta["std"]).eval(), count_flops(net, spec.input_size)
+
+
+def bench_model(model: str | None, blobs: list[bytes], checkpoint: Path, threads: int, ceiling: float) -> None:
+    import torch
+
+    engine = Engine(model, threads=threads)
+    info = engine.spec
+    size = info.input_size
+    print(f"\n== {info.name} {info.version} ({size} px, {len(info.classes)} classes); {len(blobs)} images; "
+          f"threads {threads}; gate {'on' if engine.feature_gate is not None else 'off'}")
+    graph, flops = torch_graph(info, checkpoint)
 
     def engine_one(b: bytes) -> None:
         p = engine.predict_bytes(b, "x.jpeg", heatmap=True)
@@ -146,7 +142,6 @@ def main() -> None:
             graph(torch.from_numpy(a).float()[:, None])
     results["torch eager"]["model_ips"] = 32 * len(arrays) / (time.perf_counter() - t)
 
-    ceiling = matmul_ceiling(args.threads)
     print(f"\n{'':<20} {'p50 ms':>8} {'p95 ms':>8} {'batch-32 img/s':>15} {'model-only img/s':>17}")
     for name, r in results.items():
         print(f"{name:<20} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['e2e_ips']:>15.0f} {r['model_ips']:>17.0f}")
@@ -155,10 +150,36 @@ def main() -> None:
           f"batch-32 {e['e2e_ips'] / tch['e2e_ips']:.2f}x, model-only {e['model_ips'] / tch['model_ips']:.2f}x")
     achieved = flops * e["model_ips"] / 1e9
     print(f"model: {flops / 1e9:.3f} GFLOP per image; engine at batch 32: {achieved:.1f} GFLOP/s; "
-          f"CPU MatMul ceiling (ONNX Runtime, {args.threads} threads): {ceiling:.1f} GFLOP/s "
+          f"CPU MatMul ceiling (ONNX Runtime, {threads} threads): {ceiling:.1f} GFLOP/s "
           f"-> {achieved / ceiling:.0%} of the ceiling")
-    print("targets: p50 <= 8 ms incl. heatmap and gate; >= 300 img/s at batch 32; >= 2x torch eager; "
-          ">= 60% of the MatMul ceiling")
+
+
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", default=None, help="folder of radiographs (default: shared set, else samples)")
+    ap.add_argument("--n", type=int, default=256, help="images to use")
+    ap.add_argument("--model", action="append", help="bundled name, .onnx or run folder (repeatable; "
+                    "default: every bundled model)")
+    ap.add_argument("--checkpoint", default=str(ROOT / "runs" / "default" / "best.pt"),
+                    help="the run (best.pt, or an ensemble's folder) behind a single --model, for torch eager")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    shared = ROOT / ".." / "shared" / "data" / "kermany-224" / "train"
+    folder = Path(args.images) if args.images else (shared if shared.is_dir() else ROOT / "cxrtriage/assets/samples")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    files = (files * (args.n // max(1, len(files)) + 1))[: args.n] if files else []
+    blobs = [f.read_bytes() for f in files]
+    ceiling = matmul_ceiling(args.threads)
+    print(f"{len(blobs)} images from {folder}")
+    for model in args.model or list(bundled_models()):
+        bench_model(model, blobs, Path(args.checkpoint), args.threads, ceiling)
+    print("\ntargets: default model p50 <= 8 ms incl. heatmap and gate; >= 300 img/s at batch 32; "
+          ">= 2x torch eager; >= 60% of the MatMul ceiling; every bundled model p50 <= 30 ms (pediatric) / 40 ms")
 
 
 if __name__ == "__main__":
