@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from cxrtriage.cli.main import app
 from cxrtriage.data import get_task, read_manifest
 from cxrtriage.data.covid import covid3_samples, covid_collection_samples, covid_label
-from cxrtriage.data.generic import csv_samples, folder_samples, task_split
+from cxrtriage.data.generic import csv_samples, folder_samples
+from cxrtriage.data.split import task_split
 from cxrtriage.data.nih import nih_samples
 from cxrtriage.io import read_radiograph
 

@@ -31,6 +31,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+from cxrtriage.data.kermany import kermany_samples
 from cxrtriage.data.samples import Sample
 from cxrtriage.data.tasks import get_task
 
@@ -103,8 +104,6 @@ def covid_collection_samples(root: str | Path, views: tuple[str, ...] = FRONTAL_
 
 def kermany_normals(root: str | Path, split: str = "train") -> list[Sample]:
     """The NORMAL images of a Kermany-layout folder, patient ids prefixed ``kermany:``."""
-    from cxrtriage.data.kermany import kermany_samples
-
     return [Sample(s.path, "normal", f"kermany:{s.patient_id}", "")
             for s in kermany_samples(root, split, "pneumonia") if s.label == "normal"]
 

@@ -4,20 +4,21 @@
   folders named after the task's classes (case, '-', '_' and spaces ignored).
 * :func:`csv_samples`: a CSV with ``path,label[,patient_id][,split]``; paths relative to
   the CSV's folder; multi-label findings joined by '|' ("No Finding" for none).
-* :func:`task_split`: patient-wise train/validation(/test) split for any task, stratified
-  on the class, or for multi-label tasks on each image's rarest finding.
+* :func:`task_split` (from :mod:`cxrtriage.data.split`): patient-wise train/validation(/test)
+  split for any task, stratified on the class, or for multi-label tasks on each image's rarest finding.
 * :func:`dataset_samples`: one entry point over every adapter, by source name.
 """
 
 from __future__ import annotations
 
 import csv
-from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
+from cxrtriage.data.covid import covid3_samples
+from cxrtriage.data.kermany import kermany_samples
+from cxrtriage.data.nih import nih_samples
 from cxrtriage.data.samples import Sample
-from cxrtriage.data.split import patient_split
+from cxrtriage.data.split import carve_validation, task_split
 from cxrtriage.data.tasks import NO_FINDING, Task, get_task
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
@@ -91,47 +92,6 @@ def csv_samples(path: str | Path, task: str | Task) -> list[Sample]:
     return samples
 
 
-# ------------------------------------------------------------------------- splits
-
-
-def _strata(samples: list[Sample], task: Task) -> list[str]:
-    """One stratum per image: its class, or for multi-label tasks its rarest finding."""
-    if task.kind != "multilabel":
-        return [s.label for s in samples]
-    parts = [s.label.split("|") for s in samples]
-    freq = Counter(f for p in parts for f in p)
-    return [min(p, key=lambda f: (freq[f], f)) for p in parts]
-
-
-def task_split(samples: list[Sample], task: str | Task, val_fraction: float = 0.2, seed: int = 0,
-               test_fraction: float = 0.0) -> list[Sample]:
-    """Patient-wise split into 'train'/'val' (and 'test' with ``test_fraction``), stratified."""
-    task = get_task(task) if isinstance(task, str) else task
-    strata = _strata(samples, task)
-    tagged = [replace(s, label=k) for s, k in zip(samples, strata)]
-    if test_fraction:
-        first = patient_split(tagged, test_fraction, seed)
-        test = {i for i, s in enumerate(first) if s.split == "val"}
-        rest = [i for i in range(len(samples)) if i not in test]
-        inner = patient_split([tagged[i] for i in rest], val_fraction / (1.0 - test_fraction), seed)
-        splits = {i: "test" for i in test}
-        splits.update({i: s.split for i, s in zip(rest, inner)})
-    else:
-        splits = dict(enumerate(s.split for s in patient_split(tagged, val_fraction, seed)))
-    return [replace(s, split=splits[i]) for i, s in enumerate(samples)]
-
-
-def carve_validation(samples: list[Sample], task: str | Task, val_fraction: float = 0.2,
-                     seed: int = 0) -> list[Sample]:
-    """Split the 'train' samples into 'train'/'val' by patient; others (e.g. 'test') untouched."""
-    train = [i for i, s in enumerate(samples) if s.split in ("train", "")]
-    inner = task_split([samples[i] for i in train], task, val_fraction, seed)
-    out = list(samples)
-    for i, s in zip(train, inner):
-        out[i] = s
-    return out
-
-
 # ------------------------------------------------------------------- one entry point
 
 
@@ -144,16 +104,10 @@ def dataset_samples(source: str, root: str | Path, task: str, normals: str | Pat
     covid3), nih (``root`` = ChestX-ray14; official test list kept as 'test'), folder, csv.
     """
     if source == "kermany":
-        from cxrtriage.data.kermany import kermany_samples
-
         return kermany_samples(root, split, task)
     if source == "covid":
-        from cxrtriage.data.covid import covid3_samples
-
         return covid3_samples(root, normals, task=task)
     if source == "nih":
-        from cxrtriage.data.nih import nih_samples
-
         return nih_samples(root, task=task)
     if source == "folder":
         return folder_samples(root, task, split)

@@ -21,8 +21,8 @@ import csv
 import warnings
 from pathlib import Path
 
-from cxrtriage.data.generic import carve_validation
 from cxrtriage.data.samples import Sample
+from cxrtriage.data.split import carve_validation
 from cxrtriage.data.tasks import get_task
 
 ENTRY_FILES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
