@@ -80,7 +80,7 @@ def to_dicom(files: list[Path], size: int, j2k: bool, tmp: Path) -> list[Path]:
 
 
 def _timed(source: Path, out: Path, **kw):
-    from cxrtriage.infer.bulk import bulk_triage
+    from cxrtriage.bulk import bulk_triage
 
     t0 = time.perf_counter()
     s = bulk_triage(source, out, **kw)

@@ -163,10 +163,10 @@ def main() -> int:
     srv = OrthancServer(work / "orthanc").start()
     state = work / "state.sqlite"
     code = ("import logging, sys; logging.basicConfig(level=logging.WARNING); "
-            "from cxrtriage.pacs.watch import watch; "
-            f"watch({srv.url!r}, user={srv.credentials['user']!r}, password={srv.credentials['password']!r}, "
-            f"mode={args.mode!r}, poll_s={args.poll}, state_path={str(state)!r}, batch_size={args.batch}, "
-            f"workers={args.workers})")
+            "from cxrtriage.pacs.connection import PacsConnection; from cxrtriage.pacs.watch import watch; "
+            f"watch(PacsConnection({srv.url!r}, user={srv.credentials['user']!r}, "
+            f"password={srv.credentials['password']!r}), mode={args.mode!r}, poll_s={args.poll}, "
+            f"state_path={str(state)!r}, batch_size={args.batch}, workers={args.workers})")
     watcher = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     report: dict = {"origin": origin, "mode": args.mode, "poll_s": args.poll, "batch": args.batch,
                     "workers": args.workers,

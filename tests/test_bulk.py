@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrtriage.infer.bulk import BulkError, list_source
+from cxrtriage.bulk import BulkError, list_source
 
 pytest.register_assert_rewrite("pacs_fixtures")
 pytest_plugins = ["pacs_fixtures"]
@@ -64,7 +64,7 @@ def test_folder_and_csv_sources(archive, tmp_path):
 def test_rows_errors_and_resume(archive, tmp_path):
     pytest.importorskip("pyarrow")
     from cxrtriage.infer import Engine
-    from cxrtriage.infer.bulk import bulk_triage
+    from cxrtriage.bulk import bulk_triage
 
     out = tmp_path / "results.parquet"
     first = archive / "first"
@@ -81,7 +81,7 @@ def test_rows_errors_and_resume(archive, tmp_path):
     assert len(rows) == s2.listed == len(_table(out))  # one row per image, none twice
 
     engine = Engine()
-    info = engine.spec
+    info, onnx = engine.spec, engine.onnx_path
     broken, truncated = rows[str(archive / "sub" / "broken.jpeg")], rows[str(archive / "sub" / "truncated.dcm")]
     for bad in (broken, truncated):
         assert bad["priority"] == "error" and bad["error"] and bad["error_type"] and bad["label"] is None
@@ -103,13 +103,13 @@ def test_rows_errors_and_resume(archive, tmp_path):
     # results of another model version are never mixed in
     other = tmp_path / "other"
     other.mkdir()
-    for f in (info.onnx_path, info.onnx_path.with_suffix(".json")):
+    for f in (onnx, onnx.with_suffix(".json")):
         shutil.copy(f, other / f.name)
-    meta = json.loads((other / f"{info.onnx_path.stem}.json").read_text())
+    meta = json.loads((other / f"{onnx.stem}.json").read_text())
     meta["version"] = "retrained"
-    (other / f"{info.onnx_path.stem}.json").write_text(json.dumps(meta))
+    (other / f"{onnx.stem}.json").write_text(json.dumps(meta))
     with pytest.raises(BulkError, match="another --out"):
-        bulk_triage(archive, out, model=other / info.onnx_path.name, engine="local")
+        bulk_triage(archive, out, model=other / onnx.name, engine="local")
 
 
 def test_plain_predict_is_unchanged_and_out_needs_an_engine(samples_dir):
@@ -142,7 +142,7 @@ def test_ray_engine_from_the_command_line(local_ray, archive, tmp_path):
     from typer.testing import CliRunner
 
     from cxrtriage.cli.main import app
-    from cxrtriage.infer.bulk import bulk_triage
+    from cxrtriage.bulk import bulk_triage
 
     out = tmp_path / "results.parquet"
     args = ["predict", "--engine", "ray", str(archive), "--out", str(out), "--workers", "2", "--batch-size", "4",
@@ -182,7 +182,8 @@ def test_ray_engine_over_dicomweb(local_ray, orthanc, cxr_pixels, tmp_path):
     import pydicom
     from pacs_fixtures import make_dicom
 
-    from cxrtriage.infer.bulk import DicomwebSource, bulk_triage
+    from cxrtriage.bulk import DicomwebSource, bulk_triage
+    from cxrtriage.pacs.connection import PacsConnection
 
     sent = {}
     for variant, (_, px) in zip(("dx", "mono1", "lateral"), cxr_pixels):
@@ -191,7 +192,7 @@ def test_ray_engine_over_dicomweb(local_ray, orthanc, cxr_pixels, tmp_path):
         sent[variant] = str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
     orthanc.stow(make_dicom(cxr_pixels[0][1], "ct"))  # not CR/DX: not listed
 
-    source = DicomwebSource(orthanc.url, **orthanc.credentials)
+    source = DicomwebSource(PacsConnection(orthanc.url, **orthanc.credentials))
     out = tmp_path / "pacs.parquet"
     s = bulk_triage(orthanc.url, out, engine="ray", workers=2, batch_size=2, dicomweb=source)
     assert (s.listed, s.scored, s.errors) == (3, 3, 0)
@@ -211,7 +212,29 @@ def test_ray_engine_over_dicomweb(local_ray, orthanc, cxr_pixels, tmp_path):
 def test_importing_the_package_never_imports_ray():
     import subprocess
 
-    code = ("import sys, cxrtriage, cxrtriage.cli.main, cxrtriage.infer, cxrtriage.infer.bulk; "
+    code = ("import sys, cxrtriage, cxrtriage.cli.main, cxrtriage.infer, cxrtriage.bulk; "
             "print('ray' in sys.modules, 'pyarrow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_bulk_pacs_and_infer_layers_point_one_way():
+    """infer imports neither pacs nor bulk; pacs never imports bulk or serve (imports inside
+    functions count too); their modules stay under 600 lines and functions under 80."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "cxrtriage"
+    forbidden = {"infer": ("pacs", "bulk", "serve"), "pacs": ("bulk", "serve", "train"), "bulk": ("serve", "train")}
+    for package, banned in forbidden.items():
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            assert len(path.read_text().splitlines()) <= 600, path
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    assert node.end_lineno - node.lineno + 1 <= 80, f"{path}:{node.lineno} {node.name}"
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                for name in names:
+                    parts = name.split(".")
+                    assert not (parts[0] == "cxrtriage" and len(parts) > 1 and parts[1] in banned), \
+                        f"{path} imports {name}"

@@ -162,18 +162,20 @@ def test_results_are_not_triaged_again(live, cxr_pixels):
 
 def test_worklist_lists_pacs_studies_with_results(live, cxr_pixels):
     from cxrtriage.pacs import fetch_pacs_images, list_pacs_studies, open_pacs_study
+    from cxrtriage.pacs.connection import PacsConnection
 
     srv, _ = live
+    pacs = PacsConnection(srv.url, **srv.credentials)
     data = make_dicom(cxr_pixels[3][1], "dx", patient_id="WL-1")
     src = pydicom.dcmread(io.BytesIO(data))
     srv.stow(data)
     wait_results(srv, src.StudyInstanceUID)
-    rows = list_pacs_studies(srv.url, **srv.credentials, filters={"PatientID": "WL-1"})
+    rows = list_pacs_studies(pacs, filters={"PatientID": "WL-1"})
     assert [r["study_uid"] for r in rows] == [src.StudyInstanceUID]
     row = rows[0]
     assert row["patient_id"] == "WL-1" and row["source"] == "pacs" and "DX" in row["modalities"]
     assert len(row["triage"]) == 1 and row["triage"][0]["probability"] is not None
-    images = open_pacs_study(srv.url, src.StudyInstanceUID, **srv.credentials)
+    images = open_pacs_study(pacs, src.StudyInstanceUID)
     assert [ref.sop_uid for ref, _ in images] == [src.SOPInstanceUID]
     ((sop, data),) = fetch_pacs_images(srv.url, src.StudyInstanceUID, **srv.credentials)
     assert sop == src.SOPInstanceUID and pydicom.dcmread(io.BytesIO(data)).PatientID == "WL-1"
@@ -236,10 +238,12 @@ def test_restart_keeps_state_and_never_duplicates(orthanc, triage_engine, cxr_pi
 
 
 def test_orthanc_down_and_back_loses_nothing(orthanc, triage_engine, cxr_pixels, tmp_path):
+    from cxrtriage.pacs.connection import PacsConnection
     from cxrtriage.pacs.watch import Watcher
 
-    w = Watcher(orthanc.url, mode="changes", poll_s=0.2, state_path=tmp_path / "s.sqlite", engine=triage_engine,
-                max_backoff_s=1.0, **orthanc.credentials)
+    pacs = PacsConnection(orthanc.url, **orthanc.credentials, timeout=5.0)
+    w = Watcher(pacs, mode="changes", poll_s=0.2, state_path=tmp_path / "s.sqlite", engine=triage_engine,
+                max_backoff_s=1.0)
     stop = threading.Event()
     t = threading.Thread(target=w.run, kwargs={"stop": stop}, daemon=True)
     t.start()

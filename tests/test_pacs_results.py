@@ -115,6 +115,43 @@ def test_unreadable_radiograph_gets_a_refusal(triage_engine, cxr_pixels):
     assert "could not be read" in out.results.sr.ContentSequence[-1].ContentSequence[0].TextValue
 
 
+def test_a_batch_goes_through_the_engine_pipeline_in_order(triage_engine, dx_bytes, cxr_pixels):
+    from cxrtriage.pacs.pipeline import OutcomeStatus, triage_bytes
+
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(cxr_pixels[2][1], "dx")))
+    ds.PixelData = ds.PixelData[:100]
+    items = [("dx", dx_bytes), ("ct", make_dicom(cxr_pixels[2][1], "ct")), ("junk", b"not dicom"),
+             ("truncated", pydicom_bytes(ds)), ("lateral", make_dicom(cxr_pixels[2][1], "lateral"))]
+    outs = triage_bytes(triage_engine, items)
+    assert [o.name for o in outs] == [n for n, _ in items]
+    assert [o.status for o in outs] == [OutcomeStatus.RESULTS, OutcomeStatus.SKIPPED, OutcomeStatus.SKIPPED,
+                                        OutcomeStatus.RESULTS, OutcomeStatus.RESULTS]
+    scored, unreadable, lateral = outs[0].results.prediction, outs[3].results.prediction, outs[4].results.prediction
+    ref = triage_engine.predict(dx_bytes, "dx")
+    assert scored.score == pytest.approx(ref.score, abs=1e-6) and scored.priority == ref.priority
+    assert unreadable.priority == "error" and unreadable.error_type and unreadable.model == triage_engine.model_ref
+    assert lateral.priority == "refused" and outs[4].reason
+
+
+def test_pacs_connection_is_validated_once():
+    from cxrtriage.pacs.connection import PacsConnection
+    from cxrtriage.pacs.state import JobStatus
+
+    conn = PacsConnection("http://pacs:8042/", user="triage", password="secret", dicomweb_root="dicom-web/")
+    assert (conn.url, conn.dicomweb_url, conn.auth) == ("http://pacs:8042", "http://pacs:8042/dicom-web", "basic")
+    assert "secret" not in repr(conn)
+    assert PacsConnection("https://pacs", dicomweb_root="").dicomweb_url == "https://pacs"
+    assert PacsConnection.of(conn) is conn
+    assert PacsConnection.of(conn, token="t").auth == "token"
+    assert PacsConnection.of("http://pacs", user="u", password=None) == PacsConnection("http://pacs", "u")
+    session = PacsConnection("http://pacs", token="t", verify=False).session()
+    assert session.headers["Authorization"] == "Bearer t" and session.verify is False
+    for bad in ({"url": "pacs:8042"}, {"url": "ftp://pacs"}, {"url": "http://pacs", "timeout": 0}):
+        with pytest.raises(ValueError):
+            PacsConnection(**bad)
+    assert JobStatus("done") is JobStatus.DONE and f"{JobStatus.FAILED}" == "failed"
+
+
 def test_state_never_hands_out_done_items_and_backs_off(tmp_path):
     from cxrtriage.pacs.state import FAILED, PENDING, State, backoff_delay
 

@@ -272,8 +272,9 @@ def _bulk_predict(inputs: list[str], engine: str, out: Optional[Path], model: Op
                   threads: Optional[int], address: Optional[str], workers: Optional[int], user: Optional[str],
                   password: Optional[str], token: Optional[str], dicomweb_root: str,
                   modality: Optional[list[str]], as_json: bool) -> None:
+    from cxrtriage.bulk import BulkError, DicomwebSource, bulk_triage, is_dicomweb
     from cxrtriage.infer import ModelNotFoundError
-    from cxrtriage.infer.bulk import BulkError, DicomwebSource, bulk_triage, is_dicomweb
+    from cxrtriage.pacs.connection import PacsConnection
 
     if engine not in ("ray", "local"):
         fail(f"unknown engine {engine!r} (ray or local)")
@@ -286,8 +287,11 @@ def _bulk_predict(inputs: list[str], engine: str, out: Optional[Path], model: Op
     source = inputs[0]
     dicomweb = None
     if is_dicomweb(source):
-        dicomweb = DicomwebSource(source, user, password, token, dicomweb_root,
-                                  tuple(m.upper() for m in modality) if modality else ("CR", "DX"))
+        try:
+            dicomweb = DicomwebSource(PacsConnection(source, user, password, token, dicomweb_root),
+                                      tuple(modality) if modality else ("CR", "DX"))
+        except (ValueError, BulkError) as exc:
+            fail(str(exc))
     bars: list = []
 
     def start(listed: int, todo: int) -> None:
@@ -562,12 +566,13 @@ def pacs_watch(
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("cxrtriage.pacs").setLevel(logging.INFO)
     from cxrtriage.infer import ModelNotFoundError
+    from cxrtriage.pacs.connection import PacsConnection
     from cxrtriage.pacs.watch import watch
 
     try:
-        stats = watch(url, user=user, password=password, token=token, mode=mode, poll_s=poll, state_path=state,
-                      model=model, once=once, dicomweb_root=dicomweb_root, store=store, workers=workers,
-                      batch_size=batch_size, backfill=not no_backfill, lookback_days=lookback_days)
+        pacs = PacsConnection(url, user, password, token, dicomweb_root)
+        stats = watch(pacs, mode=mode, poll_s=poll, state_path=state, model=model, once=once, store=store,
+                      workers=workers, batch_size=batch_size, backfill=not no_backfill, lookback_days=lookback_days)
     except (ValueError, ModelNotFoundError) as exc:
         fail(str(exc))
     sys.stdout.write(json.dumps(stats.to_dict()) + "\n")

@@ -8,14 +8,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset
 
-from cxrtriage.pacs.orthanc import PacsError, make_session, raise_for, wrap_network
+from cxrtriage.pacs.connection import PacsConnection
+from cxrtriage.pacs.orthanc import PacsError, raise_for, wrap_network
 
-DEFAULT_ROOT = "/dicom-web"
 TRIAGE_MODALITIES = ("CR", "DX")
 _TAGS = {"study": "0020000D", "series": "0020000E", "sop": "00080018", "sop_class": "00080016",
          "modality": "00080060", "manufacturer": "00080070", "series_description": "0008103E"}
@@ -48,14 +47,15 @@ def _value(item: dict[str, Any], tag: str) -> str:
     return str(v)
 
 
-def dicomweb_client(url: str, user: str | None = None, password: str | None = None, token: str | None = None,
-                    root: str = DEFAULT_ROOT, timeout: float = 30.0) -> DICOMwebClient:
-    """A DICOMweb client for ``url`` + ``root`` (Orthanc: ``/dicom-web``) with auth."""
-    base = url.rstrip("/") + ("/" + root.strip("/") if root and root.strip("/") else "")
-    session = make_session(user, password, token)
-    client = DICOMwebClient(base, session=session, timeout=timeout)
+def dicomweb_client(pacs: PacsConnection | str, **fields: Any) -> DICOMwebClient:
+    """A DICOMweb client for the connection's DICOMweb root (Orthanc: ``url`` + ``/dicom-web``).
+
+    ``pacs``: a :class:`PacsConnection`, or a URL with its fields as keywords (``user=...``)."""
+    conn = PacsConnection.of(pacs, **fields)
+    session = conn.session()
+    client = DICOMwebClient(conn.dicomweb_url, session=session, timeout=conn.timeout)
     client.set_http_retry_params(retry=False)  # callers retry with their own backoff and state
-    client.cxr_session, client.cxr_timeout = session, timeout  # for stow_bytes
+    client.cxr_session, client.cxr_timeout = session, conn.timeout  # for stow_bytes
     return client
 
 
@@ -162,6 +162,3 @@ def study_series(client: DICOMwebClient, study_uid: str) -> list[dict[str, Any]]
     return _call("QIDO-RS series", client.search_for_series, study_uid,
                  fields=["Modality", "SeriesDescription", "Manufacturer", "NumberOfSeriesRelatedInstances"])
 
-
-def read_part10(data: bytes) -> Dataset:
-    return pydicom.dcmread(io.BytesIO(data), force=True)

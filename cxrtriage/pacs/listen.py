@@ -27,8 +27,8 @@ from pynetdicom.sop_class import Verification
 
 from cxrtriage.infer import Engine
 from cxrtriage.pacs.orthanc import PacsError, PacsUnavailable
-from cxrtriage.pacs.pipeline import log_outcome, triage_bytes
-from cxrtriage.pacs.state import FAILED, State, backoff_delay
+from cxrtriage.pacs.pipeline import OutcomeStatus, log_outcome, triage_bytes
+from cxrtriage.pacs.state import FAILED, PENDING, State, backoff_delay
 
 log = logging.getLogger("cxrtriage.pacs")
 
@@ -193,7 +193,7 @@ class Listener:
         for p in paths:
             key = f"sop:{p.stem}"
             item = self.state.get(key)
-            if item is not None and item.status != "pending":
+            if item is not None and item.status is not PENDING:
                 log.info("already processed %s (%s); dropping the duplicate", p.stem, item.status)
                 p.unlink(missing_ok=True)
                 continue
@@ -208,12 +208,12 @@ class Listener:
         for (p, _), out in zip(todo, triage_bytes(self.engine, [(p.stem, d) for p, d in todo])):
             key = f"sop:{p.stem}"
             log_outcome(out, "listen")
-            if out.status == "skipped":
+            if out.status is OutcomeStatus.SKIPPED:
                 self.state.mark_skipped(key, out.reason or "skipped")
                 p.unlink(missing_ok=True)
                 continue
             try:
-                if out.status == "error":
+                if out.status is OutcomeStatus.ERROR:
                     raise PacsError(out.reason or "error")
                 self._deliver(out.datasets)
             except (PacsError, OSError) as exc:

@@ -7,7 +7,8 @@ from typing import Any
 
 import requests
 
-DEFAULT_TIMEOUT = 30.0
+from cxrtriage.pacs.connection import PacsConnection
+
 #: HTTP statuses worth retrying: the server is there but busy, restarting or behind a proxy.
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -22,19 +23,6 @@ class PacsError(RuntimeError):
 
 class PacsUnavailable(PacsError):
     """The PACS could not be reached or is temporarily failing; retry later."""
-
-
-def make_session(user: str | None = None, password: str | None = None, token: str | None = None,
-                 headers: dict[str, str] | None = None) -> requests.Session:
-    """A requests session with HTTP Basic auth (user/password) or a bearer token."""
-    s = requests.Session()
-    if token:
-        s.headers["Authorization"] = f"Bearer {token}"
-    elif user is not None:
-        s.auth = (user, password or "")
-    if headers:
-        s.headers.update(headers)
-    return s
 
 
 def raise_for(resp: requests.Response, what: str) -> None:
@@ -62,14 +50,13 @@ class Change:
 
 
 class OrthancClient:
-    """Orthanc REST: ``/system``, ``/changes``, ``/instances`` (read and store), ``/tools/find``."""
+    """Orthanc REST: ``/changes``, ``/instances`` (read and store), ``/tools/find``."""
 
-    def __init__(self, url: str, user: str | None = None, password: str | None = None, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, session: requests.Session | None = None):
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.session = session or make_session(user, password, token)
-        self._series_tags: dict[str, dict[str, Any]] = {}
+    def __init__(self, pacs: PacsConnection | str, session: requests.Session | None = None, **auth: Any):
+        """``pacs``: a :class:`PacsConnection`, or a URL with its fields as keywords (``user=...``)."""
+        self.pacs = PacsConnection.of(pacs, **auth)
+        self.url, self.timeout = self.pacs.url, self.pacs.timeout
+        self.session = session or self.pacs.session()
 
     # -- plumbing ------------------------------------------------------------------------
     def request(self, method: str, path: str, what: str | None = None, **kw: Any) -> requests.Response:
@@ -86,9 +73,6 @@ class OrthancClient:
         return self.request("GET", path, **kw).json()
 
     # -- API -----------------------------------------------------------------------------
-    def system(self) -> dict[str, Any]:
-        return self.get_json("/system")
-
     def changes(self, since: int, limit: int = 200) -> tuple[list[Change], int, bool]:
         """Changes after sequence number ``since``: (changes, last sequence, done)."""
         d = self.get_json("/changes", params={"since": since, "limit": limit})
@@ -99,25 +83,9 @@ class OrthancClient:
         """Sequence number of the newest change (to start following from now)."""
         return int(self.get_json("/changes", params={"last": ""}).get("Last", 0))
 
-    def instance(self, orthanc_id: str) -> dict[str, Any]:
-        """Instance resource: MainDicomTags (SOPInstanceUID...), ParentSeries."""
-        return self.get_json(f"/instances/{orthanc_id}")
-
-    def series_tags(self, series_id: str) -> dict[str, Any]:
-        """Main DICOM tags of a series (Modality, SeriesDescription...) from Orthanc's index, cached."""
-        if series_id not in self._series_tags:
-            if len(self._series_tags) > 10000:
-                self._series_tags.clear()
-            self._series_tags[series_id] = self.get_json(f"/series/{series_id}").get("MainDicomTags", {})
-        return self._series_tags[series_id]
-
     def instance_series_tags(self, orthanc_id: str) -> dict[str, Any]:
         """Main DICOM tags of an instance's series, in one request (``/instances/{id}/series``)."""
-        series = self.get_json(f"/instances/{orthanc_id}/series")
-        tags = series.get("MainDicomTags", {})
-        if series.get("ID"):
-            self._series_tags[series["ID"]] = tags
-        return tags
+        return self.get_json(f"/instances/{orthanc_id}/series").get("MainDicomTags", {})
 
     def instance_file(self, orthanc_id: str) -> bytes:
         """The DICOM file exactly as it was stored."""

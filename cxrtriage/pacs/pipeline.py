@@ -15,8 +15,9 @@ import pydicom
 from pydicom import Dataset
 from pydicom.uid import DigitalXRayImageStorageForProcessing
 
-from cxrtriage.infer import Engine, Prediction
-from cxrtriage.io import ImageReadError, Radiograph, WrongModalityError, read_radiograph_bytes
+from cxrtriage.contract import Prediction, StrEnum
+from cxrtriage.infer import Engine, decode
+from cxrtriage.io import ImageReadError, Radiograph
 from cxrtriage.pacs.results import TriageResults, build_results, is_own_output
 
 log = logging.getLogger("cxrtriage.pacs")
@@ -24,17 +25,27 @@ log = logging.getLogger("cxrtriage.pacs")
 TRIAGE_MODALITIES = frozenset({"CR", "DX"})
 
 
+class OutcomeStatus(StrEnum):
+    """What became of one instance."""
+
+    RESULTS = "results"  # result objects to store (a score, a refusal or an unreadable-image report)
+    SKIPPED = "skipped"  # not for triage (another modality, our own output, ...): nothing to store
+    ERROR = "error"      # an unexpected failure; worth a retry
+
+
 @dataclass
 class Outcome:
     """What happened to one instance: ``results`` to store, or ``skipped`` with a reason."""
 
     name: str
-    status: str  # "results", "skipped" or "error" (unexpected failure; worth a retry)
+    status: OutcomeStatus
     reason: str | None = None
     results: TriageResults | None = None
     study_uid: str | None = None
     sop_uid: str | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = OutcomeStatus(self.status)
 
     @property
     def datasets(self) -> list[Dataset]:
@@ -54,11 +65,6 @@ def skip_reason(modality: str | None, sop_class_uid: str | None = None, manufact
     return None
 
 
-def dataset_skip_reason(ds: Dataset) -> str | None:
-    return skip_reason(ds.get("Modality"), ds.get("SOPClassUID"), ds.get("Manufacturer"),
-                       ds.get("SeriesDescription"))
-
-
 def _header(data: bytes) -> Dataset | None:
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
@@ -66,57 +72,66 @@ def _header(data: bytes) -> Dataset | None:
         return None
 
 
+def _pre_check(name: str, data: bytes) -> Outcome | Dataset:
+    """The header checks before decoding: a skipped :class:`Outcome`, or the header to go on with."""
+    header = _header(data)
+    if header is None or "SOPInstanceUID" not in header or "StudyInstanceUID" not in header:
+        return Outcome(name, OutcomeStatus.SKIPPED, "not a DICOM instance with study and SOP instance UIDs")
+    reason = skip_reason(header.get("Modality"), header.get("SOPClassUID"), header.get("Manufacturer"),
+                         header.get("SeriesDescription"))
+    if reason:
+        return Outcome(name, OutcomeStatus.SKIPPED, reason, **_ids(header))
+    return header
+
+
+def _ids(header: Dataset) -> dict[str, str]:
+    return {"study_uid": str(header.StudyInstanceUID), "sop_uid": str(header.SOPInstanceUID)}
+
+
 def triage_bytes(engine: Engine, items: Sequence[tuple[str, bytes]], heatmap: bool = True) -> list[Outcome]:
-    """Triage DICOM files given as ``(name, bytes)``; one :class:`Outcome` each, in order."""
+    """Triage DICOM files given as ``(name, bytes)``; one :class:`Outcome` each, in order.
+
+    The header checks (our own output, modality, "for processing") come first; the rest is the
+    engine's pipeline: decode, then gate and network as one batch, a failure being a
+    :class:`Prediction` with ``error`` set. An image of another modality is skipped; a
+    radiograph that cannot be read gets a report in its study saying so."""
     outcomes: list[Outcome | None] = [None] * len(items)
-    ready: list[tuple[int, Radiograph]] = []
+    todo: list[tuple[int, Dataset, Radiograph | None, Prediction | None]] = []
     for i, (name, data) in enumerate(items):
-        t0 = time.perf_counter()
-        header = _header(data)
-        if header is None or "SOPInstanceUID" not in header or "StudyInstanceUID" not in header:
-            outcomes[i] = Outcome(name, "skipped", "not a DICOM instance with study and SOP instance UIDs")
-            continue
-        ids = {"study_uid": str(header.StudyInstanceUID), "sop_uid": str(header.SOPInstanceUID)}
-        reason = dataset_skip_reason(header)
-        if reason:
-            outcomes[i] = Outcome(name, "skipped", reason, **ids)
+        checked = _pre_check(name, data)
+        if isinstance(checked, Outcome):
+            outcomes[i] = checked
             continue
         try:
-            rg = read_radiograph_bytes(data, name)
-        except WrongModalityError as exc:
-            outcomes[i] = Outcome(name, "skipped", str(exc), **ids)
-            continue
-        except ImageReadError as exc:
-            # A radiograph we cannot read: say so in the study rather than stay silent.
-            pred = Prediction(source=name, model=engine.model_ref, error=str(exc), error_type=type(exc).__name__,
-                              priority="error")
-            try:
-                res = build_results(header, None, pred, reason=f"the image could not be read ({exc})")
-            except Exception as exc2:
-                outcomes[i] = Outcome(name, "skipped", f"unreadable ({exc}) and no report possible ({exc2})", **ids)
-                continue
-            outcomes[i] = Outcome(name, "results", pred.error, res, **ids)
-            continue
-        ready.append((i, rg))
-        outcomes[i] = Outcome(name, "results", **ids, timings_ms={"decode": (time.perf_counter() - t0) * 1000})
-    if ready:
-        t0 = time.perf_counter()
-        preds = engine.predict_radiographs([rg for _, rg in ready], heatmap=heatmap)
-        per = (time.perf_counter() - t0) * 1000 / len(ready)
-        for (i, rg), pred in zip(ready, preds):
-            t1 = time.perf_counter()
-            out = outcomes[i]
-            assert out is not None
-            try:
-                out.results = build_results(rg.dicom, rg.pixels, pred)
-            except Exception as exc:  # a header highdicom cannot work with: report, do not crash the batch
-                log.exception("cannot build results for %s", out.name)
-                out.status, out.reason = "error", f"cannot build results: {type(exc).__name__}: {exc}"
-                continue
-            if not pred.ok:
-                out.reason = str(pred.gate.get("reason") or pred.error or "refused")
-            out.timings_ms.update(model=per, build=(time.perf_counter() - t1) * 1000)
-    return [o for o in outcomes if o is not None]
+            todo.append((i, checked, decode(data, name), None))
+        except (ImageReadError, OSError) as exc:
+            todo.append((i, checked, None, Prediction.failed(name, exc, engine.model_ref)))
+    rgs = [rg for _, _, rg, _ in todo if rg is not None]
+    scored = iter(engine.predict_batch(rgs, heatmap=heatmap, batch_size=max(1, len(rgs))) if rgs else [])
+    for i, header, rg, failed in todo:
+        outcomes[i] = _outcome(items[i][0], header, rg, failed or next(scored))
+    return outcomes  # type: ignore[return-value]
+
+
+def _outcome(name: str, header: Dataset, rg: Radiograph | None, pred: Prediction) -> Outcome:
+    """The result objects for one prediction (or why there are none)."""
+    ids = _ids(header)
+    if pred.error_type == "WrongModalityError":
+        return Outcome(name, OutcomeStatus.SKIPPED, pred.error, **ids)
+    if rg is None:  # a radiograph we cannot read: say so in the study rather than stay silent
+        try:
+            res = build_results(header, None, pred, reason=f"the image could not be read ({pred.error})")
+        except Exception as exc:
+            return Outcome(name, OutcomeStatus.SKIPPED, f"unreadable ({pred.error}) and no report possible ({exc})",
+                           **ids)
+        return Outcome(name, OutcomeStatus.RESULTS, pred.error, res, **ids)
+    try:
+        res = build_results(rg.dicom, rg.pixels, pred)
+    except Exception as exc:  # a header highdicom cannot work with: report, do not crash the batch
+        log.exception("cannot build results for %s", name)
+        return Outcome(name, OutcomeStatus.ERROR, f"cannot build results: {type(exc).__name__}: {exc}", **ids)
+    reason = None if pred.ok else str(pred.gate.get("reason") or pred.error or "refused")
+    return Outcome(name, OutcomeStatus.RESULTS, reason, res, **ids)
 
 
 @dataclass
@@ -124,7 +139,7 @@ class Encoded:
     """An :class:`Outcome` with its result objects already encoded (picklable, ready to store)."""
 
     name: str
-    status: str
+    status: OutcomeStatus
     reason: str | None = None
     study_uid: str | None = None
     sop_uid: str | None = None
@@ -134,17 +149,22 @@ class Encoded:
 
 
 def part10(ds: Dataset) -> bytes:
+    """``ds`` as a DICOM Part-10 file (with its file meta information)."""
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
+def _verdict(results: TriageResults | None) -> tuple[bool, str]:
+    """(refused, one-line summary of the score) for the log."""
+    if results is None or results.refused:
+        return bool(results), ""
+    p = results.prediction
+    return False, f"P(abnormal)={p.score or 0.0:.3f} {p.label} [{p.priority}]"
+
+
 def encode(out: Outcome) -> Encoded:
-    refused = bool(out.results and out.results.refused)
-    summary = ""
-    if out.results is not None and not refused:
-        p = out.results.prediction
-        summary = f"P(abnormal)={p.score or 0.0:.3f} {p.label} [{p.priority}]"
+    refused, summary = _verdict(out.results)
     return Encoded(out.name, out.status, out.reason, out.study_uid, out.sop_uid, refused,
                    [(str(ds.SOPInstanceUID), part10(ds)) for ds in out.datasets], summary)
 
@@ -152,6 +172,20 @@ def encode(out: Outcome) -> Encoded:
 def triage_encode(engine: Engine, items: Sequence[tuple[str, bytes]]) -> list[Encoded]:
     """:func:`triage_bytes`, then encode the results (what the watcher stores)."""
     return [encode(o) for o in triage_bytes(engine, items)]
+
+
+def log_outcome(out: Outcome | Encoded, where: str = "") -> None:
+    """One line per instance: skipped (with the reason), error, refused or scored."""
+    tag = f"{where} " if where else ""
+    refused, summary = (out.refused, out.summary) if isinstance(out, Encoded) else _verdict(out.results)
+    if out.status is OutcomeStatus.SKIPPED:
+        log.info("%sskip %s: %s", tag, out.name, out.reason)
+    elif out.status is OutcomeStatus.ERROR:
+        log.warning("%serror %s: %s", tag, out.name, out.reason)
+    elif refused:
+        log.info("%srefused %s: %s", tag, out.name, out.reason)
+    else:
+        log.info("%striaged %s: %s", tag, out.name, summary)
 
 
 # -- worker processes (``watch(..., workers=N)``) ------------------------------------------
@@ -188,30 +222,3 @@ def pool_triage(items: list[tuple[str, bytes]]) -> list[Encoded]:
 
 def pool_ready() -> bool:
     return _ENGINE is not None
-
-
-def log_encoded(out: Encoded, where: str = "") -> None:
-    """Like :func:`log_outcome`, for an :class:`Encoded`."""
-    tag = f"{where} " if where else ""
-    if out.status == "skipped":
-        log.info("%sskip %s: %s", tag, out.name, out.reason)
-    elif out.status == "error":
-        log.warning("%serror %s: %s", tag, out.name, out.reason)
-    elif out.refused:
-        log.info("%srefused %s: %s", tag, out.name, out.reason)
-    else:
-        log.info("%striaged %s: %s", tag, out.name, out.summary)
-
-
-def log_outcome(out: Outcome, where: str = "") -> None:
-    """One line per instance: skipped (with the reason), refused or scored."""
-    tag = f"{where} " if where else ""
-    if out.status == "skipped":
-        log.info("%sskip %s: %s", tag, out.name, out.reason)
-    elif out.status == "error":
-        log.warning("%serror %s: %s", tag, out.name, out.reason)
-    elif out.results is not None and out.results.refused:
-        log.info("%srefused %s: %s", tag, out.name, out.reason)
-    elif out.results is not None:
-        p = out.results.prediction
-        log.info("%striaged %s: P(abnormal)=%.3f %s [%s]", tag, out.name, p.score or 0.0, p.label, p.priority)

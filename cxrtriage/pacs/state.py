@@ -17,7 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PENDING, DONE, SKIPPED, FAILED = "pending", "done", "skipped", "failed"
+from cxrtriage.contract import StrEnum
+
+
+class JobStatus(StrEnum):
+    """Where an item stands."""
+
+    PENDING = "pending"  # waiting for its (next) turn
+    DONE = "done"        # results stored
+    SKIPPED = "skipped"  # not for triage, or gone from the PACS
+    FAILED = "failed"    # given up after too many attempts
+
+
+PENDING, DONE, SKIPPED, FAILED = JobStatus.PENDING, JobStatus.DONE, JobStatus.SKIPPED, JobStatus.FAILED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -45,7 +57,7 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
 class Item:
     key: str
     ref: dict[str, Any]
-    status: str
+    status: JobStatus
     attempts: int
     next_try: float
     created: float
@@ -91,7 +103,7 @@ class State:
         return row[0] if row else default
 
     def enqueue(self, items: list[tuple[str, dict[str, Any]]], cursor: tuple[str, str] | None = None,
-                status: str = PENDING, detail: str | None = None) -> int:
+                status: JobStatus = PENDING, detail: str | None = None) -> int:
         """Add unseen items (others are left alone) and optionally move a cursor, atomically."""
         now = time.time()
         with self._lock:
@@ -111,10 +123,6 @@ class State:
                 cur.execute("ROLLBACK")
                 raise
         return added
-
-    def known(self, key: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM items WHERE key=?", (key,)).fetchone() is not None
 
     def known_keys(self, keys: list[str]) -> set[str]:
         out: set[str] = set()
@@ -150,7 +158,7 @@ class State:
                 return max(0.0, next_try - now)
         return None
 
-    def _set(self, key: str, status: str, detail: str | None, outputs: list[str] | None = None,
+    def _set(self, key: str, status: JobStatus, detail: str | None, outputs: list[str] | None = None,
              attempts: int | None = None, next_try: float = 0.0) -> None:
         with self._lock:
             self._db.execute(
@@ -165,7 +173,7 @@ class State:
     def mark_skipped(self, key: str, reason: str) -> None:
         self._set(key, SKIPPED, reason)
 
-    def mark_retry(self, item: Item, error: str, permanent_after: bool = True) -> str:
+    def mark_retry(self, item: Item, error: str, permanent_after: bool = True) -> JobStatus:
         """Schedule another attempt with backoff; returns the new status.
 
         ``permanent_after=False`` (the PACS is unreachable) never gives up: an outage must
@@ -180,17 +188,10 @@ class State:
         return PENDING
 
     # -- reporting -----------------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[JobStatus, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall()
-        return {s: n for s, n in rows}
-
-    def items(self, status: str | None = None) -> list[Item]:
-        q = "SELECT key, ref, status, attempts, next_try, created, updated, detail, outputs FROM items"
-        with self._lock:
-            rows = (self._db.execute(q + " WHERE status=? ORDER BY created", (status,)) if status
-                    else self._db.execute(q + " ORDER BY created")).fetchall()
-        return [_item(r) for r in rows]
+        return {JobStatus(s): n for s, n in rows}
 
     def get(self, key: str) -> Item | None:
         with self._lock:
@@ -200,4 +201,4 @@ class State:
 
 
 def _item(r: tuple) -> Item:
-    return Item(r[0], json.loads(r[1] or "{}"), r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8] or "[]"))
+    return Item(r[0], json.loads(r[1] or "{}"), JobStatus(r[2]), r[3], r[4], r[5], r[6], r[7], json.loads(r[8] or "[]"))

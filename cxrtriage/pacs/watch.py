@@ -25,17 +25,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cxrtriage.infer import Engine
-from cxrtriage.pacs.dicomweb import (
-    DEFAULT_ROOT,
-    InstanceRef,
-    dicomweb_client,
-    qido_instances,
-    stow_bytes,
-    wado_instance,
-)
+from cxrtriage.pacs.connection import PacsConnection
+from cxrtriage.pacs.dicomweb import InstanceRef, dicomweb_client, qido_instances, stow_bytes, wado_instance
 from cxrtriage.pacs.orthanc import OrthancClient, PacsError, PacsUnavailable
-from cxrtriage.pacs.pipeline import Encoded, log_encoded, pool_init, pool_ready, pool_triage, skip_reason, triage_encode
-from cxrtriage.pacs.state import FAILED, Item, State, backoff_delay
+from cxrtriage.pacs.pipeline import (
+    Encoded,
+    OutcomeStatus,
+    log_outcome,
+    pool_init,
+    pool_ready,
+    pool_triage,
+    skip_reason,
+    triage_encode,
+)
+from cxrtriage.pacs.state import FAILED, PENDING, SKIPPED, Item, State, backoff_delay
 
 log = logging.getLogger("cxrtriage.pacs")
 
@@ -130,7 +133,7 @@ class DicomwebSource:
         if state.cursor(self.cursor_name) is None:
             state.enqueue([], cursor=(self.cursor_name, str(time.time())))
             if not self.backfill:  # everything already there counts as seen
-                state.enqueue(new, status="skipped", detail="present before the watcher started")
+                state.enqueue(new, status=SKIPPED, detail="present before the watcher started")
                 return 0
         return state.enqueue(new)
 
@@ -145,13 +148,12 @@ class DicomwebSource:
 class Storer:
     """Writes encoded result objects into their study (STOW-RS or Orthanc REST)."""
 
-    def __init__(self, kind: str, url: str, user: str | None, password: str | None, token: str | None,
-                 dicomweb_root: str):
+    def __init__(self, kind: str, pacs: PacsConnection):
         if kind not in STORES:
             raise ValueError(f"store must be one of {STORES}, not {kind!r}")
         self.kind = kind
-        self.dw = dicomweb_client(url, user, password, token, dicomweb_root) if kind == "stow" else None
-        self.rest = OrthancClient(url, user, password, token) if kind == "rest" else None
+        self.dw = dicomweb_client(pacs) if kind == "stow" else None
+        self.rest = OrthancClient(pacs) if kind == "rest" else None
 
     def store(self, parts: list[bytes], study_uid: str) -> None:
         if self.dw is not None:
@@ -171,25 +173,23 @@ def _done(value: Any) -> Future:
 class Watcher:
     """The watch loop; see :func:`watch`."""
 
-    def __init__(self, url: str, user: str | None = None, password: str | None = None, token: str | None = None,
-                 mode: str = "changes", poll_s: float = 1.0, state_path: str | Path | None = None,
-                 model: str | Path | None = None, *, engine: Engine | None = None,
-                 dicomweb_root: str = DEFAULT_ROOT, store: str = "stow", batch_size: int = 8,
+    def __init__(self, pacs: PacsConnection | str, mode: str = "changes", poll_s: float = 1.0,
+                 state_path: str | Path | None = None, model: str | Path | None = None, *,
+                 engine: Engine | None = None, store: str = "stow", batch_size: int = 8,
                  max_backoff_s: float = 60.0, backfill: bool = True, lookback_days: int | None = None,
-                 workers: int = 1):
+                 workers: int = 1, **connection: Any):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        self.url, self.mode, self.poll_s = url.rstrip("/"), mode, max(0.05, float(poll_s))
+        self.pacs = PacsConnection.of(pacs, **connection)
+        self.url, self.mode, self.poll_s = self.pacs.url, mode, max(0.05, float(poll_s))
         self.batch_size, self.max_backoff_s = max(1, batch_size), max_backoff_s
         self.state = State(state_path, backoff_base=min(1.0, self.poll_s), backoff_cap=max_backoff_s)
         self.engine = engine or Engine(model)
-        orthanc = OrthancClient(url, user, password, token)
         if mode == "changes":
-            self.source: Source = ChangesSource(orthanc, backfill)
+            self.source: Source = ChangesSource(OrthancClient(self.pacs), backfill)
         else:
-            self.source = DicomwebSource(dicomweb_client(url, user, password, token, dicomweb_root), backfill,
-                                         lookback_days)
-        self.storer = Storer(store, url, user, password, token, dicomweb_root)  # its own session: another thread
+            self.source = DicomwebSource(dicomweb_client(self.pacs), backfill, lookback_days)
+        self.storer = Storer(store, self.pacs)  # its own session: another thread
         self.stats = WatchStats()
         self._stats_lock = threading.Lock()
         self.workers = max(1, int(workers))
@@ -280,12 +280,12 @@ class Watcher:
             return
         by_study: dict[str, list[tuple[Item, Encoded]]] = defaultdict(list)
         for it, out in zip(items, outcomes):
-            log_encoded(out)
-            if out.status == "skipped":
+            log_outcome(out)
+            if out.status is OutcomeStatus.SKIPPED:
                 self.state.mark_skipped(it.key, out.reason or "skipped")
                 self._count("skipped")
                 self._inflight.discard(it.key)
-            elif out.status == "error":
+            elif out.status is OutcomeStatus.ERROR:
                 self._retry(it, out.reason or "error")
                 self._inflight.discard(it.key)
             else:
@@ -381,18 +381,20 @@ class Watcher:
                 wait = min(wait, max(0.05, due))
             stop.wait(wait)
         self.drain()
-        self.stats.pending = self.state.counts().get("pending", 0)
+        self.stats.pending = self.state.counts().get(PENDING, 0)
         return self.stats
 
 
-def watch(url: str, user: str | None = None, password: str | None = None, token: str | None = None,
-          mode: str = "changes", poll_s: float = 1.0, state_path: str | Path | None = None,
-          model: str | Path | None = None, once: bool = False, *, dicomweb_root: str = DEFAULT_ROOT,
+def watch(pacs: PacsConnection | str, mode: str = "changes", poll_s: float = 1.0,
+          state_path: str | Path | None = None, model: str | Path | None = None, once: bool = False, *,
           store: str = "stow", batch_size: int = 8, max_backoff_s: float = 60.0, backfill: bool = True,
           lookback_days: int | None = None, workers: int = 1, engine: Engine | None = None,
-          stop: threading.Event | None = None) -> WatchStats:
-    """Follow the PACS at ``url`` and write triage results back into each study.
+          stop: threading.Event | None = None, **connection: Any) -> WatchStats:
+    """Follow the PACS ``pacs`` and write triage results back into each study.
 
+    ``pacs``: a :class:`~cxrtriage.pacs.connection.PacsConnection`, or the PACS's URL with the
+    connection's other fields as keywords (``user=..., password=...``, ``token=...``,
+    ``dicomweb_root=...``).
     ``mode``: ``changes`` (Orthanc's change feed) or ``dicomweb`` (QIDO-RS polling).
     ``state_path``: SQLite file of progress (default ``~/.cache/cxr-triage/pacs-state.sqlite``);
     keep it to make restarts resume without reprocessing. ``once``: one pass, then return.
@@ -401,9 +403,9 @@ def watch(url: str, user: str | None = None, password: str | None = None, token:
     in that many worker processes (each loads the model) to use several cores. ``stop``:
     an event that ends the loop (the CLI stops on Ctrl-C instead).
     """
-    w = Watcher(url, user, password, token, mode, poll_s, state_path, model, engine=engine,
-                dicomweb_root=dicomweb_root, store=store, batch_size=batch_size, max_backoff_s=max_backoff_s,
-                backfill=backfill, lookback_days=lookback_days, workers=workers)
+    w = Watcher(pacs, mode, poll_s, state_path, model, engine=engine, store=store, batch_size=batch_size,
+                max_backoff_s=max_backoff_s, backfill=backfill, lookback_days=lookback_days, workers=workers,
+                **connection)
     stop = stop or threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import struct
 import sys
@@ -22,24 +21,19 @@ from typing import Any, BinaryIO
 _FRAME = struct.Struct(">Q")
 
 
-def _part10(ds: Any) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def answer_for(engine: Any, data: bytes) -> dict:
-    from cxrtriage.pacs.pipeline import triage_bytes
+    from cxrtriage.pacs.pipeline import OutcomeStatus, part10, triage_bytes
 
     try:
         out = triage_bytes(engine, [("instance", data)])[0]
     except Exception as exc:  # report, do not leave the plugin guessing
-        return {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "prediction": None, "outputs": []}
-    answer: dict = {"status": out.status, "reason": out.reason, "prediction": None, "outputs": []}
+        return {"status": OutcomeStatus.ERROR.value, "reason": f"{type(exc).__name__}: {exc}", "prediction": None,
+                "outputs": []}
+    answer: dict = {"status": out.status.value, "reason": out.reason, "prediction": None, "outputs": []}
     if out.results is not None:
         answer["prediction"] = out.results.prediction.to_dict()
         answer["outputs"] = [{"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
-                              "data": base64.b64encode(_part10(ds)).decode("ascii")} for ds in out.datasets]
+                              "data": base64.b64encode(part10(ds)).decode("ascii")} for ds in out.datasets]
     return answer
 
 
@@ -68,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.serve:
         answer = answer_for(engine, sys.stdin.buffer.read())
         sys.stdout.write(json.dumps(answer))
-        return 0 if answer["status"] != "error" else 1
+        return 1 if answer["status"] == "error" else 0
     while (data := read_frame(sys.stdin.buffer)) is not None:
         write_frame(sys.stdout.buffer, json.dumps(answer_for(engine, data)).encode("utf-8"))
     return 0

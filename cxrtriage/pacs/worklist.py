@@ -9,8 +9,8 @@ from typing import Any
 
 from pydicom import Dataset
 
+from cxrtriage.pacs.connection import PacsConnection
 from cxrtriage.pacs.dicomweb import (
-    DEFAULT_ROOT,
     TRIAGE_MODALITIES,
     InstanceRef,
     _call,
@@ -34,10 +34,9 @@ def _is_ours(series: dict[str, Any]) -> bool:
     return _value(series, "0008103E") == SERIES_DESCRIPTION or _value(series, "00080070") == MANUFACTURER
 
 
-def list_pacs_studies(url: str, user: str | None = None, password: str | None = None, token: str | None = None,
-                      *, limit: int = 100, offset: int = 0, modalities: tuple[str, ...] = TRIAGE_MODALITIES,
-                      filters: dict[str, Any] | None = None, with_results: bool = True,
-                      dicomweb_root: str = DEFAULT_ROOT) -> list[dict[str, Any]]:
+def list_pacs_studies(pacs: PacsConnection | str, *, limit: int = 100, offset: int = 0,
+                      modalities: tuple[str, ...] = TRIAGE_MODALITIES, filters: dict[str, Any] | None = None,
+                      with_results: bool = True, **connection: Any) -> list[dict[str, Any]]:
     """Studies holding CR/DX images, newest first (by Study Date/Time), each with the AI triage result if one exists.
 
     Each entry: ``study_uid, study_date, study_time, accession_number, patient_id,
@@ -45,9 +44,10 @@ def list_pacs_studies(url: str, user: str | None = None, password: str | None = 
     n_instances, source="pacs"`` and ``triage``: a list of decoded SRs
     (:class:`cxrtriage.pacs.results.ResultSummary` as dicts; empty when not triaged yet).
     ``filters``: extra QIDO-RS matching keys (``PatientID``, ``StudyDate="20250101-"``...).
+    ``pacs``: a :class:`PacsConnection`, or a URL with its fields as keywords (``user=...``).
     Raises :class:`cxrtriage.pacs.orthanc.PacsUnavailable` / ``PacsError``.
     """
-    client = dicomweb_client(url, user, password, token, dicomweb_root)
+    client = dicomweb_client(pacs, **connection)
     studies = search_studies(client, modalities, limit=limit, offset=offset, filters=filters)
     out = []
     for s in studies:
@@ -75,11 +75,9 @@ def study_results(client: Any, study_uid: str) -> list[Any]:
     return found
 
 
-def open_pacs_study(url: str, study_uid: str, user: str | None = None, password: str | None = None,
-                    token: str | None = None, *,
-                    dicomweb_root: str = DEFAULT_ROOT) -> list[tuple[InstanceRef, Dataset]]:
+def open_pacs_study(pacs: PacsConnection | str, study_uid: str, **connection: Any) -> list[tuple[InstanceRef, Dataset]]:
     """The CR/DX images of a study (not our own outputs), as pydicom datasets in their stored syntax."""
-    client = dicomweb_client(url, user, password, token, dicomweb_root)
+    client = dicomweb_client(pacs, **connection)
     out = []
     for series in study_series(client, study_uid):
         modality = _value(series, "00080060")
@@ -94,9 +92,8 @@ def open_pacs_study(url: str, study_uid: str, user: str | None = None, password:
     return out
 
 
-def fetch_pacs_images(url: str, study_uid: str, user: str | None = None, password: str | None = None,
-                      token: str | None = None, *, dicomweb_root: str = DEFAULT_ROOT) -> list[tuple[str, bytes]]:
+def fetch_pacs_images(pacs: PacsConnection | str, study_uid: str, **connection: Any) -> list[tuple[str, bytes]]:
     """The CR/DX images of a study as ``(SOP Instance UID, Part-10 bytes)``, ready for
     ``TriageService.add_study_from_bytes(data, name, source="pacs", external_ref=sop_uid)``."""
     return [(ref.sop_uid, dataset_bytes(ds))
-            for ref, ds in open_pacs_study(url, study_uid, user, password, token, dicomweb_root=dicomweb_root)]
+            for ref, ds in open_pacs_study(pacs, study_uid, **connection)]
