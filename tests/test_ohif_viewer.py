@@ -129,3 +129,15 @@ def test_study_in_ohif_shows_the_heatmap_series_and_the_sr_finding(ohif, orthanc
     assert not offsite, f"the viewer fetched from outside the machine: {offsite[:5]}"
     assert any("/series/" in p for p in ohif.proxied), "the viewer never read the study through /dicom-web"
     assert not [e for e in errors if "TypeError" in e], errors
+
+
+def test_the_sites_ohif_config_is_the_one_tested():
+    """compose.yaml mounts deploy/ohif/app-config.js into OHIF: it must be what the test above ran."""
+    from testkit.ohif import ROOT, app_config
+
+    shipped = ROOT / "deploy" / "ohif" / "app-config.js"
+    assert shipped.read_text() == app_config(), (
+        "deploy/ohif/app-config.js differs from testkit.ohif.app_config(); regenerate it with\n"
+        "  python -c 'from testkit.ohif import app_config; print(app_config(), end=\"\")' > deploy/ohif/app-config.js")
+    compose = (ROOT / "compose.yaml").read_text()
+    assert "./deploy/ohif/app-config.js" in compose and "ohif/app:v" in compose
