@@ -26,10 +26,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from cxrtriage.contract import Kind, triage_score, triage_target
 from cxrtriage.evaluate.thresholds import validate_binary
 
 __all__ = [
     "BINARY_CI_METRICS",
+    "macro_auc",
+    "triage_auc",
     "binary_metrics",
     "multiclass_metrics",
     "calibration_curve_data",
@@ -339,3 +342,19 @@ def multiclass_metrics(
     out["per_class_auc_ci"] = {name: ci.get(f"auc:{name}") for name in classes}
     out["n_boot"], out["ci_level"], out["seed"] = int(n_boot), CI_LEVEL, int(seed)
     return jsonable(out)
+
+
+def triage_auc(y: np.ndarray, probs: np.ndarray, kind: Kind | str = Kind.SINGLE) -> float:
+    """ROC AUC of the triage score against "abnormal" (NaN when only one side is present), without CI."""
+    pos = triage_target(y, kind)
+    if pos.all() or not pos.any():
+        return float("nan")
+    return float(roc_auc_score(pos, triage_score(probs, kind)))
+
+
+def macro_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """One-vs-rest macro ROC AUC of class indices ``y`` against (N, C) probabilities (NaN when undefined)."""
+    try:
+        return float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    except ValueError:
+        return float("nan")

@@ -17,20 +17,17 @@ import numpy as np
 from sklearn.metrics import average_precision_score, classification_report, roc_auc_score
 
 from cxrtriage import DISCLAIMER
+from cxrtriage.contract import Kind, triage_score, triage_target
 from cxrtriage.evaluate.metrics import (
     CI_LEVEL, _bootstrap, _opt, _ratio, binary_metrics, calibration_curve_data, jsonable, weighted_roc_auc,
 )
-from cxrtriage.evaluate.plots import ACCENT, BLUE, INK, MUTED, _figure, _save, _styled
+from cxrtriage.evaluate.plots import (
+    ACCENT, BLUE, INK, MUTED, _figure, _save, _styled, pr_plot, reliability_plot, roc_plot,
+)
+from cxrtriage.evaluate.report import write_report
 from cxrtriage.evaluate.thresholds import choose_threshold
 
-__all__ = ["evaluate_multilabel", "label_auc_plot", "label_thresholds", "multilabel_metrics", "triage_score",
-           "validation_summary"]
-
-
-def triage_score(probs: np.ndarray) -> np.ndarray:
-    """Triage score of a multi-label model: the highest finding probability."""
-    p = np.asarray(probs, dtype=float)
-    return np.clip(p.max(axis=1), 0.0, 1.0) if p.shape[1] else np.zeros(len(p))
+__all__ = ["evaluate_multilabel", "label_auc_plot", "label_thresholds", "multilabel_metrics", "validation_summary"]
 
 
 def _check(y: np.ndarray, p: np.ndarray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -164,12 +161,9 @@ def evaluate_multilabel(task_name: str, labels: list[str], targets: np.ndarray, 
     per label: AUC with CI, operating point at ``thresholds[label]``. Writes metrics.json,
     plots and report.html to ``out_dir`` when given.
     """
-    from cxrtriage.evaluate.plots import pr_plot, reliability_plot, roc_plot
-    from cxrtriage.evaluate.report import write_report
-
     y, p = _check(targets, probs, labels)
-    any_pos = y.any(axis=1).astype(np.int64)
-    score = triage_score(p)
+    any_pos = triage_target(y, Kind.MULTILABEL).astype(np.int64)
+    score = triage_score(p, Kind.MULTILABEL)
     binary = binary_metrics(any_pos, score, threshold, n_boot=n_boot, seed=seed)
     ml = multilabel_metrics(y, p, labels, thresholds, n_boot=n_boot, seed=seed)
     thr = np.array([np.inf if (thresholds or {}).get(c) is None else thresholds[c] for c in labels])
@@ -217,8 +211,8 @@ def validation_summary(targets: np.ndarray, probs: np.ndarray, labels: list[str]
     y, p = _check(targets, probs, labels)
     q = np.clip(p, 1e-7, 1 - 1e-7)
     bce = float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).mean())
-    any_pos = y.any(axis=1)
-    triage = float(roc_auc_score(any_pos, triage_score(p))) if 0 < any_pos.sum() < len(y) else None
+    any_pos = triage_target(y, Kind.MULTILABEL)
+    triage = float(roc_auc_score(any_pos, triage_score(p, Kind.MULTILABEL))) if 0 < any_pos.sum() < len(y) else None
     per = {name: (float(roc_auc_score(y[:, j], p[:, j])) if 0 < y[:, j].sum() < len(y) else None)
            for j, name in enumerate(labels)}
     scored = [v for v in per.values() if v is not None]

@@ -11,18 +11,15 @@ import numpy as np
 from sklearn.metrics import classification_report
 
 from cxrtriage import DISCLAIMER
+from cxrtriage.contract import triage_score, triage_target
 from cxrtriage.evaluate.metrics import binary_metrics, calibration_curve_data, jsonable, multiclass_metrics
+from cxrtriage.evaluate.multilabel import evaluate_multilabel
 from cxrtriage.evaluate.plots import confusion_plot, multiclass_roc_plot, pr_plot, reliability_plot, roc_plot
 from cxrtriage.evaluate.report import write_report
 
 __all__ = ["evaluate_predictions", "triage_score"]
 
 _HEADLINE = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc", "brier", "ece")
-
-
-def triage_score(probs: np.ndarray) -> np.ndarray:
-    """Probability that an image is abnormal: ``1 - P(class 0)``, clipped to [0, 1]."""
-    return np.clip(1.0 - np.asarray(probs, dtype=float)[:, 0], 0.0, 1.0)
 
 
 def evaluate_predictions(
@@ -49,20 +46,13 @@ def evaluate_predictions(
     metrics.json, the PNG plots and report.html there. Returns a JSON-serialisable dict.
     """
     if np.asarray(y_true_idx).ndim == 2:
-        from cxrtriage.evaluate.multilabel import evaluate_multilabel
-
         return evaluate_multilabel(task_name, list(classes), y_true_idx, probs, threshold, out_dir, meta,
                                    label_thresholds, n_boot=n_boot, seed=seed)
-    y = np.asarray(y_true_idx).ravel().astype(np.int64)
-    p = np.asarray(probs, dtype=float)
-    if p.ndim != 2 or p.shape != (y.size, len(classes)):
-        raise ValueError(f"probs must have shape ({y.size}, {len(classes)}), got {p.shape}")
-    if len(classes) < 2:
-        raise ValueError("need at least two classes")
-    y_bin = (y != 0).astype(np.int64)
+    y, p = _checked(y_true_idx, probs, classes)
+    y_bin = triage_target(y).astype(np.int64)
     score = triage_score(p)
-
     binary = binary_metrics(y_bin, score, threshold, n_boot=n_boot, seed=seed)
+    positive_name = classes[1] if len(classes) == 2 else "abnormal"
     result: dict[str, Any] = {
         "task": task_name,
         "classes": list(classes),
@@ -74,21 +64,10 @@ def evaluate_predictions(
         **{k: binary[k] for k in _HEADLINE},
         "roc_auc_ci": binary["ci"]["roc_auc"],
     }
-    pred = (score >= threshold).astype(np.int64)
-    positive_name = classes[1] if len(classes) == 2 else "abnormal"
     if len(classes) > 2:
-        multi = multiclass_metrics(y, p, classes, n_boot=n_boot, seed=seed)
-        result["macro_auc"] = multi["macro_auc"]
-        result["macro_auc_ci"] = multi["ci"]["macro_auc"]
-        result["multiclass"] = multi
-        result["classification_report"] = multi["classification_report"]
-        result["classification_report_kind"] = "arg-max class per image"
+        result.update(_class_level(y, p, classes, n_boot, seed))
     else:
-        result["classification_report"] = classification_report(
-            y_bin, pred, labels=[0, 1], target_names=[classes[0], positive_name],
-            output_dict=True, zero_division=np.nan,
-        )
-        result["classification_report_kind"] = f"triage decision at threshold {threshold:.3f}"
+        result.update(_decision_report(y_bin, score, threshold, classes[0], positive_name))
     result.update(
         {
             "positive": f"any class other than {classes[0]!r}",
@@ -101,17 +80,48 @@ def evaluate_predictions(
         }
     )
     result = jsonable(result)
-
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        plots = _write_plots(out, result, y, y_bin, score, p, classes, threshold, positive_name)
-        result["files"] = {k: v.name for k, v in plots.items()}
-        result["files"]["metrics"] = "metrics.json"
-        result["files"]["report"] = "report.html"
-        (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
-        write_report(out, result, plots)
+        plots = _write_plots(Path(out_dir), result, y, y_bin, score, p, classes, threshold, positive_name)
+        _write_outputs(Path(out_dir), result, plots)
     return result
+
+
+def _checked(y_true_idx: np.ndarray, probs: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices (N,) and probabilities (N, C) as arrays, their shapes checked."""
+    y = np.asarray(y_true_idx).ravel().astype(np.int64)
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2 or p.shape != (y.size, len(classes)):
+        raise ValueError(f"probs must have shape ({y.size}, {len(classes)}), got {p.shape}")
+    if len(classes) < 2:
+        raise ValueError("need at least two classes")
+    return y, p
+
+
+def _class_level(y: np.ndarray, p: np.ndarray, classes: list[str], n_boot: int, seed: int) -> dict[str, Any]:
+    """Entries of a 3+ class model: macro AUC with its CI, the class-level metrics and their report."""
+    multi = multiclass_metrics(y, p, classes, n_boot=n_boot, seed=seed)
+    return {"macro_auc": multi["macro_auc"], "macro_auc_ci": multi["ci"]["macro_auc"], "multiclass": multi,
+            "classification_report": multi["classification_report"],
+            "classification_report_kind": "arg-max class per image"}
+
+
+def _decision_report(y_bin: np.ndarray, score: np.ndarray, threshold: float, normal_name: str,
+                     positive_name: str) -> dict[str, Any]:
+    """The classification report of a two-class model: the triage decision at ``threshold``."""
+    pred = (score >= threshold).astype(np.int64)
+    report = classification_report(y_bin, pred, labels=[0, 1], target_names=[normal_name, positive_name],
+                                   output_dict=True, zero_division=np.nan)
+    return {"classification_report": report,
+            "classification_report_kind": f"triage decision at threshold {threshold:.3f}"}
+
+
+def _write_outputs(out: Path, result: dict[str, Any], plots: dict[str, Path]) -> None:
+    """metrics.json and report.html beside the plots; ``result`` gets the list of files."""
+    result["files"] = {k: v.name for k, v in plots.items()}
+    result["files"]["metrics"] = "metrics.json"
+    result["files"]["report"] = "report.html"
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
+    write_report(out, result, plots)
 
 
 def _write_plots(
@@ -125,6 +135,7 @@ def _write_plots(
     threshold: float,
     positive_name: str,
 ) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
     ci = result["binary"]["ci"]
     both = 0 < y_bin.sum() < y_bin.size
     plots: dict[str, Path] = {}

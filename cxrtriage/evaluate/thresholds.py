@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_curve
 
-__all__ = ["choose_threshold", "high_priority_threshold", "THRESHOLD_METHODS"]
+from cxrtriage.contract import URGENT_SPECIFICITY
+
+__all__ = ["choose_threshold", "high_priority_threshold", "operating_points", "THRESHOLD_METHODS"]
 
 THRESHOLD_METHODS = ("youden", "youden-plateau", "sensitivity")
 PLATEAU_HALF_WIDTH = 1.0  # logits: the window over which youden-plateau averages Youden's J
@@ -129,3 +131,12 @@ def high_priority_threshold(y_true: np.ndarray, score: np.ndarray, specificity: 
     fpr, _, levels = _roc(y, s)
     allowed = np.flatnonzero(fpr <= 1.0 - specificity + 1e-12)
     return _cut(levels, int(allowed[-1]))
+
+
+def operating_points(y_true: np.ndarray, score: np.ndarray, method: str = "youden",
+                     target_sensitivity: float | None = None,
+                     urgent_specificity: float = URGENT_SPECIFICITY) -> tuple[float, float]:
+    """(threshold, "urgent" threshold) chosen on validation: the operating threshold of
+    :func:`choose_threshold`, and the threshold keeping ``urgent_specificity``, never below it."""
+    threshold = choose_threshold(y_true, score, method=method, target_sensitivity=target_sensitivity)
+    return threshold, max(threshold, high_priority_threshold(y_true, score, specificity=urgent_specificity))
