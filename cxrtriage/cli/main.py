@@ -285,13 +285,11 @@ def _bulk_predict(inputs: list[str], engine: str, out: Optional[Path], model: Op
     if address and engine != "ray":
         fail("--address is for --engine ray")
     source = inputs[0]
-    dicomweb = None
-    if is_dicomweb(source):
-        try:
-            dicomweb = DicomwebSource(PacsConnection(source, user, password, token, dicomweb_root),
-                                      tuple(modality) if modality else ("CR", "DX"))
-        except (ValueError, BulkError) as exc:
-            fail(str(exc))
+    try:
+        dicomweb = DicomwebSource(PacsConnection(source, user, password, token, dicomweb_root),
+                                  tuple(modality or ("CR", "DX"))) if is_dicomweb(source) else None
+    except (ValueError, BulkError) as exc:
+        fail(str(exc))
     bars: list = []
 
     def start(listed: int, todo: int) -> None:
@@ -570,9 +568,9 @@ def pacs_watch(
     from cxrtriage.pacs.watch import watch
 
     try:
-        pacs = PacsConnection(url, user, password, token, dicomweb_root)
-        stats = watch(pacs, mode=mode, poll_s=poll, state_path=state, model=model, once=once, store=store,
-                      workers=workers, batch_size=batch_size, backfill=not no_backfill, lookback_days=lookback_days)
+        stats = watch(PacsConnection(url, user, password, token, dicomweb_root), mode=mode, poll_s=poll,
+                      state_path=state, model=model, once=once, store=store, workers=workers,
+                      batch_size=batch_size, backfill=not no_backfill, lookback_days=lookback_days)
     except (ValueError, ModelNotFoundError) as exc:
         fail(str(exc))
     sys.stdout.write(json.dumps(stats.to_dict()) + "\n")

@@ -7,6 +7,8 @@
   results with C-STORE (``cxr pacs listen``);
 * :func:`list_pacs_studies` / :func:`open_pacs_study` / :func:`fetch_pacs_images`: the PACS
   side of the service's worklist;
+* :class:`PacsConnection`: how to reach a PACS (URL, DICOMweb root, credentials, timeout, TLS
+  verification), taken by all of the above (or a URL with the same fields as keywords);
 * ``orthanc_plugin.py``: the "AI triage" button of Orthanc Explorer (orthanc-python).
 
 Needs the ``pacs`` extra (highdicom, dicomweb-client, pynetdicom, requests). Importing
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["fetch_pacs_images", "list_pacs_studies", "open_pacs_study", "read_result_sr", "study_results"]
+__all__ = ["PacsConnection", "fetch_pacs_images", "list_pacs_studies", "open_pacs_study", "read_result_sr",
+           "study_results"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from cxrtriage.pacs import worklist
 
         return getattr(worklist, name)
+    if name == "PacsConnection":
+        from cxrtriage.pacs.connection import PacsConnection
+
+        return PacsConnection
     if name == "read_result_sr":
         from cxrtriage.pacs.results import read_result_sr
 

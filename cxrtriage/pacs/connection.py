@@ -41,7 +41,7 @@ class PacsConnection:
         url = str(self.url or "").strip().rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"PACS URL {self.url!r} is not an http:// or https:// URL")
+            raise ValueError(f"PACS URL {self.url!r} is not an http:// or https:// URL with a host")
         object.__setattr__(self, "url", url)
         for name in ("user", "password", "token"):
             value = getattr(self, name)

@@ -34,18 +34,24 @@ class OutcomeStatus(StrEnum):
 
 
 @dataclass
-class Outcome:
-    """What happened to one instance: ``results`` to store, or ``skipped`` with a reason."""
+class InstanceStatus:
+    """What became of one instance (``name``), why, and the study and instance it is."""
 
     name: str
     status: OutcomeStatus
     reason: str | None = None
-    results: TriageResults | None = None
     study_uid: str | None = None
     sop_uid: str | None = None
 
     def __post_init__(self) -> None:
         self.status = OutcomeStatus(self.status)
+
+
+@dataclass
+class Outcome(InstanceStatus):
+    """An instance's status with its result objects: ``results`` to store, or ``skipped`` with a reason."""
+
+    results: TriageResults | None = None
 
     @property
     def datasets(self) -> list[Dataset]:
@@ -124,25 +130,20 @@ def _outcome(name: str, header: Dataset, rg: Radiograph | None, pred: Prediction
         except Exception as exc:
             return Outcome(name, OutcomeStatus.SKIPPED, f"unreadable ({pred.error}) and no report possible ({exc})",
                            **ids)
-        return Outcome(name, OutcomeStatus.RESULTS, pred.error, res, **ids)
+        return Outcome(name, OutcomeStatus.RESULTS, pred.error, results=res, **ids)
     try:
         res = build_results(rg.dicom, rg.pixels, pred)
     except Exception as exc:  # a header highdicom cannot work with: report, do not crash the batch
         log.exception("cannot build results for %s", name)
         return Outcome(name, OutcomeStatus.ERROR, f"cannot build results: {type(exc).__name__}: {exc}", **ids)
     reason = None if pred.ok else str(pred.gate.get("reason") or pred.error or "refused")
-    return Outcome(name, OutcomeStatus.RESULTS, reason, res, **ids)
+    return Outcome(name, OutcomeStatus.RESULTS, reason, results=res, **ids)
 
 
 @dataclass
-class Encoded:
+class Encoded(InstanceStatus):
     """An :class:`Outcome` with its result objects already encoded (picklable, ready to store)."""
 
-    name: str
-    status: OutcomeStatus
-    reason: str | None = None
-    study_uid: str | None = None
-    sop_uid: str | None = None
     refused: bool = False
     outputs: list[tuple[str, bytes]] = field(default_factory=list)  # (SOP Instance UID, Part-10 bytes)
     summary: str = ""
