@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Load test of the triage service: N concurrent clients upload real radiographs for T seconds.
 
-Starts ``python -m cxrtriage.serve`` on a loopback port with a fresh data directory, lets
+Starts ``python -m cxrtriage serve`` on a loopback port with a fresh data directory, lets
 ``--clients`` threads each upload a radiograph and wait for its result (long poll) in a
 loop, and prints uploads/s, upload-to-result latency percentiles, errors and the server's
 resident memory (from /proc/PID/status) at start, peak and end.
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         env["CXR_THREADS"] = str(a.threads)
     log = open(Path(data_dir) / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "cxrtriage.serve", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "cxrtriage", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--data-dir", str(data_dir), "--no-samples", "--no-access-log", "--log-level", "warning"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     rss: list[tuple[float, float]] = []

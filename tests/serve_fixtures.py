@@ -93,7 +93,7 @@ def wait_ready(client, timeout: float = 30.0, headers: dict | None = None) -> No
 
 
 class LiveServer:
-    """``python -m cxrtriage.serve`` on a free loopback port, as a real process."""
+    """``python -m cxrtriage serve`` on a free loopback port, as a real process."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, token: str | None = None,
                  args: tuple[str, ...] = ()):
@@ -108,7 +108,7 @@ class LiveServer:
             env_all["CXR_API_TOKEN"] = token
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cxrtriage.serve", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "cxrtriage", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--no-samples", *args],
             cwd=ROOT, env=env_all, stdout=self._log, stderr=subprocess.STDOUT)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -185,3 +185,72 @@ def dicom_bomb(path: Path, side: int = 30000, rle: bool = True) -> Path:
         ds["PixelData"].VR = "OW"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+# -- a real small or read-only disk --------------------------------------------------------------
+class SmallDisk:
+    """A tmpfs of ``size`` bytes mounted at ``path`` (needs the right to mount, e.g. root in a
+    container; tests skip otherwise): a real full disk (ENOSPC) and a real read-only one (EROFS)."""
+
+    def __init__(self, path: Path, size: int = 4 * 1024 * 1024):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.path)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {out.stderr.strip()}")
+
+    def fill(self) -> Path:
+        """Write a file until the disk is full; returns it (delete it to free the space)."""
+        filler = self.path / "filler.bin"
+        with open(filler, "wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        try:  # the last partial block too
+            with open(self.path / "filler2.bin", "wb") as fh:
+                while True:
+                    fh.write(b"\0" * 512)
+                    fh.flush()
+        except OSError:
+            pass
+        return filler
+
+    def free(self) -> None:
+        for name in ("filler.bin", "filler2.bin"):
+            (self.path / name).unlink(missing_ok=True)
+
+    def read_only(self, ro: bool = True) -> None:
+        subprocess.run(["mount", "-o", f"remount,{'ro' if ro else 'rw'}", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+def read_only_bind(folder: Path) -> None:
+    """Make ``folder`` read-only in place (a read-only bind mount over itself): writes there fail
+    with EROFS, as on a read-only disk, while files already open elsewhere stay writable."""
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+
+
+def undo_bind(folder: Path) -> None:
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """High-water mark of a process's resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

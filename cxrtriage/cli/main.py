@@ -329,7 +329,7 @@ def export(
     """Export a trained run to ONNX + JSON sidecar (+ quality gate), choosing the threshold on validation."""
     if fmt != "onnx":
         fail(f"unknown format {fmt!r} (supported: onnx)")
-    from cxrtriage.train.trainer import export_run
+    from cxrtriage.train.export import export_run
 
     try:
         path = export_run(run, out)
@@ -361,11 +361,13 @@ def ensemble(
                               name=name, heatmap_from=heatmap_from or None, half_weights=half_weights)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    meta = json.loads(path.with_suffix(".json").read_text())
-    v = meta["validation"]
+    from cxrtriage.contract import ModelSpec
+
+    spec = ModelSpec.load(path)
+    v = spec.provenance["validation"]
     console.print(f"wrote {path}: validation ROC AUC {v['roc_auc']:.4f}"
                   + (f", macro AUC {v['macro_auc']:.4f}" if v.get("macro_auc") is not None else "")
-                  + f", accuracy {v['accuracy']:.4f}, threshold {meta['threshold']:.3f}")
+                  + f", accuracy {v['accuracy']:.4f}, threshold {spec.threshold:.3f}")
 
 
 @app.command()
@@ -522,7 +524,9 @@ def serve(
     cors_origin: Optional[list[str]] = typer.Option(None, "--cors-origin", help="Allow this browser origin (repeatable; default: none)."),
     samples: Optional[bool] = typer.Option(None, "--samples/--no-samples", help="Offer the bundled sample radiographs on first start (default: yes, or $CXR_SAMPLES)."),
     pacs_url: Optional[str] = typer.Option(None, "--pacs-url", help="DICOMweb PACS whose studies the worklist lists and opens (or $CXR_PACS_URL; credentials: $CXR_PACS_USER/$CXR_PACS_PASSWORD or $CXR_PACS_TOKEN)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads (default: $CXR_THREADS or half the cores)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
 ) -> None:
     """Run the triage service: HTTP API (docs at /docs), worklist and viewer, background inference."""
     from cxrtriage.serve import SettingsError
@@ -531,7 +535,8 @@ def serve(
     try:
         run_service(host, port, model, data_dir, None, token_file=token_file,
                     max_upload_bytes=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None,
-                    cors_origins=cors_origin, samples=samples, pacs_url=pacs_url, log_level=log_level)
+                    cors_origins=cors_origin, threads=threads, samples=samples, pacs_url=pacs_url,
+                    log_level=log_level, access_log=access_log)
     except SettingsError as exc:
         fail(str(exc))
 

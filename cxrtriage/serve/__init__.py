@@ -1,6 +1,7 @@
 """The triage service: HTTP API, worklist and viewer, background inference, persistence.
 
-``cxr serve`` calls :func:`serve`; tests and embedding code use :func:`create_app`.
+``cxr serve`` (also ``python -m cxrtriage serve``) calls :func:`serve`; tests and embedding code use
+:func:`create_app`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,12 @@ def serve(
     if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API token: anyone who can reach this port can use the API "
                     "(set CXR_API_TOKEN or CXR_API_TOKEN_FILE)", host)
-    app = create_app(settings)
+    from cxrtriage.serve.store import DataDirError
+
+    try:
+        app = create_app(settings)
+    except DataDirError as exc:  # a read-only or unusable data folder: say which, without a traceback
+        raise SettingsError(str(exc)) from None
     config = uvicorn.Config(app, host=host, port=port, log_config=None, log_level=log_level.lower(),
                             access_log=access_log, timeout_graceful_shutdown=5, server_header=False)
     log.info("cxr-triage on http://%s:%d/ (API docs at /docs)%s%s", host, port,

@@ -80,12 +80,12 @@ class Store(QueueMixin):
             d.mkdir(parents=True, exist_ok=True)
         for i in range(256):  # the fan-out folders, made once rather than checked on every write
             (self.objects / f"{i:02x}").mkdir(exist_ok=True)
-        self.created = not self.db_path.exists()
-        migrate(self.conn())
-        self._secret = self._load_secret()
         probe = self.tmp / f".probe-{os.getpid()}"  # a read-only folder with a database in it reads fine
         probe.write_bytes(b"ok")
         probe.unlink()
+        self.created = not self.db_path.exists()
+        migrate(self.conn())
+        self._secret = self._load_secret()
 
     def lock(self) -> None:
         """Take the data directory for this process; a second server on the same directory is refused

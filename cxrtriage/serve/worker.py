@@ -126,6 +126,10 @@ class Worker:
                 self._reclaim()
             try:
                 jobs = self.store.claim(self.settings.batch_size)
+            except (OSError, sqlite3.Error) as exc:  # disk full, read-only: tried again in a while
+                log.warning("cannot take jobs from the queue: %s", _why(exc))
+                self._stop.wait(2.0)
+                continue
             except Exception:
                 log.exception("cannot read the queue")
                 self._stop.wait(1.0)
