@@ -30,7 +30,8 @@ import torch
 from cxrtriage.data import kermany_samples, load_cached, patient_split
 from cxrtriage.evaluate.metrics import binary_metrics
 from cxrtriage.models.archs import get_arch
-from cxrtriage.models.backbones import BACKBONES, fetch_pretrained
+from cxrtriage.models.backbones import BACKBONES
+from cxrtriage.models.weights import fetch_pretrained
 from cxrtriage.train.config import TrainConfig
 from cxrtriage.train.trainer import train
 

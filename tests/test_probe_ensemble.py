@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cxrtriage.cli.main import app
 from cxrtriage.models.archs import build_model
-from cxrtriage.models.backbones import init_weights
+from cxrtriage.models.weights import init_weights
 from cxrtriage.models.ensemble import resize_matrix
 from cxrtriage.train.augment import AugmentConfig
 from cxrtriage.train.probe import C_GRID, FeatureExtractor, fold_head

@@ -13,13 +13,8 @@ from dataset_fixtures import make_kermany
 from typer.testing import CliRunner
 
 from cxrtriage.models.archs import ARCHS, CamNet, build_model
-from cxrtriage.models.backbones import (
-    BACKBONES,
-    init_weights,
-    lite_weights_file,
-    load_backbone_weights,
-    read_state_dict,
-)
+from cxrtriage.models.backbones import BACKBONES, lite_weights_file
+from cxrtriage.models.weights import init_weights, load_backbone_weights, read_state_dict
 
 # Parameter counts of the public ImageNet models (RGB input, 1000 classes). Ours take one
 # channel and end in pooling + one linear layer: MobileNetV3 drops its 1280-wide hidden
@@ -120,7 +115,7 @@ def test_weights_file_loads_with_grayscale_first_layer(tmp_path):
 
 def test_old_densenet_key_names_are_accepted():
     """torchvision's DenseNet files name layers 'norm.1' / 'conv.2' (older torch); both load."""
-    from cxrtriage.models.backbones import densenet_trunk
+    from cxrtriage.models.backbones.densenet import densenet_trunk
 
     def small() -> CamNet:  # DenseNet-121's layout at a toy size
         trunk = densenet_trunk((2, 2, 2, 2), growth=8, init=16)
@@ -241,7 +236,7 @@ def test_odd_sized_feature_maps_export_with_the_gate_embedding(arch, size, tmp_p
     torch.manual_seed(0)
     model = build_model(arch, 3, size).eval()
     assert model.forward_features(torch.zeros(1, 1, size, size)).shape[-1] == 5
-    onnx_path, _ = export_onnx(model, tmp_path / "m.onnx", size, 0.5, 0.25, {"task": "pneumonia3"})
+    onnx_path = export_onnx(model, tmp_path / "m.onnx", size, 0.5, 0.25).path
     x = np.random.default_rng(0).integers(0, 256, (2, 1, size, size)).astype(np.float32)
     got = ort.InferenceSession(str(onnx_path)).run(["probs", "cam", "embedding"], {"image": x})
     with torch.no_grad():

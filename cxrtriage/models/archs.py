@@ -8,11 +8,11 @@ reference networks, kept so their claims can be checked on the same data and bud
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import nn
+
+from cxrtriage.models.backbones import arch_specs as backbone_arch_specs
+from cxrtriage.models.base import ArchSpec, CamNet
 
 
 class ConvBNAct(nn.Sequential):
@@ -38,47 +38,6 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv2(self.conv1(x)) + self.short(x))
-
-
-class CamNet(nn.Module):
-    """A feature extractor, global average pooling and a linear head.
-
-    ``forward_features`` returns the last feature map; the class activation map of
-    class c is ``head.weight[c] @ features + head.bias[c]`` at every position.
-    """
-
-    def __init__(self, features: nn.Module, channels: int, num_classes: int, dropout: float = 0.2):
-        super().__init__()
-        self.features = features
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(channels, num_classes)
-        self.num_features = channels
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(x).mean(dim=(2, 3))
-        return self.head(self.dropout(f))
-
-    def serving_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, class activation maps in logit units, gate embedding) of normalised input ``x``."""
-        f = self.forward_features(x)
-        logits = self.head(f.mean(dim=(2, 3)))
-        cam = torch.einsum("nchw,kc->nkhw", f, self.head.weight) + self.head.bias.view(1, -1, 1, 1)
-        return logits, cam, self.embed(f)
-
-    @staticmethod
-    def embed(features: torch.Tensor) -> torch.Tensor:
-        """Quality-gate embedding: features pooled on a 2x2 grid, so layout (orientation) counts.
-
-        The cells are those of ``adaptive_avg_pool2d(features, 2)`` (overlapping by the middle row or
-        column of an odd-sized map), written out so that odd sizes export to ONNX too."""
-        h, w = features.shape[-2], features.shape[-1]
-        rows = ((0, (h + 1) // 2), (h // 2, h))
-        cols = ((0, (w + 1) // 2), (w // 2, w))
-        cells = [features[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for r0, r1 in rows for c0, c1 in cols]
-        return torch.stack(cells, dim=2).flatten(1)
 
 
 def cxrnet(num_classes: int, width: int = 16) -> CamNet:
@@ -136,18 +95,6 @@ class RefVGG200(nn.Module):
         return self.classifier(self.features(x))
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """How to build an architecture and how it is trained by default."""
-
-    build: Callable[[int], nn.Module]
-    image_size: int
-    optimizer: str  # "adamw", "adam" or "sgd"
-    lr: float
-    description: str
-    linear_probe: bool = False  # trained by cxrtriage.train.probe (frozen trunk, fitted head)
-
-
 ARCHS: dict[str, ArchSpec] = {
     "cxrnet": ArchSpec(cxrnet, 128, "adamw", 3e-3, "default residual CNN for CPUs, CAM-ready (128 px)"),
     "cxrnet_wide": ArchSpec(
@@ -158,10 +105,7 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-# Transfer-learning backbones (ImageNet weights with --pretrained / --weights), CAM-ready too.
-from cxrtriage.models.backbones import arch_specs as _backbone_specs  # noqa: E402
-
-ARCHS.update(_backbone_specs())
+ARCHS.update(backbone_arch_specs())  # transfer-learning backbones (ImageNet weights), CAM-ready too
 
 
 def get_arch(arch: str) -> ArchSpec:
@@ -204,3 +148,6 @@ def count_flops(model: nn.Module, image_size: int) -> int:
     for h in handles:
         h.remove()
     return total
+
+
+__all__ = ["ARCHS", "ArchSpec", "CamNet", "build_model", "count_flops", "cxrnet", "get_arch"]

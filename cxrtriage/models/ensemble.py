@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cxrtriage.models.archs import CamNet
+from cxrtriage.contract import normalise
+from cxrtriage.models.base import CamNet
+from cxrtriage.models.export import output_probs
 
 
 def resize_matrix(src: int, dst: int) -> np.ndarray:
@@ -47,7 +49,7 @@ class Member(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = torch.matmul(torch.matmul(self.resize_matrix, image), self.resize_matrix_t) if self.resize else image
-        return self.net.serving_outputs((x / 255.0 - self.mean) / self.std)
+        return self.net.serving_outputs(normalise(x, self.mean, self.std))
 
 
 class EnsembleGraph(nn.Module):
@@ -74,7 +76,7 @@ class EnsembleGraph(nn.Module):
         probs, cams, embs = [], [], []
         for i, (m, grid) in enumerate(zip(self.members, self.grids)):
             logits, cam, emb = m(image)
-            probs.append(torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1))
+            probs.append(output_probs(logits, self.multilabel))
             if i in self.heatmap_from:
                 if grid != self.cam_size:
                     cam = F.interpolate(cam, size=(self.cam_size, self.cam_size), mode="bilinear",

@@ -1,4 +1,5 @@
-"""Export a trained network to ONNX with a JSON sidecar (the serving format, torch-free to load).
+"""Export a trained network to ONNX (the serving format, torch-free to load); the facts of the
+written graph come back as an :class:`ExportedGraph`, from which the caller composes the sidecar.
 
 Graph input ``image``: (N, 1, S, S) float32 pixel values in 0..255. Outputs: ``probs``
 (N, C) softmax (sigmoid per finding when the sidecar's kind is "multilabel"); for CAM-ready networks also ``cam`` (N, C, h, w), the class activation
@@ -8,14 +9,17 @@ maps in logit units, and ``embedding`` (N, 4F), the features pooled on a 2x2 gri
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from cxrtriage.models.archs import CamNet
+from cxrtriage.contract import Decision, InputSpec, Kind, ModelSpec, normalise
+from cxrtriage.models.base import CamNet
 
 
 class ServingGraph(nn.Module):
@@ -28,15 +32,38 @@ class ServingGraph(nn.Module):
         self.has_cam = isinstance(model, CamNet)
         self.multilabel = multilabel  # sigmoid per finding instead of softmax over classes
 
-    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
-
     def forward(self, image: torch.Tensor):
-        x = (image / 255.0 - self.mean) / self.std
+        x = normalise(image, self.mean, self.std)
         if not self.has_cam:
-            return self._probs(self.model(x))
+            return output_probs(self.model(x), self.multilabel)
         logits, cam, emb = self.model.serving_outputs(x)
-        return self._probs(logits), cam, emb
+        return output_probs(logits, self.multilabel), cam, emb
+
+
+def output_probs(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """Probabilities from logits: a sigmoid per finding (multi-label) or a softmax over classes."""
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    """What an exported ONNX file is, as the sidecar records it: its place, digest, outputs and input."""
+
+    path: Path
+    sha256: str
+    outputs: tuple[str, ...]
+    input: InputSpec
+    weights_storage: str = "float32"
+
+    def model_spec(self, *, name: str, task: str, classes: Sequence[str], kind: Kind | str, arch: str,
+                   decision: Decision, score: str, provenance: Mapping[str, Any]) -> ModelSpec:
+        """The model's sidecar: these graph facts with the model's identity, decision and provenance."""
+        return ModelSpec(
+            name=name, task=task, classes=tuple(classes), input=self.input, decision=decision, kind=kind,
+            outputs=self.outputs, version=self.sha256[:12], arch=arch, sha256=self.sha256,
+            onnx_file=self.path.name, weights_storage=self.weights_storage,
+            heatmap="cam" if "cam" in self.outputs else "gradcam", score=score, provenance=dict(provenance),
+        )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -48,22 +75,23 @@ def file_sha256(path: str | Path) -> str:
 
 
 def export_onnx(model: nn.Module, out_path: str | Path, image_size: int, mean: float, std: float,
-                sidecar: dict) -> tuple[Path, Path]:
-    """Write ``out_path`` (.onnx) and its ``.json`` sidecar; returns both paths."""
-    graph = ServingGraph(model, mean, std, multilabel=sidecar.get("kind") == "multilabel").eval()
+                multilabel: bool = False) -> ExportedGraph:
+    """Write one trained network (its normalisation inside) to ``out_path`` (.onnx)."""
+    graph = ServingGraph(model, mean, std, multilabel=multilabel).eval()
     names = ["probs", "cam", "embedding"] if graph.has_cam else ["probs"]
-    return export_graph(graph, out_path, image_size, names, sidecar,
-                        {"mean": float(mean), "std": float(std)})
+    return export_graph(graph, out_path, InputSpec(size=image_size, mean=float(mean), std=float(std)), names)
 
 
-def export_graph(graph: nn.Module, out_path: str | Path, image_size: int, names: list[str], sidecar: dict,
-                 normalisation: dict, half_weights: bool = False) -> tuple[Path, Path]:
-    """Export a serving graph (input ``image`` in 0..255, outputs ``names``) with its sidecar.
+def export_graph(graph: nn.Module, out_path: str | Path, input_spec: InputSpec, names: list[str],
+                 half_weights: bool = False) -> ExportedGraph:
+    """Export a serving graph (input ``image`` in 0..255, outputs ``names``) to ONNX; the sidecar is
+    the caller's, composed with :meth:`ExportedGraph.model_spec` and written by ``ModelSpec.save``.
 
     ``half_weights`` stores the weights as float16 (half the file; computation stays float32)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.full((2, 1, image_size, image_size), 128.0)
+    size = input_spec.size
+    dummy = torch.full((2, 1, size, size), 128.0)
     axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but exact for these graphs
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -73,31 +101,8 @@ def export_graph(graph: nn.Module, out_path: str | Path, image_size: int, names:
         )
     if half_weights:
         store_weights_as_half(out_path)
-    meta = dict(sidecar)
-    meta.update(
-        format="cxr-triage-onnx/1",
-        weights_storage="float16" if half_weights else "float32",
-        onnx_file=out_path.name,
-        sha256=file_sha256(out_path),
-        input={"name": "image", "size": image_size, "channels": 1, "range": [0, 255], **normalisation,
-               "resize": "square, bilinear, aspect not kept"},
-        outputs=names,
-        heatmap="cam" if "cam" in names else "gradcam",
-    )
-    meta.setdefault("version", meta["sha256"][:12])
-    json_path = out_path.with_suffix(".json")
-    json_path.write_text(json.dumps(meta, indent=2))
-    return out_path, json_path
-
-
-def update_sidecar(onnx_path: str | Path, entries: dict) -> dict:
-    """Merge ``entries`` into the JSON sidecar of ``onnx_path``; returns the new sidecar."""
-    json_path = Path(onnx_path).with_suffix(".json")
-    meta = json.loads(json_path.read_text())
-    meta.update(entries)
-    meta["version"] = entries.get("version", meta["sha256"][:12])
-    json_path.write_text(json.dumps(meta, indent=2))
-    return meta
+    return ExportedGraph(path=out_path, sha256=file_sha256(out_path), outputs=tuple(names), input=input_spec,
+                         weights_storage="float16" if half_weights else "float32")
 
 
 def run_onnx(onnx_path: str | Path, images, outputs: list[str], batch: int = 128,

@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cxrtriage import __version__
-from cxrtriage.data import get_task, load_cached, read_manifest
+from cxrtriage.contract import InputSpec, ModelSpec, SpecError
+from cxrtriage.data import Task, get_task, load_cached, read_manifest
 from cxrtriage.models.checkpoint import load_checkpoint
 from cxrtriage.models.ensemble import EnsembleGraph, Member
-from cxrtriage.models.export import export_graph, run_onnx, update_sidecar
+from cxrtriage.models.export import export_graph, run_onnx
 from cxrtriage.train.config import TrainConfig
+from cxrtriage.train.dataset import of_split, targets
+from cxrtriage.train.export import (
+    GATE_FIT_IMAGES,
+    gate_from_embeddings,
+    score_rule,
+    validation_decision,
+    validation_facts,
+    write_val_predictions,
+)
 
 
 def members_of(runs: list[str | Path], input_size: int | None = None) -> tuple[list[Member], int]:
@@ -44,9 +55,58 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
                    half_weights: bool = False) -> Path:
     """Combine the best checkpoints of ``runs`` into ``<out>/model.onnx`` (or ``onnx_path``) with its
     sidecar and gate; ``out`` also gets the validation predictions, the split and ensemble.json."""
-    from cxrtriage.train.trainer import gate_from_embeddings, operating_points, validation_facts, write_val_predictions
-
     runs = [Path(r) for r in runs]
+    loaded, task = _checked_runs(runs)
+    members, size = members_of(runs)
+    graph = EnsembleGraph(members, size, heatmap_from=heatmap_from).eval()
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = read_manifest(runs[0] / "split.csv")
+    cfg0 = TrainConfig.load(runs[0] / "config.json")
+    arr = load_cached([s.path for s in samples], size, cache_dir or cfg0.cache_dir, progress=progress)
+    is_val = np.array([s.split == "val" for s in samples])
+    val_s = of_split(samples, "val")
+    y_val = targets(task, val_s)
+    exported = export_graph(graph, Path(onnx_path) if onnx_path else out / "model.onnx",
+                            InputSpec(size=size, normalisation="per member, inside the graph"),
+                            ["probs", "cam", "embedding"], half_weights=half_weights)
+    val_out = run_onnx(exported.path, arr[is_val], ["probs", "embedding"])
+    probs = val_out["probs"]
+    rng = np.random.default_rng(seed)
+    train_idx = np.sort(rng.permutation(np.flatnonzero(~is_val))[:GATE_FIT_IMAGES])
+    emb_train = run_onnx(exported.path, arr[train_idx], ["embedding"])["embedding"]
+
+    decision = validation_decision(task, y_val, probs, threshold_method, target_sensitivity)
+    write_val_predictions(out / "val_predictions.csv", task, val_s, probs)
+    (out / "split.csv").write_bytes((runs[0] / "split.csv").read_bytes())
+    archs = [meta["arch"] for _, meta in loaded]
+    member_facts = [_member_facts(r, meta) for r, (_, meta) in zip(runs, loaded)]
+    seconds = [m["training"].get("seconds") for m in member_facts if m["training"]]
+    spec = exported.model_spec(
+        name=name or f"cxr-{task.name}-ensemble", task=task.name, classes=task.classes, kind=task.kind,
+        arch="ensemble(" + " + ".join(archs) + ")", decision=decision,
+        score=score_rule(task.kind, "P = mean of the members' probabilities"),
+        provenance={
+            "members": member_facts,
+            "heatmap_source": "class activation map of " + " + ".join(archs[i] for i in graph.heatmap_from),
+            "cxr_triage_version": __version__,
+            "training": {"members": len(runs), "seconds": round(float(sum(s for s in seconds if s)), 1),
+                         "n_train": int((~is_val).sum()), "seed": seed},
+            "validation": validation_facts(task, y_val, probs),
+        },
+    )
+    spec.save(exported.path)
+    gate_from_embeddings(exported.path, emb_train, val_out["embedding"])
+    (out / "ensemble.json").write_text(json.dumps({"runs": [str(r.resolve()) for r in runs], "input_size": size,
+                                                   "heatmap_from": graph.heatmap_from,
+                                                   "threshold_method": threshold_method,
+                                                   "target_sensitivity": target_sensitivity}, indent=2))
+    return exported.path
+
+
+def _checked_runs(runs: list[Path]) -> tuple[list[tuple[Any, dict]], Task]:
+    """The runs' best checkpoints and their common task; refuses runs that cannot be combined."""
     if len(runs) < 2:
         raise ValueError("an ensemble needs at least two training runs")
     for r in runs:
@@ -64,56 +124,14 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
         if _split_of(r) != split:
             raise ValueError(f"{r} was trained on a different split than {runs[0]}; "
                              "train the members from the same manifest (cxr data split)")
-    members, size = members_of(runs)
-    graph = EnsembleGraph(members, size, heatmap_from=heatmap_from).eval()
+    return loaded, task
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    samples = read_manifest(runs[0] / "split.csv")
-    cfg0 = TrainConfig.load(runs[0] / "config.json")
-    arr = load_cached([s.path for s in samples], size, cache_dir or cfg0.cache_dir, progress=progress)
-    is_val = np.array([s.split == "val" for s in samples])
-    val_s = [s for s in samples if s.split == "val"]
-    y_val = np.array([task.index(s.label) for s in val_s])
-    onnx_path, _ = export_graph(graph, Path(onnx_path) if onnx_path else out / "model.onnx", size,
-                                ["probs", "cam", "embedding"], {"kind": task.kind},
-                                {"normalisation": "per member, inside the graph"}, half_weights=half_weights)
-    val_out = run_onnx(onnx_path, arr[is_val], ["probs", "embedding"])
-    probs, emb_val = val_out["probs"], val_out["embedding"]
-    rng = np.random.default_rng(seed)
-    train_idx = np.sort(rng.permutation(np.flatnonzero(~is_val))[:4000])
-    emb_train = run_onnx(onnx_path, arr[train_idx], ["embedding"])["embedding"]
 
-    thr, thr_high = operating_points((y_val != 0).astype(int), 1.0 - probs[:, 0], threshold_method,
-                                     target_sensitivity)
-    write_val_predictions(out / "val_predictions.csv", task, val_s, probs)
-    (out / "split.csv").write_bytes((runs[0] / "split.csv").read_bytes())
-
-    member_facts = []
-    for r, (_, meta) in zip(runs, loaded):
-        side = json.loads((r / "model.json").read_text()) if (r / "model.json").exists() else {}
-        member_facts.append({"run": r.name, "arch": meta["arch"], "image_size": meta["image_size"],
-                             "training": side.get("training"), "validation": side.get("validation")})
-    seconds = [m["training"].get("seconds") for m in member_facts if m["training"]]
-    sidecar = {
-        "name": name or f"cxr-{task.name}-ensemble",
-        "task": task.name, "kind": task.kind, "classes": list(task.classes),
-        "arch": "ensemble(" + " + ".join(meta["arch"] for _, meta in loaded) + ")",
-        "members": member_facts,
-        "heatmap_source": "class activation map of " + " + ".join(loaded[i][1]["arch"] for i in graph.heatmap_from),
-        "threshold": float(thr), "threshold_high": float(thr_high),
-        "threshold_method": (f"sensitivity>={target_sensitivity}" if target_sensitivity else threshold_method)
-        + " on validation",
-        "score": "1 - P(normal), P = mean of the members' probabilities",
-        "cxr_triage_version": __version__,
-        "training": {"members": len(runs), "seconds": round(float(sum(s for s in seconds if s)), 1),
-                     "n_train": int((~is_val).sum()), "seed": seed},
-        "validation": validation_facts(task, y_val, probs),
-    }
-    update_sidecar(onnx_path, sidecar)
-    gate_from_embeddings(onnx_path, emb_train, emb_val)
-    (out / "ensemble.json").write_text(json.dumps({"runs": [str(r.resolve()) for r in runs], "input_size": size,
-                                                   "heatmap_from": graph.heatmap_from,
-                                                   "threshold_method": threshold_method,
-                                                   "target_sensitivity": target_sensitivity}, indent=2))
-    return onnx_path
+def _member_facts(run: Path, meta: dict) -> dict[str, Any]:
+    """What the sidecar records of one member: its run, network, input size, training and validation."""
+    try:
+        prov = ModelSpec.load(run / "model.json").provenance
+    except (FileNotFoundError, SpecError):
+        prov = {}
+    return {"run": run.name, "arch": meta["arch"], "image_size": meta["image_size"],
+            "training": prov.get("training"), "validation": prov.get("validation")}

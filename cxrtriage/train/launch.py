@@ -19,6 +19,8 @@ import torch
 
 from cxrtriage.train.config import TrainConfig
 from cxrtriage.train.distributed import check_gpu_share
+from cxrtriage.train.runtime import pick_device
+from cxrtriage.train.trainer import train
 
 
 def torchrun_command(config_file: str | Path, nproc: int, resume: bool = False, progress: bool = True,
@@ -42,8 +44,6 @@ def run_torchrun(cfg: TrainConfig, nproc: int, resume: bool = False, progress: b
         raise ValueError("--nproc-per-node must be at least 1")
     if cfg.batch_size % nproc:
         raise ValueError(f"batch size {cfg.batch_size} must divide by the number of processes {nproc}")
-    from cxrtriage.train.trainer import pick_device
-
     if pick_device(cfg.device).type == "cuda":
         check_gpu_share(nproc, torch.cuda.device_count())
     env = dict(os.environ)
@@ -56,8 +56,6 @@ def run_torchrun(cfg: TrainConfig, nproc: int, resume: bool = False, progress: b
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of every process torchrun starts: ``FILE [--resume] [--quiet]``."""
-    from cxrtriage.train.trainer import train
-
     args = list(sys.argv[1:] if argv is None else argv)
     flags = {a for a in args if a.startswith("--")}
     files = [a for a in args if not a.startswith("--")]

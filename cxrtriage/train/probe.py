@@ -10,24 +10,29 @@ ordinary CAM-ready network: same checkpoint, export, gate and heatmaps as a trai
 
 from __future__ import annotations
 
-import csv
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from cxrtriage.data import get_task, load_cached
-from cxrtriage.data.samples import write_manifest
+from cxrtriage.data import Task, get_task
+from cxrtriage.data.samples import Sample, write_manifest
+from cxrtriage.evaluate.metrics import macro_auc, triage_auc
 from cxrtriage.models.archs import CamNet, build_model, get_arch
-from cxrtriage.models.backbones import init_weights
+from cxrtriage.models.weights import init_weights
 from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
+from cxrtriage.train.dataset import of_split, split_images, targets
+from cxrtriage.train.export import export_run
+from cxrtriage.train.runtime import hardware_name, seed_everything, write_history
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # inverse L2 strengths tried, on standardised features
 
@@ -46,10 +51,6 @@ class FeatureExtractor:
     than torch eager on a CPU for depthwise convolutions); augmentation stays in torch."""
 
     def __init__(self, model: CamNet, mean: float, std: float, size: int, folder: Path, threads: int | None = None):
-        import warnings
-
-        import onnxruntime as ort
-
         path = folder / "probe-trunk.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,19 +87,11 @@ def fold_head(model: CamNet, clf: LogisticRegression, scaler: StandardScaler, nu
     model.head.bias.data = torch.tensor(b, dtype=torch.float32)
 
 
-def train_probe(cfg: TrainConfig, samples: list, progress: bool = True) -> Path:
+def train_probe(cfg: TrainConfig, samples: list[Sample], progress: bool = True) -> Path:
     """Fit the probe of ``cfg.arch`` on the split ``samples``; writes the run folder and exports it."""
-    from cxrtriage.train.trainer import export_run, hardware_name, macro_auc, seed_everything, triage_auc
-
     t0 = time.time()
     task = get_task(cfg.task)
-    if task.kind == "multilabel":
-        raise ValueError(f"{cfg.arch} fits single-label tasks; {task.name} is multi-label")
-    unused = [name for name, on in (("--mixup", cfg.mixup), ("--ema-decay", cfg.ema_decay)) if on is not None]
-    if unused:
-        raise ValueError(f"{cfg.arch} is a linear probe fitted in one go; {' and '.join(unused)} "
-                         "apply to gradient training only")
-    augment = AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)
+    augment = _check_probe_options(cfg, task)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
@@ -108,15 +101,9 @@ def train_probe(cfg: TrainConfig, samples: list, progress: bool = True) -> Path:
     loaded = init_weights(model, cfg.arch, pretrained=not cfg.weights, weights=cfg.weights)
     if loaded:
         print(f"initialised {cfg.arch} from {loaded['source']} ({loaded['loaded']} tensors); trunk frozen")
-    train_s = [s for s in samples if s.split == "train"]
-    val_s = [s for s in samples if s.split == "val"]
     write_manifest(samples, out / "split.csv")
-    arr = load_cached([s.path for s in samples], size, cfg.cache_dir, progress=progress)
-    is_val = np.array([s.split == "val" for s in samples])
-    x_train = torch.from_numpy(np.ascontiguousarray(arr[~is_val]))
-    x_val = torch.from_numpy(np.ascontiguousarray(arr[is_val]))
-    y_train = np.array([task.index(s.label) for s in train_s])
-    y_val = np.array([task.index(s.label) for s in val_s])
+    x_train, x_val = split_images(samples, size, cfg.cache_dir, progress=progress)
+    y_train, y_val = targets(task, of_split(samples, "train")), targets(task, of_split(samples, "val"))
     missing = [c for i, c in enumerate(task.classes) if not (y_train == i).any()]
     if missing:
         raise ValueError(f"no training images of class(es) {missing}")
@@ -129,14 +116,43 @@ def train_probe(cfg: TrainConfig, samples: list, progress: bool = True) -> Path:
         feats.append(extract(x_train, augment_seed=cfg.seed + 1 + v, desc=f"features (augmented view {v + 1})",
                              progress=progress, augment=augment))
     f_train, y_fit = np.concatenate(feats), np.tile(y_train, len(feats))
-    f_val = extract(x_val, desc="features (validation)", progress=progress)
     scaler = StandardScaler().fit(f_train)
-    z_train, z_val = scaler.transform(f_train), scaler.transform(f_val)
+    history, best_clf, best_i = fit_heads(task, cfg.class_weights, scaler.transform(f_train), y_fit,
+                                          scaler.transform(extract(x_val, desc="features (validation)",
+                                                                   progress=progress)), y_val)
+    fold_head(model, best_clf, scaler, task.num_classes)
 
+    write_history(history, out / "metrics.csv")
+    _plot_path(history, out / "curves.png")
+    state = {"model": model.state_dict(), "arch": cfg.arch, "classes": task.classes, "image_size": size,
+             "mean": mean, "std": std, "task": task.name, "epoch": best_i, "config": asdict(cfg),
+             "hardware": hardware_name(torch.device("cpu")), "torch": torch.__version__,
+             "probe": {"C": C_GRID[best_i], "views": 1 + cfg.probe_views, "n_features": int(f_train.shape[1])}}
+    torch.save(state, out / "best.pt")
+    torch.save({**state, "history": history, "elapsed": time.time() - t0}, out / "last.pt")
+    export_run(out, stop_reason="linear probe", progress=progress)
+    return out
+
+
+def _check_probe_options(cfg: TrainConfig, task: Task) -> AugmentConfig:
+    """Refuse what a probe cannot do; returns the augmentation of the extra views."""
+    if task.kind == "multilabel":
+        raise ValueError(f"{cfg.arch} fits single-label tasks; {task.name} is multi-label")
+    unused = [name for name, on in (("--mixup", cfg.mixup), ("--ema-decay", cfg.ema_decay)) if on is not None]
+    if unused:
+        raise ValueError(f"{cfg.arch} is a linear probe fitted in one go; {' and '.join(unused)} "
+                         "apply to gradient training only")
+    return AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)
+
+
+def fit_heads(task: Task, class_weights: bool, z_train: np.ndarray, y_fit: np.ndarray, z_val: np.ndarray,
+              y_val: np.ndarray) -> tuple[list[dict], LogisticRegression, int]:
+    """Fit a head per strength of ``C_GRID`` on standardised features; (history, best head, its index)
+    by validation (macro) AUC."""
     history, best, best_clf, best_i = [], -1.0, None, 0
     for i, c in enumerate(C_GRID):
         t = time.time()
-        clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced" if cfg.class_weights else None)
+        clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced" if class_weights else None)
         clf.fit(z_train, y_fit)
         probs = clf.predict_proba(z_val)
         auc = triage_auc(y_val, probs)
@@ -153,21 +169,7 @@ def train_probe(cfg: TrainConfig, samples: list, progress: bool = True) -> Path:
               + f"acc {row['val_acc']:.4f}")
     if best_clf is None:
         raise ValueError("validation AUC is undefined (the validation split needs images of every class)")
-    fold_head(model, best_clf, scaler, task.num_classes)
-
-    with (out / "metrics.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    _plot_path(history, out / "curves.png")
-    state = {"model": model.state_dict(), "arch": cfg.arch, "classes": task.classes, "image_size": size,
-             "mean": mean, "std": std, "task": task.name, "epoch": best_i, "config": asdict(cfg),
-             "hardware": hardware_name(torch.device("cpu")), "torch": torch.__version__,
-             "probe": {"C": C_GRID[best_i], "views": 1 + cfg.probe_views, "n_features": int(f_train.shape[1])}}
-    torch.save(state, out / "best.pt")
-    torch.save({**state, "history": history, "elapsed": time.time() - t0}, out / "last.pt")
-    export_run(out, stop_reason="linear probe", progress=progress)
-    return out
+    return history, best_clf, best_i
 
 
 def _plot_path(rows: list[dict], path: Path) -> None:
