@@ -329,7 +329,7 @@ def export(
     """Export a trained run to ONNX + JSON sidecar (+ quality gate), choosing the threshold on validation."""
     if fmt != "onnx":
         fail(f"unknown format {fmt!r} (supported: onnx)")
-    from cxrtriage.train.export import export_run
+    from cxrtriage.train.trainer import export_run
 
     try:
         path = export_run(run, out)
@@ -361,13 +361,11 @@ def ensemble(
                               name=name, heatmap_from=heatmap_from or None, half_weights=half_weights)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    from cxrtriage.contract import ModelSpec
-
-    spec = ModelSpec.load(path)
-    v = spec.provenance["validation"]
+    meta = json.loads(path.with_suffix(".json").read_text())
+    v = meta["validation"]
     console.print(f"wrote {path}: validation ROC AUC {v['roc_auc']:.4f}"
                   + (f", macro AUC {v['macro_auc']:.4f}" if v.get("macro_auc") is not None else "")
-                  + f", accuracy {v['accuracy']:.4f}, threshold {spec.threshold:.3f}")
+                  + f", accuracy {v['accuracy']:.4f}, threshold {meta['threshold']:.3f}")
 
 
 @app.command()
