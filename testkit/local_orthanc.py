@@ -24,7 +24,7 @@ import requests
 ORTHANC_BIN = Path(os.environ.get("CXR_ORTHANC_BIN", "/usr/sbin/Orthanc"))
 PLUGIN_DIRS = [p for p in (os.environ.get("CXR_ORTHANC_PLUGINS"), "/usr/share/orthanc/plugins",
                            "/usr/lib/orthanc", "/usr/lib/x86_64-linux-gnu/orthanc") if p]
-PLUGIN_SCRIPT = Path(__file__).resolve().parent / "orthanc_plugin.py"
+PLUGIN_SCRIPT = Path(__file__).resolve().parents[1] / "cxrtriage" / "pacs" / "orthanc_plugin.py"
 USER, PASSWORD = "cxr", "triage-test"
 
 

@@ -176,8 +176,7 @@ def orthanc_python(orthanc_available, tmp_path):
 
     if find_plugin("OrthancPython") is None:
         pytest.skip("Orthanc Python plugin not found (Debian package orthanc-python)")
-    yield from _server(tmp_path / "orthanc-py", python_plugin=True,
-                       extra={"PythonScript": str(ROOT / "cxrtriage" / "pacs" / "orthanc_plugin.py")})
+    yield from _server(tmp_path / "orthanc-py", python_plugin=True)
 
 
 @pytest.fixture(scope="session")
