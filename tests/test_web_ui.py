@@ -127,3 +127,36 @@ def test_upload_open_analyze_and_see_the_overlay(browser, server, samples, tmp_p
         page.close()
     # expected refusals (401 before the token, 415 for the zip) show as failed loads; nothing else may fail
     assert not [e for e in errors if not e.startswith("Failed to load resource")], errors
+
+
+@pytest.mark.parametrize("page_path, ready, operation", [
+    ("/docs", ".opblock", ".opblock-summary-path"),
+    ("/redoc", "[data-section-id]", "h2"),
+])
+def test_api_docs_render_offline(browser, server, page_path, ready, operation):
+    """/docs (Swagger UI) and /redoc render their operations with no internet: every request that
+    does not go to the service is refused, as on a hospital network."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    outside: list[str] = []
+
+    def only_local(route):
+        if route.request.url.startswith(server.url):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_local)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(server.url + page_path)
+        page.wait_for_selector(ready, timeout=20000)
+        assert page.locator(ready).count() >= 5
+        text = " ".join(page.locator(operation).all_inner_texts())
+        assert ("/api/v1/studies" if page_path == "/docs" else "Upload one or more radiographs") in text
+        OUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUT / f"api-docs{page_path.replace('/', '-')}.png"))
+    finally:
+        page.close()
+    assert outside == [], f"the docs page asked the internet for {outside}"
+    assert not errors, errors
