@@ -16,6 +16,11 @@ Usage::
 Targets (issue 4, 2-core machine, default model): p50 <= 60 ms, p99 <= 500 ms at 4 clients,
 >= 50 studies/s sustained for 60 s, 0 errors, memory growth <= 10 %. ``--check`` makes the
 exit status 1 when a target is missed.
+
+``--bombs N`` adds N threads that send decompression bombs throughout the run (a 190 KB PNG of
+14000 x 14000 px, RLE and uncompressed DICOMs of a few hundred bytes declaring 30000 x 30000):
+every one must be refused (413) while the server's memory stays flat (its peak RSS, VmHWM, is
+printed before and after).
 """
 
 from __future__ import annotations
@@ -48,6 +53,66 @@ def rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """High-water mark of the process's resident memory (VmHWM)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def make_bombs() -> dict[str, bytes]:
+    """Small files that declare huge images: PNG 14000 x 14000, RLE and uncompressed DICOM 30000 x 30000."""
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+    buf = io.BytesIO()
+    Image.new("L", (14000, 14000)).save(buf, format="PNG", compress_level=9)
+    out = {"bomb.png": buf.getvalue()}
+    for name, syntax in (("bomb_rle.dcm", RLELossless), ("bomb_raw.dcm", ExplicitVRLittleEndian)):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.Modality, ds.Rows, ds.Columns = "DX", 30000, 30000
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        if syntax == RLELossless:
+            header = (2).to_bytes(4, "little") + (64).to_bytes(4, "little") + (66).to_bytes(4, "little") + bytes(52)
+            ds.PixelData = encapsulate([header + b"\x81\x00" * 2])
+            ds["PixelData"].VR = "OB"
+        else:
+            ds.PixelData = bytes(512)
+            ds["PixelData"].VR = "OW"
+        b = io.BytesIO()
+        ds.save_as(b, enforce_file_format=True)
+        out[name] = b.getvalue()
+    return out
+
+
+def bomb_loop(url: str, bombs: dict[str, bytes], counts: dict[str, int], lock: threading.Lock,
+              stop: threading.Event) -> None:
+    """Send the bombs in turn until ``stop``; count the answers by status."""
+    items = list(bombs.items())
+    i = 0
+    with httpx.Client(base_url=url, timeout=60) as client:
+        while not stop.is_set():
+            name, data = items[i % len(items)]
+            i += 1
+            try:
+                code = str(client.post("/api/v1/studies", files={"files": (name, data)}).status_code)
+            except httpx.HTTPError as exc:
+                code = type(exc).__name__
+            with lock:
+                counts[code] = counts.get(code, 0) + 1
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -172,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=None, help="server data dir (default: a temporary one)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--bombs", type=int, default=0,
+                    help="threads sending decompression bombs during the run (each must get 413)")
     a = ap.parse_args(argv)
     seconds = max(1.0, min(float(a.seconds), MAX_SECONDS))
     source = a.source or (SHARED if SHARED.is_dir() else SAMPLES)
@@ -208,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("server not ready after 60 s")
             time.sleep(0.1)
         rss_idle = rss_mib(proc.pid)
+        bombs = make_bombs() if a.bombs else {}
+        bomb_counts: dict[str, int] = {}
+        bomb_lock = threading.Lock()
 
         stats = Stats()
         stop = threading.Event()
@@ -224,10 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start()
         threads = [threading.Thread(target=client_loop, args=(url, payloads, stats, stop), daemon=True)
                    for _ in range(a.clients)]
+        threads += [threading.Thread(target=bomb_loop, args=(url, bombs, bomb_counts, bomb_lock, stop), daemon=True)
+                    for _ in range(a.bombs)]
         for t in threads:
             t.start()
         time.sleep(a.warmup)
         rss_start = rss_mib(proc.pid)
+        hwm_start = peak_rss_mib(proc.pid)
         cpu0, own0 = cpu_seconds(proc.pid), sum(os.times()[:2])
         with stats.lock:
             stats.measuring = True
@@ -238,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         t_end = time.monotonic()
         cpu1, own1 = cpu_seconds(proc.pid), sum(os.times()[:2])
         rss_end = rss_mib(proc.pid)
+        hwm_end = peak_rss_mib(proc.pid)
         stop.set()
         for t in threads:
             t.join(30)
@@ -271,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_ms_per_study": {"server": round((cpu1 - cpu0) * 1000 / n, 2) if n and cpu0 is not None else None,
                              "clients": round((own1 - own0) * 1000 / n, 2) if n else None},
         "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
+        "server_peak_rss_mib": {"start": _r(hwm_start), "end": _r(hwm_end)},
     }
+    if a.bombs:
+        out["bombs"] = {"threads": a.bombs, "sent": sum(bomb_counts.values()), "answers": dict(bomb_counts)}
     checks = {
         "p50 <= 60 ms": out["latency_ms"]["p50"] <= 60,
         "p99 <= 500 ms": out["latency_ms"]["p99"] <= 500,
@@ -279,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         "0 errors": out["errors"] == 0,
         "memory growth <= 10 %": growth <= 10,
     }
+    if a.bombs:
+        checks["every bomb refused (413)"] = bool(bomb_counts) and set(bomb_counts) == {"413"}
     out["targets"] = checks
     print(f"clients {a.clients}, {out['seconds']} s measured after {a.warmup:g} s warm-up, images from {source}")
     print(f"uploads        {n}  ({out['uploads_per_s']} studies/s with results)")
@@ -288,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     m = out["server_rss_mib"]
     print(f"server RSS MiB idle {m['idle']}  start {m['start']}  peak {m['peak']}  end {m['end']}  "
           f"(growth {m['growth_pct']} %; at 25/50/75/100 % of the run {m['at_25_50_75_100_pct']})")
+    print(f"server peak RSS (VmHWM) MiB  start {out['server_peak_rss_mib']['start']}  "
+          f"end {out['server_peak_rss_mib']['end']}")
+    if a.bombs:
+        print(f"bombs          {out['bombs']['sent']} sent by {a.bombs} thread(s); answers {out['bombs']['answers']}")
     c = out["cpu_ms_per_study"]
     print(f"CPU ms/study   server {c['server']}  clients {c['clients']}   mean batch {out['mean_batch_size']}   "
           f"load average {out['loadavg_1m']} on {out['cpus']} CPUs")
