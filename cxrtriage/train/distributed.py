@@ -33,10 +33,6 @@ def check_gpu_share(nproc: int, n_gpus: int) -> None:
                          f"GPU (--nproc-per-node {max(n_gpus, 1)}); processes sharing a GPU run many times slower")
 
 
-def is_main() -> bool:
-    return world()[0] == 0
-
-
 def gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate a tensor from every rank (rank order); identity when not distributed."""
     if not (dist.is_available() and dist.is_initialized()):
