@@ -169,19 +169,24 @@ def train(
         backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler, probe_views=probe_views,
     )
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: re-launch through it
-        from cxrtriage.train.launch import run_torchrun
-
-        try:
-            code = run_torchrun(cfg, nproc_per_node, resume=resume, progress=not quiet)
-        except ValueError as exc:
-            fail(str(exc))
-        if code:
-            fail(f"distributed training failed (torchrun exit status {code}; see the ranks' errors above)", code)
+        _relaunch_under_torchrun(cfg, nproc_per_node, resume, progress=not quiet)
         return
     try:
         run(cfg, resume=resume, progress=not quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
+
+
+def _relaunch_under_torchrun(cfg, nproc: int, resume: bool, progress: bool) -> None:
+    """Train ``cfg`` with ``nproc`` processes through torchrun; fails with its exit status."""
+    from cxrtriage.train.launch import run_torchrun
+
+    try:
+        code = run_torchrun(cfg, nproc, resume=resume, progress=progress)
+    except ValueError as exc:
+        fail(str(exc))
+    if code:
+        fail(f"distributed training failed (torchrun exit status {code}; see the ranks' errors above)", code)
 
 
 def _collect(inputs: list[Path]) -> list[Path]:
@@ -329,7 +334,7 @@ def export(
     """Export a trained run to ONNX + JSON sidecar (+ quality gate), choosing the threshold on validation."""
     if fmt != "onnx":
         fail(f"unknown format {fmt!r} (supported: onnx)")
-    from cxrtriage.train.trainer import export_run
+    from cxrtriage.train.export import export_run
 
     try:
         path = export_run(run, out)
@@ -361,11 +366,13 @@ def ensemble(
                               name=name, heatmap_from=heatmap_from or None, half_weights=half_weights)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    meta = json.loads(path.with_suffix(".json").read_text())
-    v = meta["validation"]
+    from cxrtriage.contract import ModelSpec
+
+    spec = ModelSpec.load(path)
+    v = spec.provenance["validation"]
     console.print(f"wrote {path}: validation ROC AUC {v['roc_auc']:.4f}"
                   + (f", macro AUC {v['macro_auc']:.4f}" if v.get("macro_auc") is not None else "")
-                  + f", accuracy {v['accuracy']:.4f}, threshold {meta['threshold']:.3f}")
+                  + f", accuracy {v['accuracy']:.4f}, threshold {spec.threshold:.3f}")
 
 
 @app.command()
