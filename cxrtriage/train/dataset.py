@@ -32,6 +32,12 @@ def split_images(samples: list[Sample], size: int, cache_dir: str | None, progre
             torch.from_numpy(np.ascontiguousarray(arr[is_val])))
 
 
+def pixel_stats(x_train: torch.Tensor) -> tuple[float, float]:
+    """(mean, std) of the training images in 0..1 units: the normalisation the network is trained with."""
+    x = x_train.float()
+    return float(x.mean() / 255.0), float(x.std() / 255.0)
+
+
 def targets(task: Task, samples: list[Sample]) -> np.ndarray:
     """Class indices (N,), or 0/1 multi-hot rows (N, findings) for a multi-label task."""
     if task.kind == "multilabel":

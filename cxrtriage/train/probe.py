@@ -30,7 +30,7 @@ from cxrtriage.models.archs import CamNet, build_model, get_arch
 from cxrtriage.models.weights import init_weights
 from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
-from cxrtriage.train.dataset import of_split, split_images, targets
+from cxrtriage.train.dataset import of_split, pixel_stats, split_images, targets
 from cxrtriage.train.export import export_run
 from cxrtriage.train.runtime import hardware_name, seed_everything, write_history
 
@@ -107,8 +107,7 @@ def train_probe(cfg: TrainConfig, samples: list[Sample], progress: bool = True) 
     missing = [c for i, c in enumerate(task.classes) if not (y_train == i).any()]
     if missing:
         raise ValueError(f"no training images of class(es) {missing}")
-    mean = float(x_train.float().mean() / 255.0)
-    std = float(x_train.float().std() / 255.0)
+    mean, std = pixel_stats(x_train)
 
     extract = FeatureExtractor(model.eval(), mean, std, size, out, cfg.num_threads)
     feats = [extract(x_train, desc="features (train)", progress=progress)]

@@ -35,7 +35,7 @@ from cxrtriage.models.weights import init_weights
 from cxrtriage.train import distributed as dist
 from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
-from cxrtriage.train.dataset import load_samples, of_split, split_images, targets
+from cxrtriage.train.dataset import load_samples, of_split, pixel_stats, split_images, targets
 from cxrtriage.train.export import export_run
 from cxrtriage.train.losses import multilabel_loss, positive_weights, weighted_cross_entropy
 from cxrtriage.train.mixup import check_alpha, mix_draw, mix_images, mix_targets
@@ -296,8 +296,8 @@ def prepare_data(run: Run) -> RunData:
     dist.barrier()
     x_train, x_val = split_images(samples, run.size, run.cfg.cache_dir)
     y_train = torch.from_numpy(targets(run.task, train_s))
-    return RunData(x_train, x_val, y_train, targets(run.task, val_s),
-                   mean=float(x_train.float().mean() / 255.0), std=float(x_train.float().std() / 255.0))
+    mean, std = pixel_stats(x_train)
+    return RunData(x_train, x_val, y_train, targets(run.task, val_s), mean=mean, std=std)
 
 
 def loss_weights(run: Run, data: RunData) -> LossWeights:
