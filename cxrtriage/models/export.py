@@ -2,8 +2,9 @@
 written graph come back as an :class:`ExportedGraph`, from which the caller composes the sidecar.
 
 Graph input ``image``: (N, 1, S, S) float32 pixel values in 0..255. Outputs: ``probs``
-(N, C) softmax (sigmoid per finding when the sidecar's kind is "multilabel"); for CAM-ready networks also ``cam`` (N, C, h, w), the class activation
-maps in logit units, and ``embedding`` (N, 4F), the features pooled on a 2x2 grid, used by the quality gate.
+(N, C) softmax (sigmoid per finding when the sidecar's kind is "multilabel"); for CAM-ready
+networks also ``cam`` (N, C, h, w), the class activation maps in logit units, and ``embedding``
+(N, 4F), the features pooled on a 2x2 grid, used by the quality gate.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -108,9 +111,6 @@ def export_graph(graph: nn.Module, out_path: str | Path, input_spec: InputSpec, 
 def run_onnx(onnx_path: str | Path, images, outputs: list[str], batch: int = 128,
              threads: int | None = None) -> dict:
     """Named outputs of an exported graph for uint8 images (N, S, S), batched, with ONNX Runtime."""
-    import numpy as np
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -127,8 +127,7 @@ def store_weights_as_half(onnx_path: str | Path, min_size: int = 256) -> None:
     """Rewrite float32 initializers (``min_size`` values or more) as float16 with a Cast back to
     float32 in front of their users: the file halves, ONNX Runtime folds the casts once at load,
     and every operation still computes in float32."""
-    import numpy as np
-    import onnx
+    import onnx  # only for rewriting weights as float16
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(onnx_path))
