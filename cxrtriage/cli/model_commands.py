@@ -8,18 +8,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cxrtriage import DISCLAIMER
-
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(2)
+from cxrtriage.cli.common import console, fail
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
@@ -68,7 +60,7 @@ def calibrate(
     try:
         s = run_calibration(model, data, out, target_sensitivity=target_sensitivity, n_boot=n_boot)
     except (CalibrationError, ModelNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         sys.stdout.write(json.dumps(s) + "\n")
         return

@@ -10,8 +10,10 @@ import numpy as np
 from cxrtriage.data.samples import Sample
 from cxrtriage.data.tasks import Task, get_task
 
+DEFAULT_VAL_FRACTION = 0.2  # of patients, held out for validation unless a run says otherwise
 
-def patient_split(samples: list[Sample], val_fraction: float = 0.2, seed: int = 0) -> list[Sample]:
+
+def patient_split(samples: list[Sample], val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> list[Sample]:
     """Return the samples with ``split`` set to 'train' or 'val'.
 
     No patient appears on both sides; class proportions are kept close to the whole.
@@ -38,7 +40,7 @@ def _strata(samples: list[Sample], task: Task) -> list[str]:
     return [min(p, key=lambda f: (freq[f], f)) for p in parts]
 
 
-def task_split(samples: list[Sample], task: str | Task, val_fraction: float = 0.2, seed: int = 0,
+def task_split(samples: list[Sample], task: str | Task, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
                test_fraction: float = 0.0) -> list[Sample]:
     """Patient-wise split into 'train'/'val' (and 'test' with ``test_fraction``), stratified."""
     task = get_task(task) if isinstance(task, str) else task
@@ -56,7 +58,7 @@ def task_split(samples: list[Sample], task: str | Task, val_fraction: float = 0.
     return [replace(s, split=splits[i]) for i, s in enumerate(samples)]
 
 
-def carve_validation(samples: list[Sample], task: str | Task, val_fraction: float = 0.2,
+def carve_validation(samples: list[Sample], task: str | Task, val_fraction: float = DEFAULT_VAL_FRACTION,
                      seed: int = 0) -> list[Sample]:
     """Split the 'train' samples into 'train'/'val' by patient; others (e.g. 'test') untouched."""
     train = [i for i, s in enumerate(samples) if s.split in ("train", "")]

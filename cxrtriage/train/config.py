@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cxrtriage.data.split import DEFAULT_VAL_FRACTION
+
 
 @dataclass
 class TrainConfig:
@@ -28,7 +30,7 @@ class TrainConfig:
     hflip: float = 0.0  # probability of a left-right flip in augmentation (off: the heart's side carries meaning)
     mixup: float | None = None  # Beta(alpha, alpha) of mixup; None: off
     ema_decay: float | None = None  # keep an exponential moving average of the weights; validate and save it
-    val_fraction: float = 0.2
+    val_fraction: float = DEFAULT_VAL_FRACTION
     seed: int = 0
     patience: int = 6
     time_budget_s: float | None = None
