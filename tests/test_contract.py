@@ -34,10 +34,11 @@ def test_bad_sidecars_are_refused(change, message):
         ModelSpec.from_dict({**_bundled(), **change})
 
 
-def test_missing_fields_name_the_problem():
+@pytest.mark.parametrize("field", ["input", "classes", "threshold", "threshold_high"])
+def test_missing_fields_name_the_problem(field):
     d = _bundled()
-    del d["input"]
-    with pytest.raises(SpecError, match="input"):
+    del d[field]
+    with pytest.raises(SpecError, match=field):
         ModelSpec.from_dict(d)
 
 

@@ -220,8 +220,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], default_name: str = "model") -> "ModelSpec":
         try:
-            thr = float(d["threshold"]) if "threshold" in d else DEFAULT_LABEL_THRESHOLD
-            decision = Decision(threshold=thr, threshold_high=float(d.get("threshold_high", max(thr, 0.9))),
+            decision = Decision(threshold=float(d["threshold"]), threshold_high=float(d["threshold_high"]),
                                 method=str(d.get("threshold_method", Decision.method)),
                                 label_thresholds=d.get("label_thresholds"))
             own = {f.name for f in fields(cls)} | {"format", "threshold", "threshold_high", "threshold_method",

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrtriage.contract import ModelSpec
-
 LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "XTABLE"}
 MIN_STD = 0.02
 
@@ -108,10 +106,8 @@ def gate_path(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".gate.npz")
 
 
-def attach_gate(onnx_path: Path, gate: FeatureGate, stats: dict) -> None:
-    """Save the gate beside the model and record it in the sidecar."""
+def attach_gate(onnx_path: Path, gate: FeatureGate, stats: dict) -> dict:
+    """Save the gate beside the model; returns its entry for the model's sidecar (``gate``)."""
     gate.save(gate_path(onnx_path))
-    spec = ModelSpec.load(onnx_path)
-    spec.with_provenance(gate={"method": "mahalanobis on pooled features (Ledoit-Wolf)",
-                               "file": gate_path(onnx_path).name, "threshold": gate.threshold,
-                               "quantile": gate.quantile, **stats}).save(onnx_path)
+    return {"method": "mahalanobis on pooled features (Ledoit-Wolf)", "file": gate_path(onnx_path).name,
+            "threshold": gate.threshold, "quantile": gate.quantile, **stats}

@@ -94,10 +94,10 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
             "training": {"members": len(runs), "seconds": round(float(sum(s for s in seconds if s)), 1),
                          "n_train": int((~is_val).sum()), "seed": seed},
             "validation": validation_facts(task, y_val, probs),
+            "gate": gate_from_embeddings(exported.path, emb_train, val_out["embedding"]),
         },
     )
     spec.save(exported.path)
-    gate_from_embeddings(exported.path, emb_train, val_out["embedding"])
     (out / "ensemble.json").write_text(json.dumps({"runs": [str(r.resolve()) for r in runs], "input_size": size,
                                                    "heatmap_from": graph.heatmap_from,
                                                    "threshold_method": threshold_method,

@@ -55,16 +55,16 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     write_val_predictions(out / "val_predictions.csv", task, val_s, probs)
     training = _training_facts(cfg, best, last, int(len(x_train)), stop_reason, previous)
     validation = validation_facts(task, y_val, probs)
-    spec = graph.model_spec(
-        name=f"cxr-{task.name}-{ck['arch']}", task=task.name, classes=task.classes, kind=task.kind,
-        arch=ck["arch"], decision=decision, score=score_rule(task.kind),
-        provenance={"cxr_triage_version": __version__, "training": training, "validation": validation},
-    )
-    spec.save(onnx_path)
+    provenance = {"cxr_triage_version": __version__, "training": training, "validation": validation}
     if has_gate:
         idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[:GATE_FIT_IMAGES]
         emb_train = run_onnx(onnx_path, x_train[idx].numpy(), ["embedding"])["embedding"]
-        gate_from_embeddings(onnx_path, emb_train, val_out["embedding"])
+        provenance["gate"] = gate_from_embeddings(onnx_path, emb_train, val_out["embedding"])
+    spec = graph.model_spec(
+        name=f"cxr-{task.name}-{ck['arch']}", task=task.name, classes=task.classes, kind=task.kind,
+        arch=ck["arch"], decision=decision, score=score_rule(task.kind), provenance=provenance,
+    )
+    spec.save(onnx_path)
     print(f"best epoch {best['epoch'] + 1}; validation ROC AUC {validation['roc_auc'] or float('nan'):.4f}; "
           f"threshold {decision.threshold:.3f}; model: {onnx_path}")
     return onnx_path
@@ -115,12 +115,13 @@ def write_val_predictions(path: Path, task: Task, val_s: list[Sample], probs: np
             w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
 
 
-def gate_from_embeddings(onnx_path: Path, tr: np.ndarray, va: np.ndarray) -> None:
-    """Fit the gate on training embeddings ``tr``; threshold on even validation rows, report on odd ones."""
+def gate_from_embeddings(onnx_path: Path, tr: np.ndarray, va: np.ndarray) -> dict[str, Any]:
+    """Fit the gate on training embeddings ``tr``; threshold on even validation rows, report on odd ones.
+    Saves it beside the model and returns its sidecar entry."""
     gate = fit_feature_gate(tr, va[0::2])
     held = va[1::2]
     refused = float((gate.distance(held) > gate.threshold).mean())
-    attach_gate(onnx_path, gate, {"val_false_refusal_rate": refused, "n_fit": int(len(tr)),
+    return attach_gate(onnx_path, gate, {"val_false_refusal_rate": refused, "n_fit": int(len(tr)),
                                   "n_threshold": int(len(va[0::2])), "n_heldout": int(len(held))})
 
 
