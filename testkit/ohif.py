@@ -4,8 +4,8 @@
 ``.cache/ohif/<version>/dist``. :class:`OhifServer` serves it on a free loopback port
 from a thread, with:
 
-* ``/app-config.js`` generated (:func:`app_config`): one DICOMweb data source at
-  ``<origin>/dicom-web``, nothing from the internet;
+* ``/app-config.js``: the site's own ``deploy/ohif/app-config.js``, one DICOMweb data source
+  at ``<origin>/dicom-web``, nothing from the internet;
 * ``/dicom-web/...`` forwarded to Orthanc's DICOMweb plugin, adding Orthanc's
   credentials, so the viewer and its data share one origin (no CORS, and the browser
   never sees the PACS password), as an nginx ``location /dicom-web/`` does at a site;
@@ -15,7 +15,6 @@ from a thread, with:
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import os
 import threading
@@ -50,122 +49,10 @@ def ohif_missing(dist: Path = OHIF_DIST) -> str | None:
     return None
 
 
-# OHIF (3.13) shows a TID 1500 measurement group only when it has image coordinates (SCOORD);
-# an image-level group such as an AI finding gets no annotation and its numbers stay unseen
-# (and its SR viewport fails on the missing coordinates). This hook, run by OHIF before it
-# places each measurement, pins such a group to its source image (the group's "Source of
-# Measurement" reference) as a labelled point in the image's top-left corner, with the
-# group's coded evaluations (e.g. "Pneumonia: Present"), its numbers (e.g. "Probability:
-# 0.87") and the report's short "Name: value" comments (e.g. "Triage priority: urgent").
-PIN_FINDING_JS = r"""
-function pinImageLevelFinding({ measurement, SeriesInstanceUID }) {
-  try {
-    if (!measurement || (measurement.coords && measurement.coords.length) || !window.services) {
-      return measurement;
-    }
-    const seq = s => (s == null ? [] : Array.isArray(s) ? s : [s]);
-    const code = s => seq(s)[0] || {};
-    const dss = window.services.displaySetService.getActiveDisplaySets();
-    const sr = dss.find(ds => ds.SeriesInstanceUID === SeriesInstanceUID && ds.instance && ds.instance.ContentSequence);
-    if (!sr) return measurement;
-    const items = [];
-    const walk = list => seq(list).forEach(it => { items.push(it); walk(it.ContentSequence); });
-    let group = null;
-    const findGroup = list => seq(list).forEach(it => {
-      if (group) return;
-      const inner = seq(it.ContentSequence);
-      if (inner.some(c => c.ValueType === 'UIDREF' && c.UID === measurement.TrackingUniqueIdentifier)) group = it;
-      else findGroup(inner);
-    });
-    findGroup(sr.instance.ContentSequence);
-    if (!group) return measurement;
-    const inGroup = seq(group.ContentSequence);
-    const source = inGroup.find(c => c.ValueType === 'IMAGE' && code(c.ConceptNameCodeSequence).CodeValue === '121112');
-    const ref = source && code(source.ReferencedSOPSequence);
-    if (!ref || !ref.ReferencedSOPInstanceUID) return measurement;
-    let rows = 0, cols = 0;
-    dss.forEach(ds => seq(ds.instances).forEach(i => {
-      if (i.SOPInstanceUID === ref.ReferencedSOPInstanceUID) { rows = i.Rows; cols = i.Columns; }
-    }));
-    const skip = ['121071', '111001', '121058', '112039', '112040'];
-    const labels = [];
-    inGroup.filter(c => c.ValueType === 'CODE' && !skip.includes(code(c.ConceptNameCodeSequence).CodeValue))
-      .forEach(c => labels.push({ label: code(c.ConceptNameCodeSequence).CodeMeaning,
-                                  value: code(c.ConceptCodeSequence).CodeMeaning }));
-    (measurement.labels || []).forEach(l => labels.push({ label: l.label, value: String(l.value).replace(/ 1$/, '').trim() }));
-    walk(sr.instance.ContentSequence);
-    items.filter(c => c.ValueType === 'TEXT' && code(c.ConceptNameCodeSequence).CodeValue === '121106')
-      .map(c => String(c.TextValue || '').match(/^([^:]{1,40}): (.{1,80})$/)).filter(Boolean)
-      .forEach(m => labels.push({ label: m[1], value: m[2] }));
-    measurement.labels = labels;
-    measurement.coords = [{
-      ValueType: 'SCOORD', GraphicType: 'POINT',
-      GraphicData: [Math.max(1, Math.round((cols || 100) * 0.06)), Math.max(1, Math.round((rows || 100) * 0.06))],
-      ReferencedSOPSequence: { ReferencedSOPClassUID: ref.ReferencedSOPClassUID,
-                               ReferencedSOPInstanceUID: ref.ReferencedSOPInstanceUID },
-    }];
-    measurement.graphicType = 'POINT';
-    measurement.pointsLength = 1;
-  } catch (err) {
-    console.warn('pinImageLevelFinding', err);
-  }
-  return measurement;
-}
-"""
-
-
-def app_config(dicomweb_path: str = "/dicom-web", name: str = "Orthanc") -> str:
-    """OHIF's ``window.config`` with one DICOMweb source on the page's own origin.
-
-    The same file works behind nginx at a site (see ``compose.yaml`` and docs/pacs.md).
-    """
-    root = json.dumps(dicomweb_path.rstrip("/"))
-    return f"""/** OHIF configuration: Orthanc's DICOMweb on this origin (cxr-triage). */
-{PIN_FINDING_JS}
-window.config = {{
-  routerBasename: '/',
-  extensions: [],
-  modes: [],
-  customizationService: {{
-    // No onboarding tour over the first study a reader opens.
-    'ohif.tours': {{ $set: [] }},
-    // Image-level TID 1500 findings (no SCOORD), as AI results are: pin them to their source image.
-    onBeforeSRAddMeasurement: {{ $set: pinImageLevelFinding }},
-  }},
-  showStudyList: true,
-  maxNumberOfWebWorkers: 2,
-  showWarningMessageForCrossOrigin: false,
-  showCPUFallbackMessage: false,
-  showLoadingIndicator: true,
-  investigationalUseDialog: {{ option: 'never' }},
-  strictZSpacingForVolumeViewport: true,
-  defaultDataSourceName: 'orthanc',
-  dataSources: [
-    {{
-      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-      sourceName: 'orthanc',
-      configuration: {{
-        friendlyName: {json.dumps(name)},
-        name: 'orthanc',
-        wadoUriRoot: window.location.origin + {root},
-        qidoRoot: window.location.origin + {root},
-        wadoRoot: window.location.origin + {root},
-        qidoSupportsIncludeField: false,
-        supportsReject: false,
-        imageRendering: 'wadors',
-        thumbnailRendering: 'wadors',
-        enableStudyLazyLoad: true,
-        supportsFuzzyMatching: false,
-        supportsWildcard: true,
-        staticWado: false,
-        singlepart: 'bulkdata,video',
-        bulkDataURI: {{ enabled: true, relativeResolution: 'studies' }},
-        omitQuotationForMultipartRequest: true,
-      }},
-    }},
-  ],
-}};
-"""
+# The viewer's configuration a site mounts (compose.yaml): served here as it is, so the test runs
+# exactly what ships. It names Orthanc's DICOMweb at <origin>/dicom-web and pins image-level
+# TID 1500 findings (no SCOORD, as AI results are) to their source image.
+APP_CONFIG = ROOT / "deploy" / "ohif" / "app-config.js"
 
 
 class OhifServer:
@@ -179,7 +66,7 @@ class OhifServer:
         self.session = requests.Session()
         if user:
             self.session.auth = (user, password or "")
-        self.config_js = app_config(self.dicomweb_root).encode()
+        self.config_js = APP_CONFIG.read_bytes()
         self.proxied: list[str] = []  # paths forwarded to Orthanc, for tests
         self.httpd: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None

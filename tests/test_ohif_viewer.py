@@ -131,13 +131,10 @@ def test_study_in_ohif_shows_the_heatmap_series_and_the_sr_finding(ohif, orthanc
     assert not [e for e in errors if "TypeError" in e], errors
 
 
-def test_the_sites_ohif_config_is_the_one_tested():
-    """compose.yaml mounts deploy/ohif/app-config.js into OHIF: it must be what the test above ran."""
-    from testkit.ohif import ROOT, app_config
+def test_compose_mounts_the_tested_ohif_config():
+    """compose.yaml mounts deploy/ohif/app-config.js into OHIF, the file the test above served."""
+    from testkit.ohif import APP_CONFIG, ROOT
 
-    shipped = ROOT / "deploy" / "ohif" / "app-config.js"
-    assert shipped.read_text() == app_config(), (
-        "deploy/ohif/app-config.js differs from testkit.ohif.app_config(); regenerate it with\n"
-        "  python -c 'from testkit.ohif import app_config; print(app_config(), end=\"\")' > deploy/ohif/app-config.js")
     compose = (ROOT / "compose.yaml").read_text()
     assert "./deploy/ohif/app-config.js" in compose and "ohif/app:v" in compose
+    assert "/dicom-web" in APP_CONFIG.read_text()
