@@ -27,8 +27,8 @@ def resolve_model(model: str | Path | None) -> Path:
     or None for the default model."""
     if model is None:
         p = DEFAULT_MODEL
-    elif isinstance(model, str) and model in bundled_models():
-        p = bundled_models()[model]
+    elif str(model) in bundled_models() and not Path(model).exists():  # a name (also as a CLI Path)
+        p = bundled_models()[str(model)]
     else:
         p = Path(model)
         if p.is_dir():
