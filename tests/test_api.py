@@ -62,3 +62,43 @@ def test_the_contract_decides_as_the_engine_does(model, samples_dir):
         assert abs(score - p.score) < 1e-5
         assert spec.priority(score) == p.priority
         assert spec.label_for(probs[0]) == p.label
+
+
+def test_cxr_models_lists_every_bundled_model_with_its_card():
+    import json
+
+    from typer.testing import CliRunner
+
+    from cxrtriage.cli.main import app
+
+    res = CliRunner().invoke(app, ["models", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert rows["cxr-pneumonia"]["default"] and rows["cxr-pneumonia"]["classes"] == ["normal", "pneumonia"]
+    p3 = rows["cxr-pneumonia3"]
+    assert p3["task"] == "pneumonia3" and p3["classes"] == ["normal", "bacterial", "viral"]
+    assert p3["size_mb"] <= 30 and not p3["default"]
+    for r in rows.values():
+        assert r["card"] and "Model card" in open(r["card"]).read()
+
+
+def test_the_three_class_model_is_selected_by_name(samples_dir):
+    import hashlib
+    import json
+
+    from typer.testing import CliRunner
+
+    from cxrtriage.cli.main import app
+    from cxrtriage.infer import resolve_model
+
+    onnx = resolve_model("cxr-pneumonia3")
+    assert hashlib.sha256(onnx.read_bytes()).hexdigest() == cxrtriage.load_model("cxr-pneumonia3").spec.sha256
+    films = [str(samples_dir / n) for n in ("person1_bacteria_1.jpeg", "IM-0115-0001.jpeg")]
+    res = CliRunner().invoke(app, ["predict", "--model", "cxr-pneumonia3", "--json", *films])
+    assert res.exit_code == 0, res.output
+    out = [json.loads(line) for line in res.output.splitlines() if line.strip()]  # one JSON object per film
+    by_name = {o["source"].rsplit("/", 1)[-1]: o for o in out}
+    bact, normal = by_name["person1_bacteria_1.jpeg"], by_name["IM-0115-0001.jpeg"]
+    assert set(bact["probabilities"]) == {"normal", "bacterial", "viral"}
+    assert bact["label"] in ("bacterial", "viral") and normal["label"] == "normal"
+    assert bact["model"]["name"] == "cxr-pneumonia3"
