@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cxrtriage.data import get_task, write_manifest
 from cxrtriage.data.nih import nih_samples
 from cxrtriage.evaluate import evaluate_predictions
-from cxrtriage.evaluate.multilabel import label_thresholds, multilabel_metrics
+from cxrtriage.evaluate.multilabel import MIN_THRESHOLD_POSITIVES, label_thresholds, multilabel_metrics
 from cxrtriage.train.losses import focal_loss, multilabel_loss, positive_weights
 from cxrtriage.train.sampler import epoch_order, label_presence, rare_label_probs
 
@@ -108,9 +108,11 @@ def test_multilabel_run_exports_sigmoid_model_with_label_thresholds(nih_run):
     assert meta["outputs"] == ["probs", "cam", "embedding"] and meta["score"].startswith("max")
     assert set(meta["label_thresholds"]) == set(meta["classes"])
     per = meta["validation"]["per_label_auc"]
+    n_val = meta["validation"]["n"]
     for c, n in meta["validation"]["label_positives"].items():  # absent in validation -> None, never 0
-        assert (per[c] is None) == (n == 0 or n == meta["validation"]["n"]) and (meta["label_thresholds"][c] is None
-                                                                                 ) == (per[c] is None)
+        assert (per[c] is None) == (n == 0 or n == n_val)
+        # a threshold of its own only from enough positives (else the engine flags at 0.5)
+        assert (meta["label_thresholds"][c] is None) == (n < MIN_THRESHOLD_POSITIVES or n == n_val)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["sampler"] == "rare" and cfg["loss"] == "bce"
 
@@ -185,3 +187,13 @@ def test_evaluate_predictions_dispatches_on_multilabel_targets(tmp_path):
                              label_thresholds={"A": 0.5, "B": None})
     assert r["kind"] == "multilabel" and r["multilabel"]["per_label"]["B"]["sensitivity"] is None
     assert r["n_pos"] == int(y.any(axis=1).sum())
+
+
+def test_a_finding_with_few_validation_positives_gets_no_threshold_of_its_own():
+    rng = np.random.default_rng(2)
+    y = np.zeros((200, 2), dtype=int)
+    y[:60, 0] = 1
+    y[:9, 1] = 1  # 9 positives: below MIN_THRESHOLD_POSITIVES
+    p = np.clip(y * 0.3 + rng.random((200, 2)) * 0.7, 0, 1)
+    thr = label_thresholds(y, p, ["Effusion", "Pneumothorax"])
+    assert thr["Pneumothorax"] is None and thr["Effusion"] is not None

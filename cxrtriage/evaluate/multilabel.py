@@ -44,13 +44,18 @@ def _check(y: np.ndarray, p: np.ndarray, labels: list[str]) -> tuple[np.ndarray,
     return y.astype(np.int64), p
 
 
+MIN_THRESHOLD_POSITIVES = 10
+
+
 def label_thresholds(targets: np.ndarray, probs: np.ndarray, labels: list[str], method: str = "youden",
                      target_sensitivity: float | None = None) -> dict[str, float | None]:
-    """Per-label operating thresholds chosen on (validation) data; None where a label is absent."""
+    """Per-label operating thresholds chosen on (validation) data; None (the engine then flags at
+    0.5) where a label has fewer than ``MIN_THRESHOLD_POSITIVES`` positives or no negatives: a
+    threshold fitted to a handful of cases is noise."""
     y, p = _check(targets, probs, labels)
     out: dict[str, float | None] = {}
     for j, name in enumerate(labels):
-        if 0 < y[:, j].sum() < len(y):
+        if MIN_THRESHOLD_POSITIVES <= y[:, j].sum() < len(y):
             out[name] = float(choose_threshold(y[:, j], p[:, j], method=method,
                                                target_sensitivity=target_sensitivity))
         else:

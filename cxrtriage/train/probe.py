@@ -20,12 +20,14 @@ import onnxruntime as ort
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from cxrtriage.data import Task, get_task
 from cxrtriage.data.samples import Sample, write_manifest
 from cxrtriage.evaluate.metrics import macro_auc, triage_auc
+from cxrtriage.evaluate.multilabel import validation_summary
 from cxrtriage.models.archs import CamNet, build_model, get_arch
 from cxrtriage.models.weights import init_weights
 from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
@@ -75,10 +77,16 @@ class FeatureExtractor:
         return np.concatenate(out).astype(np.float64)
 
 
-def fold_head(model: CamNet, clf: LogisticRegression, scaler: StandardScaler, num_classes: int) -> None:
-    """Write the fitted head (scaler folded in) into ``model.head``: logits = W f + b on raw features."""
-    coef, icpt = clf.coef_, clf.intercept_
-    if num_classes == 2:  # one logit z for class 1; softmax([0, z]) = sigmoid(z)
+def fold_head(model: CamNet, clf: LogisticRegression | OneVsRestClassifier, scaler: StandardScaler,
+              num_classes: int) -> None:
+    """Write the fitted head (scaler folded in) into ``model.head``: logits = W f + b on raw features
+    (one logistic regression per finding for a multi-label task: its logit is the finding's)."""
+    if isinstance(clf, OneVsRestClassifier):
+        coef = np.vstack([e.coef_ for e in clf.estimators_])
+        icpt = np.concatenate([e.intercept_ for e in clf.estimators_])
+    else:
+        coef, icpt = clf.coef_, clf.intercept_
+    if num_classes == 2 and not isinstance(clf, OneVsRestClassifier):  # one logit z for class 1; softmax([0, z]) = sigmoid(z)
         coef = np.vstack([np.zeros_like(coef), coef])
         icpt = np.array([0.0, icpt[0]])
     w = coef / scaler.scale_
@@ -104,7 +112,8 @@ def train_probe(cfg: TrainConfig, samples: list[Sample], progress: bool = True) 
     write_manifest(samples, out / "split.csv")
     x_train, x_val = split_images(samples, size, cfg.cache_dir, progress=progress)
     y_train, y_val = targets(task, of_split(samples, "train")), targets(task, of_split(samples, "val"))
-    missing = [c for i, c in enumerate(task.classes) if not (y_train == i).any()]
+    present = y_train.any(axis=0) if task.kind == "multilabel" else [(y_train == i).any() for i in range(task.num_classes)]
+    missing = [c for c, ok in zip(task.classes, present) if not ok]
     if missing:
         raise ValueError(f"no training images of class(es) {missing}")
     mean, std = pixel_stats(x_train)
@@ -114,7 +123,7 @@ def train_probe(cfg: TrainConfig, samples: list[Sample], progress: bool = True) 
     for v in range(cfg.probe_views if cfg.augment else 0):
         feats.append(extract(x_train, augment_seed=cfg.seed + 1 + v, desc=f"features (augmented view {v + 1})",
                              progress=progress, augment=augment))
-    f_train, y_fit = np.concatenate(feats), np.tile(y_train, len(feats))
+    f_train, y_fit = np.concatenate(feats), np.concatenate([y_train] * len(feats))
     scaler = StandardScaler().fit(f_train)
     history, best_clf, best_i = fit_heads(task, cfg.class_weights, scaler.transform(f_train), y_fit,
                                           scaler.transform(extract(x_val, desc="features (validation)",
@@ -135,8 +144,6 @@ def train_probe(cfg: TrainConfig, samples: list[Sample], progress: bool = True) 
 
 def _check_probe_options(cfg: TrainConfig, task: Task) -> AugmentConfig:
     """Refuse what a probe cannot do; returns the augmentation of the extra views."""
-    if task.kind == "multilabel":
-        raise ValueError(f"{cfg.arch} fits single-label tasks; {task.name} is multi-label")
     unused = [name for name, on in (("--mixup", cfg.mixup), ("--ema-decay", cfg.ema_decay)) if on is not None]
     if unused:
         raise ValueError(f"{cfg.arch} is a linear probe fitted in one go; {' and '.join(unused)} "
@@ -144,28 +151,44 @@ def _check_probe_options(cfg: TrainConfig, task: Task) -> AugmentConfig:
     return AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)
 
 
+def _head(task: Task, c: float, class_weights: bool) -> LogisticRegression | OneVsRestClassifier:
+    clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced" if class_weights else None)
+    return OneVsRestClassifier(clf) if task.kind == "multilabel" else clf
+
+
+def _head_scores(task: Task, clf, z_train: np.ndarray, y_fit: np.ndarray, z_val: np.ndarray,
+                 y_val: np.ndarray) -> dict:
+    """Losses, triage AUC, macro (or mean per-finding) AUC and accuracy of one fitted head."""
+    probs = clf.predict_proba(z_val)
+    if task.kind == "multilabel":
+        vs, fit = validation_summary(y_val, probs, list(task.classes)), validation_summary(
+            y_fit, clf.predict_proba(z_train), list(task.classes))
+        return {"train_loss": fit["loss"], "val_loss": vs["loss"], "val_auc": vs["roc_auc"],
+                "val_macro_auc": vs["mean_auc"], "val_acc": vs["accuracy"]}
+    return {"train_loss": float(log_loss(y_fit, clf.predict_proba(z_train))),
+            "val_loss": float(log_loss(y_val, probs, labels=range(task.num_classes))),
+            "val_auc": triage_auc(y_val, probs),
+            "val_macro_auc": macro_auc(y_val, probs) if task.num_classes > 2 else None,
+            "val_acc": float((probs.argmax(1) == y_val).mean())}
+
+
 def fit_heads(task: Task, class_weights: bool, z_train: np.ndarray, y_fit: np.ndarray, z_val: np.ndarray,
-              y_val: np.ndarray) -> tuple[list[dict], LogisticRegression, int]:
+              y_val: np.ndarray) -> tuple[list[dict], LogisticRegression | OneVsRestClassifier, int]:
     """Fit a head per strength of ``C_GRID`` on standardised features; (history, best head, its index)
-    by validation (macro) AUC."""
+    by validation macro AUC (mean per-finding AUC for a multi-label task; triage AUC for two classes)."""
     history, best, best_clf, best_i = [], -1.0, None, 0
     for i, c in enumerate(C_GRID):
         t = time.time()
-        clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced" if class_weights else None)
-        clf.fit(z_train, y_fit)
-        probs = clf.predict_proba(z_val)
-        auc = triage_auc(y_val, probs)
-        mauc = macro_auc(y_val, probs) if task.num_classes > 2 else None
-        score = mauc if mauc is not None else auc
-        row = {"epoch": i + 1, "C": c, "train_loss": float(log_loss(y_fit, clf.predict_proba(z_train))),
-               "val_loss": float(log_loss(y_val, probs, labels=range(task.num_classes))), "val_auc": auc,
-               "val_macro_auc": mauc, "val_acc": float((probs.argmax(1) == y_val).mean()),
+        clf = _head(task, c, class_weights).fit(z_train, y_fit)
+        row = {"epoch": i + 1, "C": c, **_head_scores(task, clf, z_train, y_fit, z_val, y_val),
                "seconds": time.time() - t}
         history.append(row)
-        if score > best + 1e-5:
+        score = row["val_macro_auc"] if row["val_macro_auc"] is not None else row["val_auc"]
+        if score is not None and score > best + 1e-5:
             best, best_clf, best_i = score, clf, i
-        print(f"C={c:g}: val_auc {auc:.4f} " + (f"macro_auc {mauc:.4f} " if mauc is not None else "")
-              + f"acc {row['val_acc']:.4f}")
+        mauc = row["val_macro_auc"]
+        print(f"C={c:g}: val_auc {row['val_auc'] or float('nan'):.4f} "
+              + (f"macro_auc {mauc:.4f} " if mauc is not None else "") + f"acc {row['val_acc']:.4f}")
     if best_clf is None:
         raise ValueError("validation AUC is undefined (the validation split needs images of every class)")
     return history, best_clf, best_i
