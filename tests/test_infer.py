@@ -106,7 +106,10 @@ def test_cli_predict_json_and_table(samples_dir):
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
     assert len(rows) == len([p for p in samples_dir.iterdir() if p.suffix in (".jpeg", ".dcm")])
+    # no --model: each film goes to the bundled model that can judge it; these pediatric films
+    # (no DICOM age) to the pediatric one, by its quality gate
     assert all("disclaimer" in r and r["model"]["name"] == "cxr-pneumonia" for r in rows)
+    assert all(r["model"]["routed_by"] == "gate" for r in rows)
     res = runner.invoke(app, ["predict", str(samples_dir / "IM-0117-0001.jpeg")])
     assert res.exit_code == 0 and "IM-0117-0001.jpeg" in res.stdout and "not a diagnosis" in res.stdout
 

@@ -108,7 +108,9 @@ def test_upload_gives_the_engines_result(client, engine, samples, kind):
     for k, v in expected.probabilities.items():
         assert res["probabilities"][k] == pytest.approx(v, abs=1e-5)
     assert res["gate"]["accepted"] is True
-    assert res["model"] == {"name": engine.spec.name, "version": engine.spec.version}
+    # the service names no model: the bundled models are routed; these films reach the pediatric one
+    assert res["model"] == {"name": engine.spec.name, "version": engine.spec.version, "routed_by": "gate"}
+    assert study["judged_by"] == f"{engine.spec.name} (gate)"
     assert res["timings_ms"]["total"] > 0
     assert res["heatmap_url"].startswith(f"{API}/studies/{sid}/heatmap.png")
     assert res["disclaimer"] == DISCLAIMER
@@ -273,7 +275,11 @@ def test_health_ready_and_metrics(client, samples):
 
 def test_info_page_docs_and_headers(client):
     info = client.get(f"{API}/info").json()
-    assert info["disclaimer"] == DISCLAIMER and info["model"]["classes"]
+    assert info["disclaimer"] == DISCLAIMER
+    # no model named: the bundled models are routed, and the page lists each one
+    assert info["model"]["routed"] and {p: m["name"] for p, m in info["model"]["models"].items()} == {
+        "pediatric": "cxr-pneumonia", "adult": "cxr-adult14"}
+    assert all(m["classes"] for m in info["model"]["models"].values())
     assert info["settings"]["max_upload_bytes"] == DEFAULT_MAX_UPLOAD_BYTES == 64 * 1024 * 1024
     page = client.get("/")
     assert page.status_code == 200 and DISCLAIMER in page.text and "AI diagnosis" in page.text

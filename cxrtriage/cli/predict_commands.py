@@ -70,11 +70,11 @@ def predict(
         fail("--out writes bulk results: add --engine ray (or --engine local)")
     from rich.table import Table
 
-    from cxrtriage.infer import PRIORITY_ORDER, Engine, ModelNotFoundError
+    from cxrtriage.infer import PRIORITY_ORDER, Engine, ModelNotFoundError, load_triager
 
     files = _collect([Path(i) for i in inputs])
     try:
-        engine = Engine(model, threads=threads, tta=tta)
+        engine = load_triager(model, threads=threads, tta=tta)
     except ModelNotFoundError as exc:
         fail(str(exc))
     preds = engine.predict_files(files, batch_size=batch_size, progress=not as_json and len(files) > 20)
@@ -85,13 +85,19 @@ def predict(
     if sort:
         preds = sorted(preds, key=lambda p: (PRIORITY_ORDER[p.priority], -(p.score or 0.0)))
     colours = {"urgent": "bold red", "review": "yellow", "routine": "green", "refused": "magenta", "error": "red"}
-    table = Table(title=f"Triage with {engine.spec.name} ({engine.spec.version}), threshold {engine.spec.threshold:.3f}")
-    for col in ("file", "label", "P(abnormal)", "priority", "note"):
+    single = isinstance(engine, Engine)
+    title = (f"{engine.spec.name} ({engine.spec.version}), threshold {engine.spec.threshold:.3f}" if single
+             else "the bundled models, each film routed by patient age or the models' quality gates")
+    table = Table(title=f"Triage with {title}")
+    longest = max((len(Path(p.source).name) for p in preds), default=4)
+    table.add_column("file", no_wrap=True, min_width=min(40, longest))
+    for col in ("label", "P(abnormal)", "priority", *(() if single else ("model",)), "note"):
         table.add_column(col, justify="right" if col == "P(abnormal)" else "left")
     for p in preds:
-        note = p.error or (p.gate.get("reason") if p.priority == "refused" else "") or ""
+        note = p.error or (p.gate.get("reason") if p.priority == "refused" else p.gate.get("warning")) or ""
+        judged = () if single else (f"{p.model.get('name', '-')} ({p.model.get('routed_by', '-')})",)
         table.add_row(Path(p.source).name, p.label or "-", f"{p.score:.3f}" if p.score is not None else "-",
-                      f"[{colours[p.priority]}]{p.priority}[/]", note)
+                      f"[{colours[p.priority]}]{p.priority}[/]", *judged, note)
     console.print(table)
     console.print(f"[dim]{DISCLAIMER}[/]")
 

@@ -4,14 +4,17 @@ the shared scoring rules, and the one result type (:class:`Prediction`)."""
 from cxrtriage.contract.result import PRIORITY_ORDER, Prediction, Priority, StrEnum
 from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, triage_score, triage_target
 from cxrtriage.contract.spec import (
+    ADULT_AGE,
+    POPULATIONS,
     URGENT_SPECIFICITY,
     Decision,
     InputSpec,
     ModelSpec,
     SpecError,
+    population_of,
 )
 
 __all__ = [
-    "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
+    "ADULT_AGE", "POPULATIONS", "population_of", "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
     "StrEnum", "URGENT_SPECIFICITY", "apply_temperature", "normalise", "triage_score", "triage_target",
 ]

@@ -26,6 +26,14 @@ DEFAULT_LABEL_THRESHOLD = 0.5  # a finding with no threshold of its own (absent 
 URGENT_SPECIFICITY = 0.995     # the "urgent" threshold keeps this specificity on validation
 
 
+POPULATIONS = ("pediatric", "adult")
+ADULT_AGE = 18.0  # years; below it a film is pediatric
+
+
+def population_of(age_years: float) -> str:
+    return "pediatric" if age_years < ADULT_AGE else "adult"
+
+
 class SpecError(ValueError):
     """A sidecar that does not describe a usable model."""
 
@@ -184,6 +192,19 @@ class ModelSpec:
 
     def priority(self, score: float) -> Priority:
         return self.decision.priority(score)
+
+    @property
+    def population(self) -> str | None:
+        """Whom the model was trained on: "pediatric" (under 18) or "adult"; None if unstated."""
+        value = self.provenance.get("population")
+        return str(value) if value in POPULATIONS else None
+
+    def age_warning(self, age_years: float | None) -> str | None:
+        """A warning when a film's patient age lies outside the population the model learnt from."""
+        if age_years is None or self.population is None or population_of(age_years) == self.population:
+            return None
+        return (f"patient age {age_years:g} years: {self.name} was trained on {self.population} films "
+                "only; its output is not validated for this patient")
 
     @property
     def training_seed(self) -> int:

@@ -8,7 +8,10 @@ from cxrtriage.infer.bundle import (
     load_spec,
     resolve_model,
 )
-from cxrtriage.infer.engine import Engine, Input, decode
+from cxrtriage.infer.engine import Engine
+from cxrtriage.infer.pipeline import Input, Triager, decode
+from cxrtriage.infer.router import Router, load_triager, routable_models
 
 __all__ = ["DEFAULT_MODEL", "Engine", "Input", "ModelNotFoundError", "PRIORITY_ORDER", "Prediction", "Priority",
-           "bundled_models", "decode", "load_spec", "resolve_model"]
+           "Router", "Triager", "bundled_models", "decode", "load_spec", "load_triager", "resolve_model",
+           "routable_models"]

@@ -1,8 +1,8 @@
-"""The inference engine: ONNX Runtime, numpy, Pillow and pydicom only (no torch).
+"""The inference engine: one exported model on ONNX Runtime, numpy, Pillow and pydicom only (no torch).
 
-One pipeline, decode -> quality gate -> network -> :class:`Prediction` (a failure at any step is a
-result with ``error`` or ``priority='refused'``, never an exception), used by ``cxr predict``,
-the Python API, the HTTP service, the PACS bridge and bulk triage.
+Its ``predict_radiographs`` is the gate -> network -> decision step of the one pipeline
+(:mod:`cxrtriage.infer.pipeline`), used by ``cxr predict``, the Python API, the HTTP service, the
+PACS bridge and bulk triage.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import onnxruntime as ort
@@ -20,10 +19,8 @@ from cxrtriage.contract import ModelSpec, Prediction, Priority
 from cxrtriage.data.preprocess import to_model_input
 from cxrtriage.infer.bundle import load_spec, resolve_model
 from cxrtriage.infer.gate import FeatureGate, gate_path, pixel_refusal, view_refusal
-from cxrtriage.io import ImageReadError, Radiograph, read_radiograph, read_radiograph_bytes
-
-#: What the pipeline takes: a file path, a file's bytes, a 2-D array or a decoded radiograph.
-Input = Union[str, Path, bytes, np.ndarray, Radiograph]
+from cxrtriage.infer.pipeline import Triager
+from cxrtriage.io import Radiograph
 
 OOD_REASON = ("not recognised as a frontal chest radiograph like those the model was trained on "
               "(out of distribution)")
@@ -35,21 +32,7 @@ def _normalise_cam(cam: np.ndarray) -> np.ndarray:
     return (cam / peak if peak > 0 else cam).astype(np.float32)
 
 
-def decode(item: Input, name: str | None = None) -> Radiograph:
-    """Any :data:`Input` to a radiograph; raises :class:`ImageReadError` or ``OSError``."""
-    if isinstance(item, Radiograph):
-        return item
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        return read_radiograph_bytes(bytes(item), name or "<bytes>")
-    if isinstance(item, np.ndarray):
-        return Radiograph.from_array(item, name or "<array>")
-    rg = read_radiograph(item)
-    if name:
-        rg.source = name
-    return rg
-
-
-class Engine:
+class Engine(Triager):
     """Score radiographs with an exported model. Thread-safe for concurrent ``predict*`` calls.
 
     ``model``: a bundled model's name, an ``.onnx`` path, a run folder, or None for the default."""
@@ -76,6 +59,12 @@ class Engine:
     def model_ref(self) -> dict[str, str]:
         return self.spec.ref
 
+    def describe(self) -> dict:
+        """What a status page shows of the model."""
+        s = self.spec
+        return {"name": s.name, "version": s.version, "classes": list(s.classes), "threshold": s.threshold,
+                "threshold_high": s.threshold_high, "input_size": s.input_size, "population": s.population}
+
     # -- running the network -------------------------------------------------
     def run_arrays(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on uint8 (N, S, S) images; returns its named outputs."""
@@ -92,47 +81,6 @@ class Engine:
         out = self.run_arrays(views[0])
         out["probs"] = np.mean([out["probs"]] + [self.run_arrays(v)["probs"] for v in views[1:]], axis=0)
         return out
-
-    # -- the pipeline ----------------------------------------------------------
-    def predict(self, item: Input, name: str | None = None, heatmap: bool = True) -> Prediction:
-        """Triage one film (path, bytes, 2-D array or :class:`Radiograph`)."""
-        return self.predict_batch([item], [name] if name else None, heatmap=heatmap)[0]
-
-    def predict_batch(self, items: Sequence[Input], names: Sequence[str | None] | None = None,
-                      heatmap: bool = False, batch_size: int = 32, progress: bool = False) -> list[Prediction]:
-        """Triage many films, ``batch_size`` at a time; a film that cannot be read becomes a
-        :class:`Prediction` with ``error`` set, in its place."""
-        names = list(names) if names is not None else [None] * len(items)
-        results: list[Prediction] = []
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(items), desc="triage", unit="img")
-        for s in range(0, len(items), batch_size):
-            results.extend(self._predict_chunk(items[s:s + batch_size], names[s:s + batch_size], heatmap))
-            if bar:
-                bar.update(min(batch_size, len(items) - s))
-        if bar:
-            bar.close()
-        return results
-
-    def _predict_chunk(self, items: Sequence[Input], names: Sequence[str | None], heatmap: bool) -> list[Prediction]:
-        out: list[Prediction | None] = [None] * len(items)
-        rgs, times, slots = [], [], []
-        for j, (item, name) in enumerate(zip(items, names)):
-            t0 = time.perf_counter()
-            try:
-                rgs.append(decode(item, name))
-            except (ImageReadError, OSError) as exc:
-                source = name or (str(item) if isinstance(item, (str, Path)) else "<input>")
-                out[j] = Prediction.failed(source, exc, self.model_ref)
-                continue
-            times.append((time.perf_counter() - t0) * 1000)
-            slots.append(j)
-        for j, p in zip(slots, self.predict_radiographs(rgs, times, heatmap=heatmap) if rgs else []):
-            out[j] = p
-        return out  # type: ignore[return-value]
 
     def predict_radiographs(self, rgs: Sequence[Radiograph], decode_ms: Sequence[float] | None = None,
                             heatmap: bool = True) -> list[Prediction]:
@@ -155,6 +103,10 @@ class Engine:
             self._judge([preds[i] for i in todo], out, heatmap)
             for i in todo:
                 preds[i].timings_ms["model"] = round(per, 3)
+        for p, rg in zip(preds, rgs):  # a patient outside the model's population: say so, scored or not
+            warning = self.spec.age_warning(rg.meta.get("age_years"))
+            if warning:
+                p.gate["warning"] = warning
         total = (time.perf_counter() - t0) * 1000 / max(1, len(rgs))
         for i, p in enumerate(preds):
             dec = decode_ms[i] if decode_ms is not None else None
@@ -188,17 +140,6 @@ class Engine:
         p.priority = spec.priority(score)
         if cam is not None:
             p.heatmap = _normalise_cam(cam[spec.heatmap_class(probs)])
-
-    # -- convenience ------------------------------------------------------------
-    def predict_bytes(self, data: bytes, name: str = "<upload>", heatmap: bool = True) -> Prediction:
-        """Decode and triage one file's bytes."""
-        return self.predict(data, name, heatmap=heatmap)
-
-    def predict_files(self, paths: Sequence[str | Path], batch_size: int = 32, heatmap: bool = False,
-                      progress: bool = False) -> list[Prediction]:
-        """Triage files from disk, in batches."""
-        return self.predict_batch([str(p) for p in paths], None, heatmap, batch_size, progress)
-
 
 def _public_meta(meta: dict) -> dict:
     """Source facts safe to show and log (no patient identifiers)."""

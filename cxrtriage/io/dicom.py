@@ -267,5 +267,17 @@ def _read_dataset(ds: pydicom.Dataset, name: str, max_pixels: int | None = None)
             else None
         ),
         "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or "") or None,
+        "age_years": age_in_years(ds.get("PatientAge")),
     }
     return np.clip(arr, 0.0, 1.0).astype(np.float32), meta, ds
+
+
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def age_in_years(value: object) -> float | None:
+    """DICOM Patient's Age (AS, e.g. ``045Y``, ``006M``, ``010D``) in years; None if absent or malformed."""
+    text = str(value or "").strip().upper()
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in _AGE_UNITS:
+        return None
+    return round(int(text[:3]) * _AGE_UNITS[text[3]], 3)

@@ -16,7 +16,7 @@ from pydicom import Dataset
 from pydicom.uid import DigitalXRayImageStorageForProcessing
 
 from cxrtriage.contract import Prediction, StrEnum
-from cxrtriage.infer import Engine, decode
+from cxrtriage.infer import Triager, decode, load_triager
 from cxrtriage.io import ImageReadError, Radiograph
 from cxrtriage.pacs.results import TriageResults, build_results, is_own_output
 
@@ -94,7 +94,7 @@ def _ids(header: Dataset) -> dict[str, str]:
     return {"study_uid": str(header.StudyInstanceUID), "sop_uid": str(header.SOPInstanceUID)}
 
 
-def triage_bytes(engine: Engine, items: Sequence[tuple[str, bytes]], heatmap: bool = True) -> list[Outcome]:
+def triage_bytes(engine: Triager, items: Sequence[tuple[str, bytes]], heatmap: bool = True) -> list[Outcome]:
     """Triage DICOM files given as ``(name, bytes)``; one :class:`Outcome` each, in order.
 
     The header checks (our own output, modality, "for processing") come first; the rest is the
@@ -170,7 +170,7 @@ def encode(out: Outcome) -> Encoded:
                    [(str(ds.SOPInstanceUID), part10(ds)) for ds in out.datasets], summary)
 
 
-def triage_encode(engine: Engine, items: Sequence[tuple[str, bytes]]) -> list[Encoded]:
+def triage_encode(engine: Triager, items: Sequence[tuple[str, bytes]]) -> list[Encoded]:
     """:func:`triage_bytes`, then encode the results (what the watcher stores)."""
     return [encode(o) for o in triage_bytes(engine, items)]
 
@@ -190,7 +190,7 @@ def log_outcome(out: Outcome | Encoded, where: str = "") -> None:
 
 
 # -- worker processes (``watch(..., workers=N)``) ------------------------------------------
-_ENGINE: Engine | None = None
+_ENGINE: Triager | None = None
 
 
 def pool_init(model: str | None, threads: int = 1) -> None:
@@ -213,7 +213,7 @@ def pool_init(model: str | None, threads: int = 1) -> None:
                 os._exit(0)
 
     threading.Thread(target=_watch_parent, daemon=True, name="cxr-parent-watch").start()
-    _ENGINE = Engine(model, threads=threads)
+    _ENGINE = load_triager(model, threads=threads)
 
 
 def pool_triage(items: list[tuple[str, bytes]]) -> list[Encoded]:

@@ -58,6 +58,7 @@ PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
 INDETERMINATE = hd.sr.CodedConcept("82334004", "SCT", "Indeterminate")
 CHEST_XRAY = hd.sr.CodedConcept("399208008", "SCT", "Plain X-ray of chest")
+ANY_FINDING = hd.sr.CodedConcept("404684003", "SCT", "Clinical finding")  # multi-label models: any finding
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
@@ -65,6 +66,7 @@ COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 _REFUSED_PREFIX = "Not assessed: "
 _PRIORITY_PREFIX = "Triage priority: "
 _LABEL_PREFIX = "Model label: "
+_ROUTED_PREFIX = "Routed by: "
 
 
 def derived_uid(*parts: str) -> UID:
@@ -189,9 +191,10 @@ def build_sr(src: Dataset, pred: Prediction, reason: str | None = None, fast: bo
         parameters=params, manufacturer=MANUFACTURER)
     texts: list[str] = []
     measurements: list[hd.sr.Measurement] = []
+    finding = PNEUMONIA if {"pneumonia", "bacterial"} & set(pred.probabilities) or not pred.ok else ANY_FINDING
     if pred.ok and pred.score is not None:
         present = threshold is not None and pred.score >= threshold
-        evaluation = hd.sr.QualitativeEvaluation(PNEUMONIA, PRESENT if present else ABSENT)
+        evaluation = hd.sr.QualitativeEvaluation(finding, PRESENT if present else ABSENT)
         measurements.append(hd.sr.Measurement(name=PROBABILITY, value=float(pred.score), unit=NO_UNITS))
         if threshold is not None:
             measurements.append(hd.sr.Measurement(name=THRESHOLD, value=float(threshold), unit=NO_UNITS))
@@ -200,11 +203,15 @@ def build_sr(src: Dataset, pred: Prediction, reason: str | None = None, fast: bo
         evaluation = hd.sr.QualitativeEvaluation(PNEUMONIA, INDETERMINATE)
         why = reason or pred.gate.get("reason") or pred.error or "refused by the quality gate"
         texts.append(_REFUSED_PREFIX + str(why))
+    if pred.gate.get("warning"):
+        texts.append("Warning: " + str(pred.gate["warning"]))
+    if pred.model.get("routed_by"):
+        texts.append(f"{_ROUTED_PREFIX}{pred.model['routed_by']} (model {pred.model.get('name')})")
     texts.append(DISCLAIMER)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derived_uid(str(src.SOPInstanceUID), key, "tracking"), identifier="AI triage: pneumonia"),
-        finding_type=PNEUMONIA,
+        finding_type=finding,
         algorithm_id=algorithm,
         measurements=measurements or None,
         qualitative_evaluations=[evaluation],
@@ -355,6 +362,7 @@ class ResultSummary:
     reason: str | None = None
     priority: str | None = None
     label: str | None = None
+    routed_by: str | None = None  # "age" or "gate" when the bundled models were routed
     model_name: str | None = None
     model_version: str | None = None
     texts: list[str] = field(default_factory=list)
@@ -378,7 +386,7 @@ def read_result_sr(ds: Dataset) -> ResultSummary:
                 out.probability = value
             elif name == (THRESHOLD.value, "DCM"):
                 out.threshold = value
-        elif vt == "CODE" and name == (PNEUMONIA.value, "SCT"):
+        elif vt == "CODE" and name in ((PNEUMONIA.value, "SCT"), (ANY_FINDING.value, "SCT")):
             val = _code(item, "ConceptCodeSequence")
             out.finding = meanings.get(val[0], val[0]) if val else None
         elif vt == "TEXT":
@@ -395,6 +403,8 @@ def read_result_sr(ds: Dataset) -> ResultSummary:
                     out.priority = text[len(_PRIORITY_PREFIX):]
                 elif text.startswith(_LABEL_PREFIX):
                     out.label = text[len(_LABEL_PREFIX):]
+                elif text.startswith(_ROUTED_PREFIX):
+                    out.routed_by = text[len(_ROUTED_PREFIX):].split(" ", 1)[0]
         elif vt == "IMAGE" and item.get("ReferencedSOPSequence"):
             uid = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
             if uid not in out.source_sop_instance_uids:

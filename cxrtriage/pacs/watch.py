@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cxrtriage.infer import Engine
+from cxrtriage.infer import Engine, Triager, load_triager
 from cxrtriage.pacs.connection import PacsConnection
 from cxrtriage.pacs.dicomweb import InstanceRef, dicomweb_client, qido_instances, stow_bytes, wado_instance
 from cxrtriage.pacs.orthanc import OrthancClient, PacsError, PacsUnavailable
@@ -175,7 +175,7 @@ class Watcher:
 
     def __init__(self, pacs: PacsConnection | str, mode: str = "changes", poll_s: float = 1.0,
                  state_path: str | Path | None = None, model: str | Path | None = None, *,
-                 engine: Engine | None = None, store: str = "stow", batch_size: int = 8,
+                 engine: Triager | None = None, store: str = "stow", batch_size: int = 8,
                  max_backoff_s: float = 60.0, backfill: bool = True, lookback_days: int | None = None,
                  workers: int = 1, **connection: Any):
         if mode not in MODES:
@@ -184,7 +184,7 @@ class Watcher:
         self.url, self.mode, self.poll_s = self.pacs.url, mode, max(0.05, float(poll_s))
         self.batch_size, self.max_backoff_s = max(1, batch_size), max_backoff_s
         self.state = State(state_path, backoff_base=min(1.0, self.poll_s), backoff_cap=max_backoff_s)
-        self.engine = engine or Engine(model)
+        self.engine = engine or load_triager(model)
         if mode == "changes":
             self.source: Source = ChangesSource(OrthancClient(self.pacs), backfill)
         else:
@@ -196,7 +196,7 @@ class Watcher:
         self._procs: ProcessPoolExecutor | None = None
         if self.workers > 1:
             ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
-            model_path = str(self.engine.onnx_path)
+            model_path = str(self.engine.onnx_path) if isinstance(self.engine, Engine) else None
             self._procs = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=pool_init,
                                               initargs=(model_path,))
             for f in [self._procs.submit(pool_ready) for _ in range(self.workers)]:
@@ -357,7 +357,7 @@ class Watcher:
         stop = stop or threading.Event()
         failures = 0
         log.info("watching %s (%s mode, store %s, model %s %s)", self.url, self.mode, self.storer.kind,
-                 self.engine.spec.name, self.engine.spec.version)
+                 self.engine.model_ref["name"], self.engine.model_ref["version"])
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -388,7 +388,7 @@ class Watcher:
 def watch(pacs: PacsConnection | str, mode: str = "changes", poll_s: float = 1.0,
           state_path: str | Path | None = None, model: str | Path | None = None, once: bool = False, *,
           store: str = "stow", batch_size: int = 8, max_backoff_s: float = 60.0, backfill: bool = True,
-          lookback_days: int | None = None, workers: int = 1, engine: Engine | None = None,
+          lookback_days: int | None = None, workers: int = 1, engine: Triager | None = None,
           stop: threading.Event | None = None, **connection: Any) -> WatchStats:
     """Follow the PACS ``pacs`` and write triage results back into each study.
 

@@ -415,7 +415,7 @@ def readyz(request: Request) -> JSONResponse:
     eng = w.engine
     model = {"ok": w.ready.is_set()}
     if eng is not None:
-        model.update(name=eng.spec.name, version=eng.spec.version)
+        model.update(name=eng.model_ref["name"], version=eng.model_ref["version"])
     if w.engine_error:
         model["error"] = w.engine_error
     elif not w.ready.is_set():

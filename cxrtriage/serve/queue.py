@@ -104,8 +104,8 @@ class QueueMixin:
                                   (job.study_id, _PENDING, _RUNNING)).fetchone()
                 prio = p.priority.value
                 c.execute("UPDATE studies SET result_id = ?, priority = ?, priority_rank = ?, score = ?, label = ?,"
-                          " completed_at = ?, status = ? WHERE id = ?",
-                          (rid, prio, PRIORITY_ORDER.get(prio, 9), p.score, p.label, now,
+                          " judged_by = ?, completed_at = ?, status = ? WHERE id = ?",
+                          (rid, prio, PRIORITY_ORDER.get(prio, 9), p.score, p.label, judged_by(p), now,
                            (StudyStatus.QUEUED if still else StudyStatus.DONE).value, job.study_id))
                 written.append((job, rid))
         return written
@@ -165,13 +165,22 @@ class QueueMixin:
         return self.conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
 
 
+def judged_by(p: Prediction) -> str | None:
+    """The worklist's "model" cell: the model's name, and why it was chosen when routed."""
+    name = p.model.get("name")
+    if not name:
+        return None
+    return f"{name} ({p.model['routed_by']})" if p.model.get("routed_by") else name
+
+
 def _insert_result(c: sqlite3.Connection, job: Job, p: Prediction, now: float) -> int:
     hm = p.heatmap
     cur = c.execute(
-        "INSERT INTO results (study_id, job_id, created_at, model_name, model_version, label, score,"
+        "INSERT INTO results (study_id, job_id, created_at, model_name, model_version, routed_by, label, score,"
         " priority, threshold, probabilities, gate, timings, error, error_type, heatmap, heatmap_h,"
-        " heatmap_w) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (job.study_id, job.id, now, p.model.get("name"), p.model.get("version"), p.label, p.score,
+        " heatmap_w) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.study_id, job.id, now, p.model.get("name"), p.model.get("version"), p.model.get("routed_by"),
+         p.label, p.score,
          p.priority.value, p.threshold, json.dumps(p.probabilities or {}), json.dumps(p.gate or {}),
          json.dumps(p.timings_ms or {}), p.error, p.error_type,
          None if hm is None else np.asarray(hm, dtype=np.float32).tobytes(),
@@ -188,5 +197,6 @@ def prediction_from_row(row: sqlite3.Row) -> Prediction:
         source=row["study_id"], label=row["label"], score=row["score"],
         probabilities=json.loads(row["probabilities"] or "{}"), threshold=row["threshold"],
         priority=row["priority"], gate=json.loads(row["gate"] or "{}"),
-        model={"name": row["model_name"], "version": row["model_version"]},
+        model={"name": row["model_name"], "version": row["model_version"],
+               **({"routed_by": row["routed_by"]} if row["routed_by"] else {})},
         timings_ms=json.loads(row["timings"] or "{}"), error=row["error"], error_type=row["error_type"], heatmap=hm)

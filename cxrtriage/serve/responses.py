@@ -88,6 +88,8 @@ class StudyOut(BaseModel):
     priority: Priority | Literal["pending"] | None = None
     label: str | None = None
     score: float | None = None
+    judged_by: str | None = Field(None, description="The model that judged the film, and why it was chosen "
+                                  "when the bundled models are routed (e.g. 'cxr-adult14 (age)')")
     patient_ref: str | None = Field(None, description="Pseudonymous patient reference (keyed hash)")
     image: ImageOut
     urls: dict[str, str]
@@ -155,7 +157,7 @@ def study_json(row, res=None, pred: Prediction | None = None, window: dict | Non
         "id": sid, "name": row["name"], "source": row["source"], "external_ref": row["external_ref"],
         "status": row["status"], "created_at": iso(row["created_at"]), "completed_at": iso(row["completed_at"]),
         "priority": row["priority"] or ("pending" if pending else None), "label": row["label"], "score": row["score"],
-        "patient_ref": row["patient_ref"],
+        "judged_by": row["judged_by"], "patient_ref": row["patient_ref"],
         "image": {"format": row["format"], "modality": row["modality"], "view_position": row["view_position"],
                   "photometric": row["photometric"], "bits": row["bits"], "width": row["width"],
                   "height": row["height"], "bytes": row["size"], "sha256": row["sha256"]},

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS studies (
     priority_rank REAL NOT NULL DEFAULT 1.5,
     score         REAL,
     label         TEXT,
+    judged_by     TEXT,
     completed_at  REAL
 );
 CREATE INDEX IF NOT EXISTS studies_by_priority ON studies (priority_rank, created_at DESC);
@@ -92,6 +93,7 @@ CREATE TABLE IF NOT EXISTS results (
     created_at    REAL NOT NULL,
     model_name    TEXT,
     model_version TEXT,
+    routed_by     TEXT,
     label         TEXT,
     score         REAL,
     priority      TEXT NOT NULL,
@@ -109,7 +111,8 @@ CREATE INDEX IF NOT EXISTS results_by_study ON results (study_id);
 """
 
 # Columns added since the first schema: (table, column, definition).
-_ADDED = (("jobs", "retries", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "solo", "INTEGER NOT NULL DEFAULT 0"))
+_ADDED = (("jobs", "retries", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "solo", "INTEGER NOT NULL DEFAULT 0"),
+          ("studies", "judged_by", "TEXT"), ("results", "routed_by", "TEXT"))
 
 
 def migrate(c: sqlite3.Connection) -> None:

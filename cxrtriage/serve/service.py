@@ -473,9 +473,7 @@ class TriageService:
         eng = self.worker.engine
         model = None
         if eng is not None:
-            i = eng.spec
-            model = {"name": i.name, "version": i.version, "classes": list(i.classes), "threshold": i.threshold,
-                     "threshold_high": i.threshold_high, "input_size": i.input_size}
+            model = eng.describe()
         return {"service": "cxr-triage", "version": __version__, "disclaimer": DISCLAIMER, "model": model,
                 "ready": self.worker.ready.is_set(), "settings": self.settings.public(),
                 "pacs": {"configured": self.settings.pacs, "url": self.settings.pacs_url}}

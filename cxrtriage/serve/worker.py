@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from cxrtriage.contract import Prediction, Priority
-from cxrtriage.infer import Engine
+from cxrtriage.infer import Triager, load_triager
 from cxrtriage.io import Radiograph
 from cxrtriage.serve.metrics import Metrics
 from cxrtriage.serve.settings import Settings
@@ -74,7 +74,7 @@ class Worker:
         self.store, self.settings, self.metrics = store, settings, metrics
         self.on_done = on_done or (lambda ids: None)
         self.cache = DecodedCache()
-        self.engine: Engine | None = None
+        self.engine: Triager | None = None
         self.engine_error: str | None = None
         self.ready = threading.Event()
         self._wake = threading.Event()
@@ -105,7 +105,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self.engine = Engine(self.settings.model, threads=self.settings.threads or default_threads())
+            self.engine = load_triager(self.settings.model, threads=self.settings.threads or default_threads())
         except Exception as exc:  # a missing or broken model: readyz reports it
             self.engine_error = f"{type(exc).__name__}: {exc}"
             log.error("model could not be loaded: %s", self.engine_error)
@@ -116,8 +116,8 @@ class Worker:
             pass
         self.metrics.model_loaded.set(1)
         self.ready.set()
-        log.info("model %s %s loaded; worker running (batch %d)", self.engine.spec.name,
-                 self.engine.spec.version, self.settings.batch_size)
+        log.info("model %s %s loaded; worker running (batch %d)", self.engine.model_ref["name"],
+                 self.engine.model_ref["version"], self.settings.batch_size)
         next_reclaim = 0.0
         while not self._stop.is_set():
             self._wake.clear()

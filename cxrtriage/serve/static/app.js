@@ -202,6 +202,7 @@
       const ai = el("td", "ai");
       if (s.label) {
         ai.append(el("span", "ai-label", s.label), el("span", "ai-score", `P ${fmtNum(s.score)}`));
+        if (s.judged_by) ai.append(el("span", "ai-model", s.judged_by));
       } else {
         ai.append(el("span", "muted", p === "pending" ? "…" : "–"));
       }
@@ -582,7 +583,7 @@
       box.append(top, el("p", "gate-no", `Quality gate: ${(r.gate && r.gate.reason) || "refused"}`));
     } else {
       const classes = (state.info && state.info.model && state.info.model.classes) || ["normal"];
-      const abnormal = r.label && r.label !== classes[0];
+      const abnormal = r.label && ![classes[0], "normal", "no finding"].includes(r.label);
       top.append(el("span", "result-label" + (abnormal ? " abnormal" : ""), r.label), badge(r.priority, true));
       box.append(top);
       const row = el("div", "score-row");
@@ -611,13 +612,15 @@
       }
       box.append(probs);
     }
+    if (r.gate && r.gate.warning) box.append(el("p", "gate-no", `Warning: ${r.gate.warning}`));
     const facts = el("dl", "facts");
     const gate = r.gate || {};
     const gateText = gate.accepted ? "accepted" : (gate.reason ? "refused" : "–");
     const t = r.timings_ms || {};
     const rows = [
       ["Quality gate", gateText, gate.accepted ? "gate-ok" : "gate-no"],
-      ["Model", `${r.model.name || "?"} · ${r.model.version || "?"}`],
+      ["Model", `${r.model.name || "?"} · ${r.model.version || "?"}` +
+        (r.model.routed_by ? ` (chosen by ${r.model.routed_by === "age" ? "patient age" : "quality gate"})` : "")],
       ["Time", t.total !== undefined ? `${fmtNum(t.total, 1)} ms (model ${fmtNum(t.model, 1)} ms)` : "–"],
       ["Result at", r.created_at ? new Date(r.created_at).toLocaleTimeString([], { hour12: false }) : "–"],
     ];

@@ -1,0 +1,110 @@
+"""Each film to the bundled model that can judge it.
+
+A DICOM Patient's Age decides first (under 18: the pediatric model, else the adult one). Without
+an age, every routable model's own quality gate looks at the film and the accepting model whose
+gate distance is smallest relative to its threshold wins. A film no model accepts is refused with
+each model's reason. Every result names its model and why (``model["routed_by"]``: age or gate).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cxrtriage.contract import POPULATIONS, Prediction, Priority, population_of
+from cxrtriage.infer.bundle import bundled_models, load_spec
+from cxrtriage.infer.engine import Engine
+from cxrtriage.infer.pipeline import Triager
+from cxrtriage.io import Radiograph
+
+
+def routable_models() -> dict[str, str]:
+    """One bundled model per population ("pediatric", "adult"): the first listed, default first."""
+    chosen: dict[str, str] = {}
+    for name in bundled_models():
+        population = load_spec(name).population
+        if population in POPULATIONS and population not in chosen:
+            chosen[population] = name
+    return chosen
+
+
+class Router(Triager):
+    """Triage with the bundled models, each film routed to one of them (see the module's notes)."""
+
+    def __init__(self, threads: int | None = None, models: dict[str, str] | None = None):
+        names = models or routable_models()
+        if not names:
+            raise ValueError("no bundled model states its population; nothing to route to")
+        self.engines = {population: Engine(name, threads=threads) for population, name in names.items()}
+        listed = " + ".join(e.spec.name for e in self.engines.values())
+        self.model_ref = {"name": f"routed ({listed})",
+                          "version": "+".join(e.spec.version for e in self.engines.values())}
+
+    def describe(self) -> dict:
+        """What a status page shows: the routing and each model."""
+        return {**self.model_ref, "routed": "by DICOM patient age, else by the models' quality gates",
+                "models": {population: e.describe() for population, e in self.engines.items()}}
+
+    def predict_radiographs(self, rgs: Sequence[Radiograph], decode_ms: Sequence[float] | None = None,
+                            heatmap: bool = True) -> list[Prediction]:
+        t0 = time.perf_counter()
+        out: list[Prediction | None] = [None] * len(rgs)
+        by_age: dict[str, list[int]] = {}
+        unknown: list[int] = []
+        for i, rg in enumerate(rgs):
+            age = rg.meta.get("age_years")
+            population = population_of(age) if age is not None else None
+            (by_age.setdefault(population, []) if population in self.engines else unknown).append(i)
+        for population, idx in by_age.items():
+            for i, p in zip(idx, self._run(self.engines[population], rgs, idx, decode_ms, heatmap)):
+                out[i] = _routed(p, "age")
+        if unknown:
+            runs = [self._run(e, rgs, unknown, decode_ms, heatmap) for e in self.engines.values()]
+            for k, i in enumerate(unknown):
+                out[i] = self._by_gate([run[k] for run in runs])
+        total = (time.perf_counter() - t0) * 1000 / max(1, len(rgs))
+        for p in out:
+            p.timings_ms["total"] = round(total + p.timings_ms.get("decode", 0.0), 3)
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _run(engine: Engine, rgs: Sequence[Radiograph], idx: list[int], decode_ms: Sequence[float] | None,
+             heatmap: bool) -> list[Prediction]:
+        dec = [decode_ms[i] for i in idx] if decode_ms is not None else None
+        return engine.predict_radiographs([rgs[i] for i in idx], dec, heatmap=heatmap)
+
+    def _by_gate(self, candidates: list[Prediction]) -> Prediction:
+        """The accepting candidate with the smallest distance / threshold, or one refusal naming every reason."""
+        accepted = [p for p in candidates if p.priority is not Priority.REFUSED]
+        if accepted:
+            def ratio(p: Prediction) -> float:
+                d, t = p.gate.get("distance"), p.gate.get("threshold")
+                return d / t if d is not None and t else 0.0
+
+            return _routed(min(accepted, key=ratio), "gate")
+        reasons = []
+        for p in candidates:
+            reason = str(p.gate.get("reason", "refused"))
+            if reason not in reasons:
+                reasons.append(reason)
+        by_model = {p.model.get("name", "?"): p.gate for p in candidates}
+        refused = candidates[0]
+        refused.model = dict(self.model_ref)
+        refused.gate = {"accepted": False, "reason": "no bundled model can judge this film: " + "; ".join(reasons),
+                        "by_model": by_model}
+        return _routed(refused, "gate")
+
+
+def _routed(p: Prediction, why: str) -> Prediction:
+    p.model = {**p.model, "routed_by": why}
+    return p
+
+
+def load_triager(model: str | Path | None = None, threads: int | None = None, tta: bool = False,
+                 gate: bool = True) -> Engine | Router:
+    """``model``'s engine; with no model, the router over the bundled models (which needs the
+    quality gates and does not average test-time views)."""
+    if model is None and gate and not tta:
+        return Router(threads=threads)
+    return Engine(model, threads=threads, tta=tta, gate=gate)
