@@ -40,6 +40,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's testkit/
+
+from testkit.bombs import bomb_files  # noqa: E402
+
 SHARED = ROOT / ".." / "shared" / "data" / "kermany-224" / "train"
 SAMPLES = ROOT / "cxrtriage" / "assets" / "samples"
 MAX_SECONDS = 600
@@ -64,38 +68,6 @@ def peak_rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def make_bombs() -> dict[str, bytes]:
-    """Small files that declare huge images: PNG 14000 x 14000, RLE and uncompressed DICOM 30000 x 30000."""
-    from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
-
-    buf = io.BytesIO()
-    Image.new("L", (14000, 14000)).save(buf, format="PNG", compress_level=9)
-    out = {"bomb.png": buf.getvalue()}
-    for name, syntax in (("bomb_rle.dcm", RLELossless), ("bomb_raw.dcm", ExplicitVRLittleEndian)):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.Modality, ds.Rows, ds.Columns = "DX", 30000, 30000
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        if syntax == RLELossless:
-            header = (2).to_bytes(4, "little") + (64).to_bytes(4, "little") + (66).to_bytes(4, "little") + bytes(52)
-            ds.PixelData = encapsulate([header + b"\x81\x00" * 2])
-            ds["PixelData"].VR = "OB"
-        else:
-            ds.PixelData = bytes(512)
-            ds["PixelData"].VR = "OW"
-        b = io.BytesIO()
-        ds.save_as(b, enforce_file_format=True)
-        out[name] = b.getvalue()
-    return out
 
 
 def bomb_loop(url: str, bombs: dict[str, bytes], counts: dict[str, int], lock: threading.Lock,
@@ -275,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("server not ready after 60 s")
             time.sleep(0.1)
         rss_idle = rss_mib(proc.pid)
-        bombs = make_bombs() if a.bombs else {}
+        bombs = bomb_files() if a.bombs else {}
         bomb_counts: dict[str, int] = {}
         bomb_lock = threading.Lock()
 

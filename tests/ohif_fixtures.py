@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pacs_fixtures import serve_orthanc
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -52,15 +53,7 @@ def orthanc_for_viewer(orthanc_available, tmp_path):
     dicomweb = dict(srv.config()["DicomWeb"])
     dicomweb.pop("Host", None)  # BulkDataURIs then follow the proxy's Host header
     srv.extra = {"DicomWeb": dicomweb}
-    try:
-        srv.start()
-    except RuntimeError as exc:
-        srv.stop()
-        pytest.fail(str(exc))
-    try:
-        yield srv
-    finally:
-        srv.stop(graceful=False)
+    yield from serve_orthanc(srv)
 
 
 @pytest.fixture

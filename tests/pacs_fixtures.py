@@ -145,7 +145,11 @@ def orthanc_available() -> None:
 def _server(tmp: Path, **kw):
     from testkit.local_orthanc import OrthancServer
 
-    srv = OrthancServer(tmp, **kw)
+    yield from serve_orthanc(OrthancServer(tmp, **kw))
+
+
+def serve_orthanc(srv):
+    """Start ``srv`` (an :class:`OrthancServer`), yield it, throw it away afterwards."""
     try:
         srv.start()
     except RuntimeError as exc:

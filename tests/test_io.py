@@ -24,7 +24,7 @@ from cxrtriage.io import (
     read_radiograph,
     read_radiograph_bytes,
 )
-from serve_fixtures import dicom_bomb, png_bomb
+from testkit.bombs import dicom_bomb, png_bomb
 from testkit.make_dicom import build_dataset, can_encode, radiograph_to_dicom
 
 U8 = 1.0 / 255.0

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from testkit.bombs import bomb_files
 from serve_fixtures import (  # noqa: F401
     ROOT,
     LiveServer,
     SmallDisk,
-    dicom_bomb,
     read_only_bind,
     undo_bind,
     peak_rss_mb,
-    png_bomb,
     samples,
     unique_jpeg,
     wait_ready,
@@ -41,11 +40,8 @@ API = "/api/v1"
 
 
 @pytest.fixture(scope="module")
-def bombs(tmp_path_factory) -> dict[str, bytes]:
-    d = tmp_path_factory.mktemp("bombs")
-    return {"bomb.png": png_bomb(d / "bomb.png", 14000).read_bytes(),
-            "bomb_rle.dcm": dicom_bomb(d / "bomb_rle.dcm", 30000).read_bytes(),
-            "bomb_raw.dcm": dicom_bomb(d / "bomb_raw.dcm", 30000, rle=False).read_bytes()}
+def bombs() -> dict[str, bytes]:
+    return bomb_files()
 
 
 def _client(tmp: Path, **kw) -> TestClient:
