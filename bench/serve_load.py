@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=200, help="distinct radiographs to cycle through")
     ap.add_argument("--dicom-fraction", type=float, default=0.0, help="share of uploads sent as DICOM")
     ap.add_argument("--threads", type=int, default=None, help="server's ONNX Runtime threads")
+    ap.add_argument("--model", default=None, help="the server's --model (default: none named, so the bundled "
+                    "models are routed: every film without a DICOM age runs through each of them)")
     ap.add_argument("--data-dir", type=Path, default=None, help="server data dir (default: a temporary one)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -230,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         env["CXR_THREADS"] = str(a.threads)
     log = open(Path(data_dir) / "server.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "cxrtriage", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--data-dir", str(data_dir), "--no-samples", "--no-access-log", "--log-level", "warning"],
+                             "--data-dir", str(data_dir), "--no-samples", "--no-access-log", "--log-level", "warning",
+                             *(["--model", a.model] if a.model else [])],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     rss: list[tuple[float, float]] = []
     try:
