@@ -17,10 +17,10 @@ from cxrtriage import DISCLAIMER
 from cxrtriage.calibrate.report import write_calibration_report
 from cxrtriage.calibrate.sample import MIN_PER_CLASS, SampleError, counts_of, read_sample, sample_hash
 from cxrtriage.calibrate.temperature import fit_temperature
-from cxrtriage.contract import URGENT_SPECIFICITY, Kind, ModelSpec, apply_temperature, triage_target
+from cxrtriage.contract import Kind, ModelSpec, apply_temperature, triage_target
 from cxrtriage.data import get_task
 from cxrtriage.evaluate.metrics import binary_metrics, jsonable
-from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold
+from cxrtriage.evaluate.thresholds import operating_points
 from cxrtriage.infer import Engine
 from cxrtriage.infer.gate import gate_path
 
@@ -79,8 +79,7 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
     temperature = fit_temperature(raw, y, kind)
     before = before_spec.triage_score(before_spec.calibrated(raw))
     after = before_spec.triage_score(apply_temperature(raw, temperature, kind))
-    thr = choose_threshold(pos, after, target_sensitivity=target_sensitivity)
-    thr_high = max(thr, high_priority_threshold(pos, after, specificity=URGENT_SPECIFICITY))
+    thr, thr_high = operating_points(pos, after, target_sensitivity=target_sensitivity)
     m_before = binary_metrics(pos, before, before_spec.threshold, n_boot=n_boot, seed=seed)
     m_after = binary_metrics(pos, after, thr, n_boot=n_boot, seed=seed)
     date = _dt.date.today().isoformat()
