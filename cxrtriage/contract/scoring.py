@@ -43,9 +43,9 @@ def triage_target(y: np.ndarray, kind: Kind | str = Kind.SINGLE) -> np.ndarray:
 def apply_temperature(probs: np.ndarray, temperature: float, kind: Kind | str = Kind.SINGLE) -> np.ndarray:
     """Probabilities recalibrated by a temperature: ``softmax(log p / T)`` for a single-label model,
     ``sigmoid(logit p / T)`` per finding for a multi-label one. ``T = 1`` changes nothing."""
-    p = np.asarray(probs, dtype=np.float64)
-    if temperature == 1.0:
+    if temperature == 1.0:  # the engine calls this on every batch: no copy when nothing changes
         return np.asarray(probs)
+    p = np.asarray(probs, dtype=np.float64)
     eps = 1e-12
     if Kind(kind) is Kind.MULTILABEL:
         z = np.log(np.clip(p, eps, 1.0)) - np.log(np.clip(1.0 - p, eps, 1.0))

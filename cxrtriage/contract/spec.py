@@ -22,7 +22,7 @@ from cxrtriage.contract.result import Priority
 from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, triage_score
 
 FORMAT = "cxr-triage-onnx/1"
-DEFAULT_LABEL_THRESHOLD = 0.5  # a finding with no threshold of its own (absent from validation)
+DEFAULT_LABEL_THRESHOLD = 0.5  # a finding with no threshold of its own (too few validation positives)
 URGENT_SPECIFICITY = 0.995     # the "urgent" threshold keeps this specificity on validation
 
 
