@@ -28,6 +28,7 @@ def test_bundled_sidecar_round_trips_exactly(tmp_path):
     ({"classes": ["normal"]}, "at least two classes"),
     ({"outputs": ["cam"]}, "probs"),
     ({"label_thresholds": {"Hernia": 0.3}}, "unknown classes"),
+    ({"input": {"size": 128, "mean": 0.5, "std": 0.2, "intensity": "clahe-ish"}}, "intensity"),
 ])
 def test_bad_sidecars_are_refused(change, message):
     with pytest.raises(SpecError, match=message):

@@ -103,3 +103,35 @@ def test_cache_decodes_once_and_tracks_changes(tmp_path, samples_dir):
     assert np.array_equal(a, b) and files[0].stat().st_mtime_ns == mtime  # not rewritten
     load_cached(paths, 32, tmp_path, progress=False)
     assert len(list(tmp_path.glob("*.u8"))) == 2  # another size, another cache
+
+
+def test_equalisation_spreads_a_narrow_histogram_and_keeps_grey_order():
+    from cxrtriage.data import apply_intensity
+
+    rng = np.random.default_rng(0)
+    narrow = (rng.random((2, 64, 64)) * 60 + 90).astype(np.uint8)  # grey levels 90..149
+    out = apply_intensity(narrow, "equalise")
+    assert out.shape == narrow.shape and out.dtype == np.uint8
+    assert out.min() < 10 and out.max() == 255
+    # a monotone map per image: a darker pixel never ends up brighter
+    for a, b in zip(narrow, out):
+        order = np.argsort(a.ravel(), kind="stable")
+        assert np.all(np.diff(b.ravel()[order].astype(int)) >= 0)
+    assert apply_intensity(narrow, "none") is narrow
+
+
+def test_an_unknown_intensity_normalisation_is_refused():
+    from cxrtriage.data import apply_intensity
+
+    with pytest.raises(ValueError, match="unknown intensity"):
+        apply_intensity(np.zeros((8, 8), np.uint8), "clahe-ish")
+
+
+def test_cxr_train_refuses_an_unknown_intensity_before_reading_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrtriage.cli.main import app
+
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path), "--intensity", "x"])
+    assert r.exit_code != 0 and "unknown --intensity" in r.output
+    assert not (tmp_path / "r").exists()

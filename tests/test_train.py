@@ -184,3 +184,40 @@ def test_bad_configuration_is_refused(tiny_manifest, tmp_path):
         train(_cfg(tmp_path / "t", tiny_manifest, tmp_path / "c", arch="lite0_probe", mixup=0.2), progress=False)
     with pytest.raises(ValueError, match="EMA decay"):
         train(_cfg(tmp_path / "w", tiny_manifest, tmp_path / "c", ema_decay=1.0), progress=False)
+
+
+def test_an_equalised_run_is_served_with_the_same_equalisation(tiny_manifest, tiny_run, shared_root, tmp_path):
+    """--intensity equalise: the sidecar records it, and the engine equalises before the graph,
+    matching torch on equalised images (and not on the raw ones)."""
+    from cxrtriage.contract import ModelSpec
+    from cxrtriage.data import apply_intensity, to_model_input
+    from cxrtriage.infer import Engine
+    from cxrtriage.io import read_radiograph
+    from cxrtriage.models.checkpoint import load_checkpoint
+
+    _, cache = tiny_run
+    out = train(_cfg(tmp_path / "eq", tiny_manifest, cache, intensity="equalise", epochs=1), progress=False)
+    assert ModelSpec.load(out / "model.json").input.intensity == "equalise"
+    files = sorted((shared_root / "train" / "NORMAL").glob("*.jpeg"))[:4]
+    files += sorted((shared_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:4]
+    model, meta = load_checkpoint(out)
+    raw = np.stack([to_model_input(read_radiograph(f), meta["image_size"]) for f in files])
+
+    def torch_probs(x):
+        with torch.no_grad():
+            t = torch.from_numpy(x).float().unsqueeze(1) / 255.0
+            return torch.softmax(model((t - meta["mean"]) / meta["std"]), 1).numpy()
+
+    engine = Engine(out, gate=False)
+    got = np.array([[p.probabilities[c] for c in engine.spec.classes] for p in engine.predict_files(files)])
+    assert np.abs(got - torch_probs(apply_intensity(raw, "equalise"))).max() < 1e-4
+    assert np.abs(got - torch_probs(raw)).max() > 1e-3
+
+
+def test_an_ensemble_refuses_members_with_different_intensity_normalisations(tiny_manifest, tiny_run, tmp_path):
+    from cxrtriage.train.ensemble import build_ensemble
+
+    plain, cache = tiny_run
+    eq = train(_cfg(tmp_path / "eq", tiny_manifest, cache, intensity="equalise", epochs=1), progress=False)
+    with pytest.raises(ValueError, match="intensity"):
+        build_ensemble([plain, eq], tmp_path / "ens", cache_dir=str(cache))

@@ -40,6 +40,8 @@ def train(
                                           "weights drawn from Beta(alpha, alpha); this is alpha (e.g. 0.2)."),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate, keep and export an exponential "
                                               "moving average of the weights with this decay (e.g. 0.998)."),
+    intensity: str = typer.Option("none", help="Intensity normalisation of every image, the same in serving: none, or "
+                                  "equalise (histogram equalisation: removes exposure and processing differences)."),
     class_weights: bool = typer.Option(True, help="Weight the loss by inverse class frequency."),
     dropout: Optional[float] = typer.Option(None, help="Override the network's dropout."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -65,9 +67,12 @@ def train(
     """Train a classifier; writes config, per-epoch metrics, curves, checkpoints and an ONNX model.
 
     Also runs under torchrun (one process per GPU or CPU share, on one machine or many)."""
+    from cxrtriage.contract import INTENSITIES
     from cxrtriage.train.config import TrainConfig
     from cxrtriage.train.trainer import train as run
 
+    if intensity not in INTENSITIES:
+        fail(f"unknown --intensity {intensity!r}; choose one of: {', '.join(INTENSITIES)}")
     cfg = TrainConfig(
         out_dir=str(out), data=str(data) if data else None, manifest=str(manifest) if manifest else None,
         task=task, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -75,7 +80,7 @@ def train(
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
         threshold_method=threshold_method,
         augment=not no_augment, augment_strength=augment_strength, hflip=hflip, mixup=mixup, ema_decay=ema_decay,
-        class_weights=class_weights, dropout=dropout,
+        class_weights=class_weights, dropout=dropout, intensity=intensity,
         stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,
         backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler, probe_views=probe_views,

@@ -27,6 +27,7 @@ URGENT_SPECIFICITY = 0.995     # the "urgent" threshold keeps this specificity o
 
 
 POPULATIONS = ("pediatric", "adult")
+INTENSITIES = ("none", "equalise")  # per-image intensity normalisation of the model-size image
 ADULT_AGE = 18.0  # years; below it a film is pediatric
 
 
@@ -53,10 +54,13 @@ class InputSpec:
     range: tuple[int, int] = (0, 255)
     resize: str = "square, bilinear, aspect not kept"
     normalisation: str | None = None
+    intensity: str = "none"  # applied to the resized uint8 image before the graph (see INTENSITIES)
 
     def __post_init__(self) -> None:
         if self.size < 8:
             raise SpecError(f"input size {self.size} is too small")
+        if self.intensity not in INTENSITIES:
+            raise SpecError(f"unknown intensity normalisation {self.intensity!r}; known: {', '.join(INTENSITIES)}")
         if (self.mean is None) != (self.std is None) or (self.std is not None and self.std <= 0):
             raise SpecError("input normalisation needs both mean and a positive std")
 
@@ -74,6 +78,8 @@ class InputSpec:
         if self.normalisation is not None:
             d["normalisation"] = self.normalisation
         d["resize"] = self.resize
+        if self.intensity != "none":
+            d["intensity"] = self.intensity
         return d
 
     @classmethod
@@ -81,7 +87,7 @@ class InputSpec:
         return cls(size=int(d["size"]), mean=_opt_float(d.get("mean")), std=_opt_float(d.get("std")),
                    name=str(d.get("name", "image")), channels=int(d.get("channels", 1)),
                    range=tuple(d.get("range", (0, 255))), resize=str(d.get("resize", cls.resize)),
-                   normalisation=d.get("normalisation"))
+                   normalisation=d.get("normalisation"), intensity=str(d.get("intensity", "none")))
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ class Engine(Triager):
             else:
                 todo.append(i)
         if todo:
-            batch = np.stack([to_model_input(rgs[i], self.spec.input_size) for i in todo])
+            batch = np.stack([to_model_input(rgs[i], self.spec.input_size, self.spec.input.intensity) for i in todo])
             t1 = time.perf_counter()
             out = self.run_tta(batch) if self.tta else self.run_arrays(batch)
             out["probs"] = self.spec.calibrated(out["probs"])

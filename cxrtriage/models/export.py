@@ -78,11 +78,13 @@ def file_sha256(path: str | Path) -> str:
 
 
 def export_onnx(model: nn.Module, out_path: str | Path, image_size: int, mean: float, std: float,
-                multilabel: bool = False) -> ExportedGraph:
-    """Write one trained network (its normalisation inside) to ``out_path`` (.onnx)."""
+                multilabel: bool = False, intensity: str = "none") -> ExportedGraph:
+    """Write one trained network (its normalisation inside) to ``out_path`` (.onnx); ``intensity``
+    is the normalisation the pipeline applies before the graph (recorded in the sidecar)."""
     graph = ServingGraph(model, mean, std, multilabel=multilabel).eval()
     names = ["probs", "cam", "embedding"] if graph.has_cam else ["probs"]
-    return export_graph(graph, out_path, InputSpec(size=image_size, mean=float(mean), std=float(std)), names)
+    return export_graph(graph, out_path, InputSpec(size=image_size, mean=float(mean), std=float(std),
+                                                            intensity=intensity), names)
 
 
 def export_graph(graph: nn.Module, out_path: str | Path, input_spec: InputSpec, names: list[str],

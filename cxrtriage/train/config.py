@@ -26,6 +26,7 @@ class TrainConfig:
     class_weights: bool = True  # weight the loss by inverse class frequency
     dropout: float | None = None
     augment: bool = True
+    intensity: str = "none"  # per-image intensity normalisation, the same in serving ("none" or "equalise")
     augment_strength: float = 1.0  # scales every augmentation range (0.5: half the rotation, shift, noise...)
     hflip: float = 0.0  # probability of a left-right flip in augmentation (off: the heart's side carries meaning)
     mixup: float | None = None  # Beta(alpha, alpha) of mixup; None: off

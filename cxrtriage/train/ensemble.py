@@ -14,7 +14,7 @@ import numpy as np
 
 from cxrtriage import __version__
 from cxrtriage.contract import InputSpec, ModelSpec, SpecError
-from cxrtriage.data import Task, get_task, load_cached, read_manifest
+from cxrtriage.data import Task, apply_intensity, get_task, load_cached, read_manifest
 from cxrtriage.models.checkpoint import load_checkpoint
 from cxrtriage.models.ensemble import EnsembleGraph, Member
 from cxrtriage.models.export import export_graph, run_onnx
@@ -64,12 +64,14 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
     out.mkdir(parents=True, exist_ok=True)
     samples = read_manifest(runs[0] / "split.csv")
     cfg0 = TrainConfig.load(runs[0] / "config.json")
-    arr = load_cached([s.path for s in samples], size, cache_dir or cfg0.cache_dir, progress=progress)
+    intensity = _common_intensity(runs)
+    arr = apply_intensity(load_cached([s.path for s in samples], size, cache_dir or cfg0.cache_dir,
+                                      progress=progress), intensity)
     is_val = np.array([s.split == "val" for s in samples])
     val_s = of_split(samples, "val")
     y_val = targets(task, val_s)
     exported = export_graph(graph, Path(onnx_path) if onnx_path else out / "model.onnx",
-                            InputSpec(size=size, normalisation="per member, inside the graph"),
+                            InputSpec(size=size, normalisation="per member, inside the graph", intensity=intensity),
                             ["probs", "cam", "embedding"], half_weights=half_weights)
     val_out = run_onnx(exported.path, arr[is_val], ["probs", "embedding"])
     probs = val_out["probs"]
@@ -125,6 +127,15 @@ def _checked_runs(runs: list[Path]) -> tuple[list[tuple[Any, dict]], Task]:
             raise ValueError(f"{r} was trained on a different split than {runs[0]}; "
                              "train the members from the same manifest (cxr data split)")
     return loaded, task
+
+
+def _common_intensity(runs: list[Path]) -> str:
+    """The intensity normalisation every member was trained with (the ensemble has one input)."""
+    found = {TrainConfig.load(r / "config.json").intensity for r in runs}
+    if len(found) != 1:
+        raise ValueError(f"the runs were trained with different intensity normalisations ({', '.join(sorted(found))}); "
+                         "an ensemble's members must share it")
+    return found.pop()
 
 
 def _member_facts(run: Path, meta: dict) -> dict[str, Any]:

@@ -41,13 +41,15 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     model, ck = model_from_checkpoint(best)
     last = torch.load(out / "last.pt", map_location="cpu", weights_only=False) if (out / "last.pt").exists() else best
     samples = read_manifest(out / "split.csv")
-    x_train, x_val = split_images(samples, ck["image_size"], cfg.cache_dir, progress=progress)
+    x_train, x_val = split_images(samples, ck["image_size"], cfg.cache_dir, progress=progress,
+                                    intensity=cfg.intensity)
     val_s = of_split(samples, "val")
     onnx_path = Path(onnx_path) if onnx_path else out / "model.onnx"
     previous = _previous_training(onnx_path)
     # export first, then score validation with ONNX Runtime (what serving runs, and much faster
     # than torch eager on a CPU)
-    graph = export_onnx(model, onnx_path, ck["image_size"], ck["mean"], ck["std"], multilabel=task.kind == "multilabel")
+    graph = export_onnx(model, onnx_path, ck["image_size"], ck["mean"], ck["std"], multilabel=task.kind == "multilabel",
+                        intensity=cfg.intensity)
     has_gate = "embedding" in graph.outputs
     val_out = run_onnx(onnx_path, x_val.numpy(), ["probs", "embedding"] if has_gate else ["probs"])
     probs, y_val = val_out["probs"], targets(task, val_s)

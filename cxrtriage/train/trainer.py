@@ -294,7 +294,7 @@ def prepare_data(run: Run) -> RunData:
         write_manifest(samples, run.out / "split.csv")
         load_cached([s.path for s in samples], run.size, run.cfg.cache_dir, progress=run.progress)  # fill the cache
     dist.barrier()
-    x_train, x_val = split_images(samples, run.size, run.cfg.cache_dir)
+    x_train, x_val = split_images(samples, run.size, run.cfg.cache_dir, intensity=run.cfg.intensity)
     y_train = torch.from_numpy(targets(run.task, train_s))
     mean, std = pixel_stats(x_train)
     return RunData(x_train, x_val, y_train, targets(run.task, val_s), mean=mean, std=std)
