@@ -103,6 +103,20 @@ def test_pixel_limit_is_a_setting(tmp_path, samples):
         assert c.get(f"{API}/info").json()["settings"]["max_pixels"] == 224 * 224 - 1
 
 
+def test_a_study_decoded_again_after_a_restart_keeps_the_services_pixel_limit(tmp_path, samples):
+    """A queued study outlives a restart with a lower limit: the worker reads the stored file again
+    under the new service's own limit (not an environment default) and fails that study with the reason."""
+    data = samples["raster"][0].read_bytes()
+    with _client(tmp_path, worker_delay_s=60) as c:
+        wait_ready(c)
+        sid = upload(c, "queued.jpeg", data).json()["id"]
+        assert c.get(f"{API}/studies/{sid}").json()["status"] in ("queued", "running")
+    with _client(tmp_path, max_pixels=224 * 224 - 1) as c:
+        body = c.get(f"{API}/studies/{sid}", params={"wait": 30}).json()
+        assert body["status"] in ("done", "failed"), body
+        assert "224x224" in str(body), body
+
+
 def test_viewer_images_come_from_the_cached_rendition(client, samples):
     """image.png and overlay.png are made from the rendition kept at upload: they still answer when
     the stored file is gone (nothing decodes it again)."""

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from cxrtriage.contract import Prediction, Priority
 from cxrtriage.infer import Triager, load_triager
-from cxrtriage.io import Radiograph
+from cxrtriage.io import ImageReadError, Radiograph, read_radiograph_bytes
 from cxrtriage.serve.metrics import Metrics
 from cxrtriage.serve.settings import Settings
 from cxrtriage.serve.store import Job, Store
@@ -158,10 +158,12 @@ class Worker:
             if rg is not None:
                 items.append(rg)
                 continue
-            try:
-                items.append(self.store.read_object(job.sha256))
-            except OSError as exc:  # the stored file is gone or unreadable: that is this job's result
-                failed[k] = Prediction.failed(f"study {job.study_id}", exc, self.engine.model_ref)
+            name = f"study {job.study_id}"
+            try:  # decoded again under the service's own pixel limit, as at upload
+                items.append(read_radiograph_bytes(self.store.read_object(job.sha256), name,
+                                                   max_pixels=self.settings.max_pixels))
+            except (ImageReadError, OSError) as exc:  # the stored file is gone or unreadable: this job's result
+                failed[k] = Prediction.failed(name, exc, self.engine.model_ref)
                 items.append(None)
         todo = [k for k in range(len(jobs)) if k not in failed]
         preds = self.engine.predict_batch([items[k] for k in todo], [f"study {jobs[k].study_id}" for k in todo],
