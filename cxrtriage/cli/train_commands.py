@@ -61,6 +61,11 @@ def train(
                                     "training set added to it."),
     loss: str = typer.Option("bce", help="Multi-label loss: bce (per-finding positive weights) or focal."),
     sampler: str = typer.Option("rare", help="Multi-label sampler: rare (keeps rare findings present) or uniform."),
+    gate_extra: Optional[Path] = typer.Option(None, "--gate-extra", help="Films from other hospitals the quality "
+                                              "gate should also accept (folder or CSV with a path column; no "
+                                              "labels): half join its fit, half set and check its threshold."),
+    gate_quantile: float = typer.Option(0.995, "--gate-quantile", min=0.5, max=1.0, help="Gate threshold: this "
+                                        "quantile of the validation films' distances (x 1.05)."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Data-parallel processes on this machine "
                                        "(re-launched through torchrun; --batch-size stays the global batch)."),
 ) -> None:
@@ -84,6 +89,7 @@ def train(
         stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,
         backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler, probe_views=probe_views,
+        gate_extra=str(gate_extra) if gate_extra else None, gate_quantile=gate_quantile,
     )
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: re-launch through it
         _relaunch_under_torchrun(cfg, nproc_per_node, resume, progress=not quiet)

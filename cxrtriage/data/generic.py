@@ -92,6 +92,37 @@ def csv_samples(path: str | Path, task: str | Task) -> list[Sample]:
     return samples
 
 
+def unlabelled_films(path: str | Path) -> list[Sample]:
+    """Films without labels (``label`` empty): a folder of images (searched recursively; patient =
+    the file's sub-folder under ``path``, else its stem) or a CSV with a ``path`` column (relative
+    to the CSV's folder) and an optional ``patient_id``; other columns are ignored."""
+    path = Path(path)
+    if path.is_dir():
+        films = [Sample(str(p.resolve()), "", p.relative_to(path).parts[0] if len(p.relative_to(path).parts) > 1
+                        else p.stem) for p in _images(path)]
+    elif path.is_file():
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = {c.strip().lower(): c for c in reader.fieldnames or ()}
+            if "path" not in cols:
+                raise ValueError(f"{path}: CSV lacks a 'path' column")
+            films = []
+            for row in reader:
+                raw = (row[cols["path"]] or "").strip()
+                if raw:
+                    p = Path(raw) if Path(raw).is_absolute() else path.parent / raw
+                    pid = (row.get(cols.get("patient_id", ""), "") or "").strip() or p.stem
+                    films.append(Sample(str(p.resolve()), "", pid))
+        absent = [s.path for s in films if not Path(s.path).is_file()]
+        if absent:
+            raise FileNotFoundError(f"{path}: {len(absent)} image(s) not found, e.g. {absent[0]}")
+    else:
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if not films:
+        raise ValueError(f"{path}: no images")
+    return films
+
+
 # ------------------------------------------------------------------- one entry point
 
 
@@ -117,4 +148,4 @@ def dataset_samples(source: str, root: str | Path, task: str, normals: str | Pat
 
 
 __all__ = ["NO_FINDING", "SOURCES", "carve_validation", "csv_samples", "dataset_samples", "folder_samples",
-           "task_split"]
+           "task_split", "unlabelled_films"]

@@ -52,6 +52,9 @@ class TrainConfig:
     loss: str = "bce"  # "bce" (per-label positive weights) or "focal"
     focal_gamma: float = 2.0
     sampler: str = "rare"  # "rare" (keeps rare labels present) or "uniform"
+    # quality gate
+    gate_extra: str | None = None  # films from elsewhere (folder or CSV, no labels) the gate should also accept
+    gate_quantile: float = 0.995  # the gate's threshold: this quantile of validation distances (x 1.05)
     extra: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:

@@ -16,7 +16,8 @@ import torch
 
 from cxrtriage import __version__
 from cxrtriage.contract import Decision, Kind, ModelSpec, SpecError, triage_score, triage_target
-from cxrtriage.data import Task, get_task, read_manifest
+from cxrtriage.data import Task, apply_intensity, get_task, load_cached, read_manifest
+from cxrtriage.data.generic import unlabelled_films
 from cxrtriage.data.samples import Sample
 from cxrtriage.evaluate.metrics import macro_auc, triage_auc
 from cxrtriage.evaluate.multilabel import label_thresholds, validation_summary
@@ -28,6 +29,7 @@ from cxrtriage.train.config import TrainConfig
 from cxrtriage.train.dataset import of_split, split_images, targets
 
 GATE_FIT_IMAGES = 4000  # training images whose embeddings fit the quality gate
+GATE_QUANTILE = 0.995  # the gate accepts this fraction of the threshold films
 
 
 def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason: str = "",
@@ -61,7 +63,9 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     if has_gate:
         idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[:GATE_FIT_IMAGES]
         emb_train = run_onnx(onnx_path, x_train[idx].numpy(), ["embedding"])["embedding"]
-        provenance["gate"] = gate_from_embeddings(onnx_path, emb_train, val_out["embedding"])
+        extra = (extra_gate_embeddings(onnx_path, cfg.gate_extra, ck["image_size"], cfg.intensity, cfg.cache_dir,
+                                       cfg.seed) if cfg.gate_extra else None)
+        provenance["gate"] = gate_from_embeddings(onnx_path, emb_train, val_out["embedding"], cfg.gate_quantile, extra)
     spec = graph.model_spec(
         name=f"cxr-{task.name}-{ck['arch']}", task=task.name, classes=task.classes, kind=task.kind,
         arch=ck["arch"], decision=decision, score=score_rule(task.kind), provenance=provenance,
@@ -117,14 +121,39 @@ def write_val_predictions(path: Path, task: Task, val_s: list[Sample], probs: np
             w.writerow([s.path, s.patient_id, s.label, *[f"{v:.6f}" for v in p]])
 
 
-def gate_from_embeddings(onnx_path: Path, tr: np.ndarray, va: np.ndarray) -> dict[str, Any]:
+def gate_from_embeddings(onnx_path: Path, tr: np.ndarray, va: np.ndarray, quantile: float = GATE_QUANTILE,
+                         extra: tuple[np.ndarray, np.ndarray, str] | None = None) -> dict[str, Any]:
     """Fit the gate on training embeddings ``tr``; threshold on even validation rows, report on odd ones.
-    Saves it beside the model and returns its sidecar entry."""
-    gate = fit_feature_gate(tr, va[0::2])
+    ``extra``: (fit half, other half, source) of films from elsewhere the model should accept: the
+    first half joins the fit, the other's even rows the threshold, its odd rows are reported.
+    Saves the gate beside the model and returns its sidecar entry."""
+    fit, thr_rows = tr, va[0::2]
+    if extra is not None:
+        fit, thr_rows = np.concatenate([tr, extra[0]]), np.concatenate([thr_rows, extra[1][0::2]])
+    gate = fit_feature_gate(fit, thr_rows, quantile=quantile)
     held = va[1::2]
-    refused = float((gate.distance(held) > gate.threshold).mean())
-    return attach_gate(onnx_path, gate, {"val_false_refusal_rate": refused, "n_fit": int(len(tr)),
-                                  "n_threshold": int(len(va[0::2])), "n_heldout": int(len(held))})
+    stats: dict[str, Any] = {"val_false_refusal_rate": float((gate.distance(held) > gate.threshold).mean()),
+                             "n_fit": int(len(fit)), "n_threshold": int(len(thr_rows)), "n_heldout": int(len(held))}
+    if extra is not None:
+        other = extra[1][1::2]
+        stats["extra_films"] = {"source": extra[2], "n_fit": int(len(extra[0])), "n_threshold": int(len(extra[1][0::2])),
+                                "n_heldout": int(len(other)),
+                                "false_refusal_rate": float((gate.distance(other) > gate.threshold).mean())}
+    return attach_gate(onnx_path, gate, stats)
+
+
+def extra_gate_embeddings(onnx_path: Path, source: str, size: int, intensity: str, cache_dir: str | None,
+                          seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Embeddings of the films in ``source`` (folder or CSV, no labels needed), in two patient-wise halves."""
+    films = unlabelled_films(source)
+    patients = sorted({s.patient_id for s in films})
+    first = set(np.random.default_rng(seed).permutation(patients)[: len(patients) // 2].tolist())
+    halves = [[s.path for s in films if (s.patient_id in first) == want] for want in (True, False)]
+    if not halves[0] or not halves[1]:
+        raise ValueError(f"{source}: the gate's extra films need at least two patients")
+    emb = [run_onnx(onnx_path, apply_intensity(load_cached(h, size, cache_dir, progress=False), intensity),
+                    ["embedding"])["embedding"] for h in halves]
+    return emb[0], emb[1], str(source)
 
 
 def _previous_training(onnx_path: Path) -> dict[str, Any]:
