@@ -221,3 +221,17 @@ def test_an_ensemble_refuses_members_with_different_intensity_normalisations(tin
     eq = train(_cfg(tmp_path / "eq", tiny_manifest, cache, intensity="equalise", epochs=1), progress=False)
     with pytest.raises(ValueError, match="intensity"):
         build_ensemble([plain, eq], tmp_path / "ens", cache_dir=str(cache))
+
+
+def test_a_student_distilled_from_the_bundled_model_trains_and_exports(tiny_manifest, tiny_run, tmp_path):
+    """--teacher: the teacher's probabilities are computed once on the training images (at its own
+    size) and the run records the teacher; distilling with weight 1 fits the teacher, not the labels."""
+    from cxrtriage.contract import ModelSpec
+
+    _, cache = tiny_run
+    out = train(_cfg(tmp_path / "student", tiny_manifest, cache, teacher="cxr-pneumonia", distill_weight=1.0,
+                     epochs=1), progress=False)
+    assert json.loads((out / "config.json").read_text())["teacher"] == "cxr-pneumonia"
+    assert ModelSpec.load(out / "model.json").classes == ("normal", "pneumonia")
+    with pytest.raises(ValueError, match="mixup"):
+        train(_cfg(tmp_path / "bad", tiny_manifest, cache, teacher="cxr-pneumonia", mixup=0.2), progress=False)

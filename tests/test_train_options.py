@@ -114,3 +114,23 @@ def test_mixed_batch_and_targets_are_the_same_blend():
     y = torch.tensor([[1, 0], [0, 1], [0, 0], [1, 1]])
     t = mix_targets(y, 0.7, perm)
     assert torch.allclose(t[0], torch.tensor([0.7, 0.0])) and torch.allclose(t[1], torch.tensor([0.3, 0.7]))
+
+
+def test_distillation_loss_is_zero_on_the_teacher_and_pulls_the_student_to_it():
+    from cxrtriage.train.distill import distill_loss
+
+    teacher = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    assert torch.allclose(distill_loss(torch.log(teacher), teacher, 2.0), torch.zeros(2), atol=1e-6)
+    logits = torch.zeros(2, 2, requires_grad=True)
+    loss = distill_loss(logits, teacher, 2.0).sum()
+    assert loss > 0
+    loss.backward()
+    step = -logits.grad  # gradient descent moves each image's logits toward its teacher's call
+    assert step[0, 0] > step[0, 1] and step[1, 1] > step[1, 0]
+
+
+def test_a_teacher_of_other_classes_is_refused(tmp_path):
+    from cxrtriage.train.distill import teacher_probs
+
+    with pytest.raises(ValueError, match="the task needs"):
+        teacher_probs("cxr-pneumonia3", [], ("normal", "pneumonia"), str(tmp_path))

@@ -11,15 +11,53 @@ import typer
 from cxrtriage.cli.common import console, fail
 
 
+# options defined apart, so the command's signature stays readable
+_INTENSITY = typer.Option("none", help="Intensity normalisation of every image, the same in serving: none, or "
+    "equalise (histogram equalisation: removes exposure and processing differences).")
+_TEACHER = typer.Option(None, "--teacher", help="Distil: also learn this model's probabilities "
+    "(a bundled name, an .onnx, a run or ensemble folder), e.g. an ensemble "
+    "too slow to serve.")
+_DISTILL_WEIGHT = typer.Option(0.5, "--distill-weight", help="Share of the teacher's term in the loss.")
+_DISTILL_TEMPERATURE = typer.Option(2.0, "--distill-temperature", help="Softening temperature of the "
+    "teacher's and the student's probabilities.")
+_GATE_EXTRA = typer.Option(None, "--gate-extra", help="Films from other hospitals the quality "
+    "gate should also accept (folder or CSV with a path column; no "
+    "labels): half join its fit, half set and check its threshold.")
+_GATE_QUANTILE = typer.Option(0.995, "--gate-quantile", min=0.5, max=1.0, help="Gate threshold: this "
+    "quantile of the validation films' distances (x 1.05).")
+_PROBE_VIEWS = typer.Option(1, "--probe-views", min=0, help="Linear probes: augmented copies of the "
+    "training set added to it.")
+_LOSS = typer.Option("bce", help="Multi-label loss: bce (per-finding positive weights) or focal.")
+_SAMPLER = typer.Option("rare", help="Multi-label sampler: rare (keeps rare findings present) or uniform.")
+_NPROC_PER_NODE = typer.Option(1, "--nproc-per-node", min=1, help="Data-parallel processes on this machine "
+    "(re-launched through torchrun; --batch-size stays the global batch).")
+_AUGMENT_STRENGTH = typer.Option(1.0, min=0.0, help="Scale every augmentation range (rotation, shift, "
+    "zoom, exposure, blur, noise); 0.5 halves them.")
+_HFLIP = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a left-right flip in augmentation "
+    "(default 0: the heart's side carries meaning).")
+_MIXUP = typer.Option(None, "--mixup", help="Mixup: blend image pairs and their labels with "
+    "weights drawn from Beta(alpha, alpha); this is alpha (e.g. 0.2).")
+_EMA_DECAY = typer.Option(None, "--ema-decay", help="Validate, keep and export an exponential "
+    "moving average of the weights with this decay (e.g. 0.998).")
+_WEIGHTS = typer.Option(None, "--weights", help="Start from a local file: a backbone's state "
+    "dict, or a `cxr train` checkpoint of the same network (e.g. to "
+    "fine-tune a run at a larger size).")
+_BACKBONE_LR_MULT = typer.Option(None, "--backbone-lr-mult", help="Backbone LR = lr x this "
+    "(default 0.1 with pretrained weights, else 1).")
+_THRESHOLD_METHOD = typer.Option("youden-plateau", help="youden-plateau (Youden's J averaged over +-1 logit: "
+    "the middle of the ROC's flat top) or youden (its maximum).")
+_ARCH = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200, lite0_probe "
+    "(frozen ImageNet features + logistic regression), or a transfer "
+    "backbone: efficientnet_lite0/1/2, efficientnet_b0, resnet18, resnet50, densenet121, "
+    "mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, inception_v3.")
+
+
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, metrics, curves, checkpoints, model)."),
     data: Optional[Path] = typer.Option(None, help="Dataset root (Kermany layout); split patient-wise on the fly."),
     manifest: Optional[Path] = typer.Option(None, help="Manifest CSV from `cxr data split` (preferred)."),
     task: str = typer.Option("pneumonia", help="pneumonia, pneumonia3, covid3 or nih14 (multi-label)."),
-    arch: str = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200, lite0_probe "
-                             "(frozen ImageNet features + logistic regression), or a transfer "
-                             "backbone: efficientnet_lite0/1/2, efficientnet_b0, resnet18, resnet50, densenet121, "
-                             "mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, inception_v3."),
+    arch: str = _ARCH,
     image_size: Optional[int] = typer.Option(None, help="Input size in px (default: the architecture's)."),
     epochs: int = typer.Option(20),
     batch_size: int = typer.Option(64),
@@ -29,19 +67,13 @@ def train(
     patience: int = typer.Option(6, help="Early stopping: epochs without validation AUC gain."),
     time_budget: Optional[float] = typer.Option(None, help="Stop after this many minutes of training."),
     target_sensitivity: Optional[float] = typer.Option(None, help="Choose the threshold for this sensitivity."),
-    threshold_method: str = typer.Option("youden-plateau", help="youden-plateau (Youden's J averaged over +-1 logit: "
-                                         "the middle of the ROC's flat top) or youden (its maximum)."),
+    threshold_method: str = _THRESHOLD_METHOD,
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
-    augment_strength: float = typer.Option(1.0, min=0.0, help="Scale every augmentation range (rotation, shift, "
-                                           "zoom, exposure, blur, noise); 0.5 halves them."),
-    hflip: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a left-right flip in augmentation "
-                                "(default 0: the heart's side carries meaning)."),
-    mixup: Optional[float] = typer.Option(None, "--mixup", help="Mixup: blend image pairs and their labels with "
-                                          "weights drawn from Beta(alpha, alpha); this is alpha (e.g. 0.2)."),
-    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate, keep and export an exponential "
-                                              "moving average of the weights with this decay (e.g. 0.998)."),
-    intensity: str = typer.Option("none", help="Intensity normalisation of every image, the same in serving: none, or "
-                                  "equalise (histogram equalisation: removes exposure and processing differences)."),
+    augment_strength: float = _AUGMENT_STRENGTH,
+    hflip: float = _HFLIP,
+    mixup: Optional[float] = _MIXUP,
+    ema_decay: Optional[float] = _EMA_DECAY,
+    intensity: str = _INTENSITY,
     class_weights: bool = typer.Option(True, help="Weight the loss by inverse class frequency."),
     dropout: Optional[float] = typer.Option(None, help="Override the network's dropout."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -51,23 +83,18 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Backbones: start from ImageNet weights "
                                     "(EfficientNet-Lite0/1/2 offline; others via torch's download cache)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Start from a local file: a backbone's state "
-                                           "dict, or a `cxr train` checkpoint of the same network (e.g. to "
-                                           "fine-tune a run at a larger size)."),
+    weights: Optional[Path] = _WEIGHTS,
     freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Train only the head for the first N epochs."),
-    backbone_lr_mult: Optional[float] = typer.Option(None, "--backbone-lr-mult", help="Backbone LR = lr x this "
-                                                     "(default 0.1 with pretrained weights, else 1)."),
-    probe_views: int = typer.Option(1, "--probe-views", min=0, help="Linear probes: augmented copies of the "
-                                    "training set added to it."),
-    loss: str = typer.Option("bce", help="Multi-label loss: bce (per-finding positive weights) or focal."),
-    sampler: str = typer.Option("rare", help="Multi-label sampler: rare (keeps rare findings present) or uniform."),
-    gate_extra: Optional[Path] = typer.Option(None, "--gate-extra", help="Films from other hospitals the quality "
-                                              "gate should also accept (folder or CSV with a path column; no "
-                                              "labels): half join its fit, half set and check its threshold."),
-    gate_quantile: float = typer.Option(0.995, "--gate-quantile", min=0.5, max=1.0, help="Gate threshold: this "
-                                        "quantile of the validation films' distances (x 1.05)."),
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Data-parallel processes on this machine "
-                                       "(re-launched through torchrun; --batch-size stays the global batch)."),
+    backbone_lr_mult: Optional[float] = _BACKBONE_LR_MULT,
+    probe_views: int = _PROBE_VIEWS,
+    loss: str = _LOSS,
+    sampler: str = _SAMPLER,
+    teacher: Optional[str] = _TEACHER,
+    distill_weight: float = _DISTILL_WEIGHT,
+    distill_temperature: float = _DISTILL_TEMPERATURE,
+    gate_extra: Optional[Path] = _GATE_EXTRA,
+    gate_quantile: float = _GATE_QUANTILE,
+    nproc_per_node: int = _NPROC_PER_NODE,
 ) -> None:
     """Train a classifier; writes config, per-epoch metrics, curves, checkpoints and an ONNX model.
 
@@ -90,6 +117,7 @@ def train(
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,
         backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler, probe_views=probe_views,
         gate_extra=str(gate_extra) if gate_extra else None, gate_quantile=gate_quantile,
+        teacher=teacher, distill_weight=distill_weight, distill_temperature=distill_temperature,
     )
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: re-launch through it
         _relaunch_under_torchrun(cfg, nproc_per_node, resume, progress=not quiet)

@@ -52,6 +52,10 @@ class TrainConfig:
     loss: str = "bce"  # "bce" (per-label positive weights) or "focal"
     focal_gamma: float = 2.0
     sampler: str = "rare"  # "rare" (keeps rare labels present) or "uniform"
+    # distillation: learn an exported teacher's probabilities beside the labels
+    teacher: str | None = None  # a model the engine loads (bundled name, .onnx, run or ensemble folder)
+    distill_weight: float = 0.5  # share of the teacher's term in the loss
+    distill_temperature: float = 2.0  # softening of both distributions
     # quality gate
     gate_extra: str | None = None  # films from elsewhere (folder or CSV, no labels) the gate should also accept
     gate_quantile: float = 0.995  # the gate's threshold: this quantile of validation distances (x 1.05)

@@ -37,6 +37,7 @@ from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
 from cxrtriage.train.dataset import load_samples, of_split, pixel_stats, split_images, targets
 from cxrtriage.train.export import export_run
+from cxrtriage.train.distill import distill_loss, teacher_probs
 from cxrtriage.train.losses import multilabel_loss, positive_weights, weighted_cross_entropy
 from cxrtriage.train.mixup import check_alpha, mix_draw, mix_images, mix_targets
 from cxrtriage.train.probe import train_probe
@@ -156,6 +157,7 @@ class RunData:
     y_val: np.ndarray
     mean: float
     std: float
+    teacher_p: torch.Tensor | None = None  # a teacher's probabilities on the training images (distillation)
 
 
 @dataclass
@@ -268,6 +270,10 @@ def _check_options(cfg: TrainConfig, ws: int) -> AugmentConfig:
     aug_cfg = AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)  # refuses a bad flip or strength
     if cfg.mixup is not None:
         check_alpha(cfg.mixup)
+    if cfg.teacher and (cfg.mixup is not None or get_task(cfg.task).kind == "multilabel"):
+        raise ValueError("distillation (--teacher) works on single-label tasks without mixup")
+    if cfg.teacher and (not 0.0 < cfg.distill_weight <= 1.0 or cfg.distill_temperature <= 0):
+        raise ValueError("--distill-weight must be in (0, 1] and --distill-temperature positive")
     if cfg.batch_size % ws:
         raise ValueError(f"batch size {cfg.batch_size} must divide by the number of processes {ws}")
     return aug_cfg
@@ -297,7 +303,10 @@ def prepare_data(run: Run) -> RunData:
     x_train, x_val = split_images(samples, run.size, run.cfg.cache_dir, intensity=run.cfg.intensity)
     y_train = torch.from_numpy(targets(run.task, train_s))
     mean, std = pixel_stats(x_train)
-    return RunData(x_train, x_val, y_train, targets(run.task, val_s), mean=mean, std=std)
+    teacher = (torch.from_numpy(teacher_probs(run.cfg.teacher, [s.path for s in train_s], run.task.classes,
+                                              run.cfg.cache_dir, progress=run.main and run.progress))
+               if run.cfg.teacher else None)
+    return RunData(x_train, x_val, y_train, targets(run.task, val_s), mean=mean, std=std, teacher_p=teacher)
 
 
 def loss_weights(run: Run, data: RunData) -> LossWeights:
@@ -375,9 +384,15 @@ def _epoch_order(run: Run, weights: LossWeights, n: int, epoch: int) -> torch.Te
 
 
 def _batch_loss(run: Run, logits: torch.Tensor, y: torch.Tensor, weights: LossWeights,
-                mix: tuple[float, torch.Tensor] | None) -> torch.Tensor:
-    """The batch's loss, against both images' labels in a mixup's proportion."""
+                mix: tuple[float, torch.Tensor] | None, teacher_p: torch.Tensor | None = None) -> torch.Tensor:
+    """The batch's loss, against both images' labels in a mixup's proportion (and a teacher's
+    probabilities, when distilling)."""
     cfg = run.cfg
+    if teacher_p is not None:
+        w = cfg.distill_weight
+        per = ((1 - w) * weighted_cross_entropy(logits, y, weights.class_w, cfg.label_smoothing)
+               + w * distill_loss(logits, teacher_p, cfg.distill_temperature))
+        return per.sum() / run.local_batch
     if run.multilabel:
         target = mix_targets(y, *mix) if mix is not None else y
         return multilabel_loss(logits, target, weights.pos_w, cfg.loss, cfg.focal_gamma, cfg.label_smoothing)
@@ -422,7 +437,8 @@ def train_epoch(run: Run, data: RunData, weights: LossWeights, fit: Fit, state: 
             g["lr"] = 0.0 if frozen and g.get("trunk") else base * f
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             logits = fit.model(x).float()
-        loss = _batch_loss(run, logits, data.y_train[idx].to(device), weights, mix)
+        loss = _batch_loss(run, logits, data.y_train[idx].to(device), weights, mix,
+                           data.teacher_p[idx].to(device) if data.teacher_p is not None else None)
         fit.opt.zero_grad(set_to_none=True)
         loss.backward()
         fit.opt.step()
