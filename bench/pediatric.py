@@ -8,7 +8,7 @@ operating point, three-class models' macro AUC and accuracy, model size, engine 
 A row "calibrated on test-dev A -> B" recalibrates each binary model with `cxr calibrate` on one
 patient-wise half of test-dev and measures it on the other half (the same halves every run).
 
-    python bench/pediatric.py --data ../shared/data/kermany-224 [--model cxr-pneumonia --model runs/x ...]
+    python bench/pediatric.py --data ../shared/data/kermany-224 [--model cxr-pneumonia --model runs/x ...] [--tta]
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def _p50_ms(engine: Engine, film: Path, n: int = 60) -> float:
     return statistics.median(times)
 
 
-def evaluate_model(name: str, model: str, data: Path, n_boot: int) -> dict:
-    engine = Engine(model, gate=False)
+def evaluate_model(name: str, model: str, data: Path, n_boot: int, tta: bool = False) -> dict:
+    engine = Engine(model, gate=False, tta=tta)
     spec = engine.spec
     row = {"model": name, "version": spec.version, "classes": len(spec.classes)}
     val_p, val_y = _score(engine, _films(data, "train", spec.task, spec.training_seed))
@@ -76,7 +76,7 @@ def evaluate_model(name: str, model: str, data: Path, n_boot: int) -> dict:
                    dev_confusion=mc["confusion_matrix"])
     files = [engine.onnx_path, engine.onnx_path.with_suffix(".json"), gate_path(engine.onnx_path)]
     row["size_mb"] = sum(f.stat().st_size for f in files if f.exists()) / 2**20
-    gated = Engine(model)
+    gated = Engine(model, tta=tta)
     row["ms"] = _p50_ms(gated, next(iter(sorted(data.glob("test-dev/PNEUMONIA/*.jpeg")))))
     return row
 
@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", help="bundled name, .onnx or run folder (default: every bundled model)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--tta", action="store_true", help="also each model with test-time augmentation (7 views)")
     args = ap.parse_args()
     models = args.model or list(bundled_models())
     rows = []
@@ -137,6 +138,8 @@ def main() -> None:
         rows.append(evaluate_model(name, m, args.data, args.n_boot))
         if rows[-1]["classes"] == 2:
             rows.append(calibrated_row(name, m, args.data, args.n_boot))
+        if args.tta:
+            rows.append(evaluate_model(f"{name} +TTA", m, args.data, args.n_boot, tta=True))
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -134,4 +134,6 @@ def test_cxr_train_refuses_an_unknown_intensity_before_reading_data(tmp_path):
 
     r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path), "--intensity", "x"])
     assert r.exit_code != 0 and "unknown --intensity" in r.output
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path), "--population", "kids"])
+    assert r.exit_code != 0 and "unknown --population" in r.output
     assert not (tmp_path / "r").exists()

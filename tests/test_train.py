@@ -230,8 +230,9 @@ def test_a_student_distilled_from_the_bundled_model_trains_and_exports(tiny_mani
 
     _, cache = tiny_run
     out = train(_cfg(tmp_path / "student", tiny_manifest, cache, teacher="cxr-pneumonia", distill_weight=1.0,
-                     epochs=1), progress=False)
+                     epochs=1, population="pediatric"), progress=False)
     assert json.loads((out / "config.json").read_text())["teacher"] == "cxr-pneumonia"
-    assert ModelSpec.load(out / "model.json").classes == ("normal", "pneumonia")
+    spec = ModelSpec.load(out / "model.json")
+    assert spec.classes == ("normal", "pneumonia") and spec.population == "pediatric"
     with pytest.raises(ValueError, match="mixup"):
         train(_cfg(tmp_path / "bad", tiny_manifest, cache, teacher="cxr-pneumonia", mixup=0.2), progress=False)

@@ -29,6 +29,8 @@ _PROBE_VIEWS = typer.Option(1, "--probe-views", min=0, help="Linear probes: augm
     "training set added to it.")
 _LOSS = typer.Option("bce", help="Multi-label loss: bce (per-finding positive weights) or focal.")
 _SAMPLER = typer.Option("rare", help="Multi-label sampler: rare (keeps rare findings present) or uniform.")
+_POPULATION = typer.Option(None, "--population", help="Who the films came from: pediatric or adult (recorded in "
+                           "the sidecar; routing by DICOM patient age uses it).")
 _NPROC_PER_NODE = typer.Option(1, "--nproc-per-node", min=1, help="Data-parallel processes on this machine "
     "(re-launched through torchrun; --batch-size stays the global batch).")
 _AUGMENT_STRENGTH = typer.Option(1.0, min=0.0, help="Scale every augmentation range (rotation, shift, "
@@ -94,6 +96,7 @@ def train(
     distill_temperature: float = _DISTILL_TEMPERATURE,
     gate_extra: Optional[Path] = _GATE_EXTRA,
     gate_quantile: float = _GATE_QUANTILE,
+    population: Optional[str] = _POPULATION,
     nproc_per_node: int = _NPROC_PER_NODE,
 ) -> None:
     """Train a classifier; writes config, per-epoch metrics, curves, checkpoints and an ONNX model.
@@ -118,6 +121,7 @@ def train(
         backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler, probe_views=probe_views,
         gate_extra=str(gate_extra) if gate_extra else None, gate_quantile=gate_quantile,
         teacher=teacher, distill_weight=distill_weight, distill_temperature=distill_temperature,
+        population=_checked_population(population),
     )
     if nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: re-launch through it
         _relaunch_under_torchrun(cfg, nproc_per_node, resume, progress=not quiet)
@@ -126,6 +130,14 @@ def train(
         run(cfg, resume=resume, progress=not quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
+
+
+def _checked_population(population: str | None) -> str | None:
+    from cxrtriage.contract import POPULATIONS
+
+    if population is not None and population not in POPULATIONS:
+        fail(f"unknown --population {population!r}; choose one of: {', '.join(POPULATIONS)}")
+    return population
 
 
 def _relaunch_under_torchrun(cfg, nproc: int, resume: bool, progress: bool) -> None:
@@ -169,6 +181,7 @@ def ensemble(
                                                      "only (0-based positions in RUNS; repeatable; default: all)."),
     half_weights: bool = typer.Option(False, "--half-weights", help="Store the weights as float16 (half the "
                                       "file; computation stays float32)."),
+    population: Optional[str] = _POPULATION,
 ) -> None:
     """Combine trained runs into one model (mean probability, mean heatmap); threshold chosen on validation."""
     from cxrtriage.train.ensemble import build_ensemble
@@ -176,7 +189,8 @@ def ensemble(
     try:
         path = build_ensemble(runs, out, threshold_method=threshold_method, target_sensitivity=target_sensitivity,
                               cache_dir=str(cache_dir) if cache_dir else None, progress=True, onnx_path=onnx,
-                              name=name, heatmap_from=heatmap_from or None, half_weights=half_weights)
+                              name=name, heatmap_from=heatmap_from or None, half_weights=half_weights,
+                              population=_checked_population(population))
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     from cxrtriage.contract import ModelSpec

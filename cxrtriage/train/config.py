@@ -56,6 +56,7 @@ class TrainConfig:
     teacher: str | None = None  # a model the engine loads (bundled name, .onnx, run or ensemble folder)
     distill_weight: float = 0.5  # share of the teacher's term in the loss
     distill_temperature: float = 2.0  # softening of both distributions
+    population: str | None = None  # "pediatric" or "adult": recorded in the sidecar for routing by age
     # quality gate
     gate_extra: str | None = None  # films from elsewhere (folder or CSV, no labels) the gate should also accept
     gate_quantile: float = 0.995  # the gate's threshold: this quantile of validation distances (x 1.05)

@@ -52,7 +52,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
                    target_sensitivity: float | None = None, cache_dir: str | None = None,
                    seed: int = 0, progress: bool = False, onnx_path: str | Path | None = None,
                    name: str | None = None, heatmap_from: list[int] | None = None,
-                   half_weights: bool = False) -> Path:
+                   half_weights: bool = False, population: str | None = None) -> Path:
     """Combine the best checkpoints of ``runs`` into ``<out>/model.onnx`` (or ``onnx_path``) with its
     sidecar and gate; ``out`` also gets the validation predictions, the split and ensemble.json."""
     runs = [Path(r) for r in runs]
@@ -97,6 +97,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
                          "n_train": int((~is_val).sum()), "seed": seed},
             "validation": validation_facts(task, y_val, probs),
             "gate": gate_from_embeddings(exported.path, emb_train, val_out["embedding"]),
+            **({"population": population} if population else {}),
         },
     )
     spec.save(exported.path)

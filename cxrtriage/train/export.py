@@ -60,6 +60,8 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     training = _training_facts(cfg, best, last, int(len(x_train)), stop_reason, previous)
     validation = validation_facts(task, y_val, probs)
     provenance = {"cxr_triage_version": __version__, "training": training, "validation": validation}
+    if cfg.population:
+        provenance["population"] = cfg.population
     if has_gate:
         idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[:GATE_FIT_IMAGES]
         emb_train = run_onnx(onnx_path, x_train[idx].numpy(), ["embedding"])["embedding"]
