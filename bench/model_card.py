@@ -1,205 +1,273 @@
-"""Write the bundled model's card (MODEL_CARD.md + model_card.json) from its sidecar, the
-validation split it was chosen on, and the explanation and quality-gate checks.
+"""Write the bundled default model's card (MODEL_CARD.md + model_card.json) from its sidecar, the
+validation split, test-dev (half the official Kermany test), and the explanation and quality-gate
+checks.
 
-    python bench/model_card.py --data ../shared/data/kermany-224 --ensemble runs/ensemble
+    python bench/model_card.py --data ../shared/data/kermany-224 --ensemble runs/p2-ens \
+        --uncalibrated runs/p2-ens/cxr-pneumonia.onnx --wall-min 95
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-import sys as _sys
-from pathlib import Path as _Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's testkit/ and bench/
 
-_sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # the checkout's testkit/
+from bench.pediatric import calibrated_row  # noqa: E402
+from cxrtriage import DISCLAIMER  # noqa: E402
+from cxrtriage.contract import triage_target  # noqa: E402
+from cxrtriage.data import apply_intensity, get_task, kermany_samples, load_cached, patient_split, to_model_input  # noqa: E402
+from cxrtriage.evaluate import evaluate_predictions  # noqa: E402
+from cxrtriage.evaluate.metrics import binary_metrics  # noqa: E402
+from cxrtriage.infer import DEFAULT_MODEL, Engine  # noqa: E402
+from testkit.explain_checks import deletion_check, randomisation_check  # noqa: E402
+from testkit.ood_samples import skimage_images, synthetic, transformed  # noqa: E402
 
-from cxrtriage import DISCLAIMER
-from cxrtriage.data import get_task, kermany_samples, load_cached, patient_split, to_model_input
-from cxrtriage.evaluate import evaluate_predictions
-from testkit.explain_checks import deletion_check, randomisation_check
-from cxrtriage.infer import DEFAULT_MODEL, Engine
-from testkit.ood_samples import skimage_images, synthetic, transformed
-
+SPLIT = "runs/p2-split.csv"
 COMMANDS = [
-    "cxr train --data ../shared/data/kermany-224 --out runs/cnn --epochs 30 --patience 30 --seed 0 --device cpu",
-    "cxr train --manifest runs/cnn/split.csv --arch lite0_probe --out runs/probe --seed 0 --device cpu",
-    "cxr ensemble runs/cnn runs/probe --out runs/ensemble --name cxr-pneumonia --target-sensitivity 0.98 "
-    "--heatmap-from 0 --half-weights "
-    "--onnx cxrtriage/assets/model/cxr-pneumonia.onnx",
+    f"cxr data split ../shared/data/kermany-224 -o {SPLIT} --task pneumonia --seed 0",
+    f"cxr train --manifest {SPLIT} --arch cxrnet --image-size 224 --epochs 20 --patience 20 --out runs/p2-cnn224 "
+    "--seed 0 --device cpu",
+    f"cxr train --manifest {SPLIT} --arch lite0_probe --out runs/p2-probe --seed 0 --device cpu",
+    "cxr ensemble runs/p2-cnn224 runs/p2-probe --out runs/p2-ens --name cxr-pneumonia --target-sensitivity 0.98 "
+    "--heatmap-from 0 --half-weights --population pediatric --onnx runs/p2-ens/cxr-pneumonia.onnx",
+    "cxr calibrate --model runs/p2-ens/cxr-pneumonia.onnx --data ../shared/data/kermany-224/test-dev --out runs/p2-site "
+    "--target-sensitivity 0.97",
+    "cp runs/p2-site/cxr-pneumonia.* cxrtriage/assets/model/",
 ]
+MEMBER_TEXT = {
+    "cxrnet": "residual CNN trained from scratch here",
+    "lite0_probe": "EfficientNet-Lite0 stages 1-5, frozen ImageNet weights, logistic-regression head",
+    "efficientnet_lite0": "EfficientNet-Lite0, ImageNet weights fine-tuned end to end",
+    "efficientnet_lite1": "EfficientNet-Lite1, ImageNet weights fine-tuned end to end",
+    "efficientnet_lite2": "EfficientNet-Lite2, ImageNet weights fine-tuned end to end",
+}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="../shared/data/kermany-224")
-    ap.add_argument("--ensemble", default="runs/ensemble", help="the folder `cxr ensemble` wrote (for its members)")
-    ap.add_argument("--shift", default="runs/bench-shift/shift.json", help="bench/shift.py's output, if run")
-    ap.add_argument("--wall-s", type=float, nargs=3, default=None, metavar=("CNN", "PROBE", "ENSEMBLE"),
-                    help="measured wall-clock seconds of the three training commands")
-    args = ap.parse_args()
-    engine = Engine()
-    info = engine.spec
-    meta = info.to_dict()  # the sidecar as written
-    task = get_task(info.task)
-    seed = info.training_seed
-    val = [s for s in patient_split(kermany_samples(args.data, "train", task.name), 0.2, seed) if s.split == "val"]
-    imgs = np.asarray(load_cached([s.path for s in val], info.input_size, progress=False))
-    y = np.array([task.index(s.label) for s in val])
-    probs = engine.run_arrays(imgs)["probs"]
-    out_dir = DEFAULT_MODEL.parent / "validation"
-    res = evaluate_predictions(task.name, list(task.classes), y, probs, info.threshold, out_dir,
-                               {"model": info.name, "model_version": info.version, "split": "val (patient-wise 20% of train/)",
-                                "data": "Kermany chest X-ray, train/ split", "threshold_method": info.decision.method})
-    for f in out_dir.glob("*.png"):
-        f.unlink()  # the self-contained report.html and metrics.json are enough to ship
-    dele = deletion_check(engine, imgs[y != 0], 0.1, seed=0)
-    rnd = randomisation_check(engine, imgs[:200])
-    gate = engine.feature_gate
-    refused = lambda a: float((gate.distance(engine.run_arrays(a)["embedding"]) > gate.threshold).mean())  # noqa: E731
-    sk = skimage_images()
-    ood = {"scikit-image non-radiographs": refused(np.stack([to_model_input(v, info.input_size) for v in sk.values()])),
-           **{k: refused(v) for k, v in transformed(imgs[:300]).items()},
-           **{k: refused(v) for k, v in synthetic(50, info.input_size).items()}}
+def f3(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def ci_text(ci) -> str:
+    return "[n/a]" if not ci or ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def images_of(films, engine: Engine) -> tuple[np.ndarray, np.ndarray]:
+    """Model-input images (after the model's intensity step) and class indices."""
+    task = get_task(engine.spec.task)
+    imgs = apply_intensity(np.asarray(load_cached([s.path for s in films], engine.spec.input_size, progress=False)),
+                           engine.spec.input.intensity)
+    return imgs, np.array([task.index(s.label) for s in films])
+
+
+def member_facts(ensemble: Path, sidecar_members: list[dict]) -> list[dict]:
     from cxrtriage.models.archs import count_flops
     from cxrtriage.train.ensemble import load_ensemble
 
-    graph = load_ensemble(args.ensemble)
-    members = []
-    for m, facts in zip(graph.members, meta["members"]):
-        members.append({"arch": facts["arch"], "image_size": m.image_size,
-                        "parameters": sum(p.numel() for p in m.net.parameters()),
-                        "gflop": count_flops(m.net, m.image_size) / 1e9, "training": facts["training"],
-                        "validation": facts["validation"]})
-    cam_grid = int(engine.run_arrays(imgs[:1])["cam"].shape[-1])
-    ci = lambda k: res["binary"]["ci"].get(k) or [None, None]  # noqa: E731
-    card = {
-        "model": info.name, "version": info.version, "sha256": meta["sha256"], "task": task.name,
-        "classes": list(task.classes), "architecture": meta["arch"], "input": meta["input"],
-        "threshold": info.threshold, "threshold_high": info.threshold_high, "threshold_method": info.decision.method,
+    graph = load_ensemble(ensemble)
+    return [{"arch": facts["arch"], "image_size": m.image_size, "parameters": sum(p.numel() for p in m.net.parameters()),
+             "gflop": count_flops(m.net, m.image_size) / 1e9, "training": facts["training"],
+             "validation": facts["validation"]} for m, facts in zip(graph.members, sidecar_members)]
+
+
+def gate_rates(engine: Engine, imgs: np.ndarray) -> dict[str, float]:
+    gate = engine.feature_gate
+    refused = lambda a: float((gate.distance(engine.run_arrays(a)["embedding"]) > gate.threshold).mean())  # noqa: E731
+    size = engine.spec.input_size
+    return {"scikit-image non-radiographs": refused(np.stack([to_model_input(v, size) for v in skimage_images().values()])),
+            **{k: refused(v) for k, v in transformed(imgs[:300]).items()},
+            **{k: refused(v) for k, v in synthetic(50, size).items()}}
+
+
+def measure(args) -> dict:
+    engine = Engine()
+    spec = engine.spec
+    task = get_task(spec.task)
+    val_films = [s for s in patient_split(kermany_samples(args.data, "train", task.name), 0.2, spec.training_seed)
+                 if s.split == "val"]
+    dev_films = kermany_samples(args.data, "test-dev", task.name)
+    val_x, val_y = images_of(val_films, engine)
+    dev_x, dev_y = images_of(dev_films, engine)
+    # the probabilities as served: the graph's, then the model's temperature
+    val_p, dev_p = (spec.calibrated(engine.run_arrays(x)["probs"]) for x in (val_x, dev_x))
+    out_dir = DEFAULT_MODEL.parent / "validation"
+    evaluate_predictions(task.name, list(task.classes), val_y, val_p, spec.threshold, out_dir,
+                         {"model": spec.name, "model_version": spec.version, "split": "val (patient-wise 20% of train/)",
+                          "data": "Kermany chest X-ray, train/ split", "threshold_method": spec.decision.method})
+    for f in out_dir.glob("*.png"):
+        f.unlink()  # the self-contained report.html and metrics.json are enough to ship
+    score = spec.triage_score
+    return {
+        "engine": engine,
+        "val": binary_metrics(triage_target(val_y), score(val_p), spec.threshold, n_boot=1000),
+        "dev": binary_metrics(triage_target(dev_y), score(dev_p), spec.threshold, n_boot=1000),
+        "cal": calibrated_row("uncalibrated", str(args.uncalibrated), args.data, 1000) if args.uncalibrated else None,
+        "deletion_dev": deletion_check(engine, dev_x[dev_y != 0], 0.1, seed=0),
+        "deletion_val": deletion_check(engine, val_x[val_y != 0], 0.1, seed=0),
+        "randomisation": randomisation_check(engine, dev_x[:200]),
+        "gate": gate_rates(engine, val_x),
+        "cam_grid": int(engine.run_arrays(val_x[:1])["cam"].shape[-1]),
+    }
+
+
+def card_json(args, r: dict, members: list[dict]) -> dict:
+    spec = r["engine"].spec
+    meta = spec.to_dict()
+    slim = lambda m: {k: m[k] for k in ("n", "roc_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "ci")  # noqa: E731
+                      if k in m}
+    return {
+        "model": spec.name, "version": spec.version, "sha256": meta["sha256"], "task": spec.task,
+        "classes": list(spec.classes), "architecture": meta["arch"], "input": meta["input"],
+        "threshold": spec.threshold, "threshold_high": spec.threshold_high, "threshold_method": spec.decision.method,
         "members": members,
-        "training": {**meta["training"], "commands": COMMANDS,
+        "training": {"commands": COMMANDS, "wall_minutes": args.wall_min,
                      "cpu_2core_seconds": round(sum(m["training"]["seconds"] for m in members), 1)},
-        "validation": {k: res[k] for k in ("n", "roc_auc", "accuracy", "sensitivity", "specificity")}
-        | {"roc_auc_ci": ci("roc_auc"), "sensitivity_ci": ci("sensitivity"), "specificity_ci": ci("specificity"),
-           "ppv": res["binary"]["ppv"], "npv": res["binary"]["npv"], "ece": res["binary"]["ece"]},
-        "explanation_checks": {"deletion": dele, "randomisation": rnd},
-        "quality_gate": {"threshold": gate.threshold, "val_false_refusal_rate": meta["gate"]["val_false_refusal_rate"],
-                         "refusal_rates": ood},
+        "validation": slim(r["val"]), "test_dev": slim(r["dev"]), "calibrated_test_dev_a_to_b": r["cal"],
+        "explanation_checks": {"deletion_test_dev": r["deletion_dev"], "deletion_validation": r["deletion_val"],
+                               "randomisation": r["randomisation"]},
+        "quality_gate": {"threshold": r["engine"].feature_gate.threshold,
+                         "val_false_refusal_rate": meta["gate"]["val_false_refusal_rate"], "refusal_rates": r["gate"]},
         "data": "Kermany D.S. et al., Cell 172(5) 2018; Mendeley Data doi:10.17632/rscbjbr9sj.2; CC BY 4.0",
         "disclaimer": DISCLAIMER,
     }
-    v = card["validation"]
-    m0, m1 = members
-    shift_md = ""
-    wall_min = sum(args.wall_s) / 60 if args.wall_s else float("nan")
-    card["training"]["wall_seconds"] = args.wall_s
-    method = meta["threshold_method"]
-    thr_text = ("the most specific threshold keeping validation sensitivity >= " + method.split(">=")[1].split()[0]
-                if method.startswith("sensitivity") else
-                "Youden's J averaged over +-1 logit on validation: the middle of the ROC's flat top")
-    if Path(args.shift).exists():
-        rows = json.loads(Path(args.shift).read_text())
-        card["shift_benchmark"] = rows
-        shift_md = ("## Shift benchmark\n`python bench/shift.py`: the recipe trained without the `NORMAL2-*` batch "
-                    "of normals, scored on those 744 normals and the 775 validation pneumonias (threshold "
-                    "from the validation split without them).\n\n| model | val AUC | held-out batch AUC | "
-                    "sens / spec (Youden plateau) |\n| --- | --- | --- | --- |\n" + "".join(
-                        f"| {r['model']} | {r['val_auc']:.4f} | {r['shift_auc']:.4f} | "
-                        f"{r['youden-plateau']['sensitivity']:.3f} / {r['youden-plateau']['specificity']:.3f} |\n"
-                        for r in rows) + "\n")
-    (DEFAULT_MODEL.parent / "model_card.json").write_text(json.dumps(card, indent=2))
-    total_min = card["training"]["cpu_2core_seconds"] / 60
+
+
+def members_md(members: list[dict], heat: int) -> str:
+    rows = []
+    for i, m in enumerate(members):
+        t, v = m["training"] or {}, m["validation"] or {}
+        rows.append(f"| `{m['arch']}`{' (heatmap)' if i == heat else ''} | {MEMBER_TEXT.get(m['arch'], m['arch'])} | "
+                    f"{m['image_size']} | {m['parameters'] / 1e6:.2f} M | {m['gflop']:.2f} | "
+                    f"{(t.get('seconds') or 0) / 60:.1f} min, {t.get('epochs_run', '-')} epochs (best {t.get('best_epoch', '-')}) | "
+                    f"{f3(v.get('roc_auc'))} |")
+    return ("| member | what | px | parameters | GFLOP | training (2-core CPU) | validation AUC alone |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows))
+
+
+def write_md(args, card: dict, r: dict, members: list[dict]) -> str:
+    spec = r["engine"].spec
+    val, dev, cal = r["val"], r["dev"], r["cal"]
+    source = str(spec.to_dict().get("heatmap_source", ""))
+    heat = next((i for i, m in enumerate(members) if m["arch"] in source), 0)
+    dd, dv, rnd = r["deletion_dev"], r["deletion_val"], r["randomisation"]
+    passes = lambda d: d["mean_drop_top"] > max(d["mean_drop_random"], d["mean_drop_moved"])  # noqa: E731
+    cal_row = (f"| test-dev half B, threshold and temperature from `cxr calibrate` on half A (patient-wise halves) | "
+               f"{f3(cal['dev_auc'])} {ci_text(cal['dev_auc_ci'])} | {f3(cal['dev_sens'])} | {f3(cal['dev_spec'])} | "
+               f"{f3(cal['dev_acc'])} | {f3(cal['threshold'])} |\n") if cal else ""
+    gflop = sum(m["gflop"] for m in members)
+    prev_thr = (spec.provenance.get("calibration") or {}).get("previous", {}).get("threshold")
     commands = "\n".join(COMMANDS)
-    arch_text = (f"ensemble (mean probability) of `{m0['arch']}`, a residual CNN trained here "
-                 f"({m0['parameters'] / 1e6:.1f} M parameters, {m0['image_size']} px), and `{m1['arch']}`, "
-                 f"EfficientNet-Lite0 stages 1-5 with frozen ImageNet weights and a logistic-regression head "
-                 f"({m1['parameters'] / 1e6:.1f} M parameters, {m1['image_size']} px); "
-                 f"{sum(m['gflop'] for m in members):.2f} GFLOP per image; both end in global pooling + a linear "
-                 "head, so the class activation map is part of the graph")
-    f3 = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    md = f"""# Model card: {info.name} ({info.version})
+    gate = card["quality_gate"]
+    return f"""# Model card: {spec.name} ({spec.version})
 
 > {DISCLAIMER} Trained on pediatric (1-5 years) radiographs from one centre; not validated
 > for adults, other hospitals or other findings.
 
 | | |
 | --- | --- |
-| Task | {task.description} (`{task.name}`); triage score = 1 - P(normal) |
-| Architecture | {arch_text} |
-| Input | grayscale, resized to {info.input_size}x{info.input_size} px (bilinear, aspect not kept, as the training images); inside the graph each member gets its own size and normalisation |
-| Output | P(normal), P(pneumonia) (the members' mean); heatmap ({cam_grid}x{cam_grid} class activation map of the `cxrnet` member); quality-gate embedding |
-| Threshold | {info.threshold:.3f} ({thr_text}); "urgent" from {info.threshold_high:.3f} (specificity >= 0.995 on validation) |
-| File | `cxr-pneumonia.onnx`, sha256 `{meta['sha256'][:16]}...` |
+| Task | normal vs pneumonia (`{spec.task}`); triage score = 1 - P(normal) |
+| Architecture | ensemble (mean probability) of {len(members)} networks, {gflop:.2f} GFLOP per film; each ends in global pooling + a linear head, so the class activation map is part of the graph |
+| Input | grayscale, resized to {spec.input_size}x{spec.input_size} px (bilinear, aspect not kept, as the training images); inside the graph each member gets its own size and normalisation |
+| Output | P(normal), P(pneumonia) (the members' mean, temperature {spec.temperature:.3f}); heatmap ({r['cam_grid']}x{r['cam_grid']} class activation map of the `{members[heat]['arch']}` member); quality-gate embedding |
+| Operating point | {spec.threshold:.3f} ({spec.decision.method}); "urgent" from {spec.threshold_high:.3f} |
+| File | `cxr-pneumonia.onnx` (float16 weights), sha256 `{card['sha256'][:16]}...` |
+
+## On films it did not learn from: test-dev
+Half of the official Kermany test (308 films: 113 normal, 195 pneumonia), collected apart from
+`train/`; the other half is kept by the maintainers as the judge. Bootstrap 95% CIs (1,000
+resamples within classes).
+
+| | ROC AUC [95% CI] | sensitivity | specificity | accuracy | threshold |
+| --- | --- | --- | --- | --- | --- |
+| validation (patient-wise 20% of `train/`) | {f3(val['roc_auc'])} {ci_text(val['ci']['roc_auc'])} | {f3(val['sensitivity'])} | {f3(val['specificity'])} | {f3(val['accuracy'])} | {spec.threshold:.3f} |
+| **test-dev**, shipped operating point | **{f3(dev['roc_auc'])} {ci_text(dev['ci']['roc_auc'])}** | {f3(dev['sensitivity'])} {ci_text(dev['ci']['sensitivity'])} | **{f3(dev['specificity'])}** {ci_text(dev['ci']['specificity'])} | {f3(dev['accuracy'])} | {spec.threshold:.3f} |
+{cal_row}
+**How the operating point was chosen.** Validation is saturated (AUC near 1) and its threshold
+flags about a third of test-dev's normals, so the shipped threshold and temperature come from
+`cxr calibrate --target-sensitivity 0.97` on all of test-dev: the most specific threshold that
+keeps test-dev sensitivity >= 0.97, leaving room for the judge half to stay >= 0.95. The
+test-dev row above is therefore optimistic for the threshold (chosen on those films; the AUC
+is not). The honest estimate of what a site gets is the half-B row: threshold and temperature
+fitted on one patient-wise half, measured on the other. At the shipped threshold validation
+sensitivity is {f3(val['sensitivity'])} (before calibration the operating point, chosen on validation
+for sensitivity 0.98, was {f3(prev_thr)} on the untempered score): the training hospital's own
+pneumonias score lower than test-dev's, one more sign that validation numbers do not carry over. Every recipe tried, with the same columns, is in the
+README (`python bench/pediatric.py`).
 
 ## Data
 Kermany D.S. et al., *Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep
-Learning*, Cell 172(5), 2018; Mendeley Data doi:10.17632/rscbjbr9sj.2; **CC BY 4.0**. The
-release's `train/` split (5,216 images, resized to 224 px): 1,341 normal, 3,875 pneumonia.
-Split by patient (file-name ids), stratified, seed {seed}: {meta['training']['n_train']} training
-images, {v['n']} validation images, no patient on both sides. The official test split was not used.
+Learning*, Cell 172(5), 2018; Mendeley Data doi:10.17632/rscbjbr9sj.2; **CC BY 4.0**. Training:
+the release's `train/` split (5,216 images at 224 px; 1,341 normal, 3,875 pneumonia), split by
+patient (file-name ids), stratified, seed {spec.training_seed}: {val['n'] and (5216 - val['n'])} training images,
+{val['n']} validation images, no patient on both sides. test-dev chose the recipe and the operating point.
 
-## Training
-On the 2-core CPU of the development machine: {total_min:.1f} min of training ({m0['training']['seconds'] / 60:.1f} + {m1['training']['seconds'] / 60:.1f}),
-{wall_min:.1f} min wall clock for the three commands (exports, gate fitting and the ensemble build included):
+## Training (2-core CPU, reproducible)
+{members_md(members, heat)}
+
+{args.wall_min or 'n/a'} min wall clock for all commands on the 2-core development CPU (exports, gate fitting,
+the ensemble build and calibration included):
 ```
 {commands}
 ```
-- `cxrnet` (trained, {m0['training']['seconds'] / 60:.1f} min): {m0['training']['epochs_run']} epochs, best epoch
-  {m0['training']['best_epoch']} by validation ROC AUC; augmentation rotation +-8 deg, translation +-6%,
-  zoom 0.9-1.15, gamma/contrast/brightness, blur, sensor noise (no flips); class-weighted
-  cross-entropy with label smoothing 0.05; AdamW, linear warm-up then cosine decay. Validation
-  ROC AUC alone {m0['validation']['roc_auc']:.4f}. On CPU the run is deterministic (same per-epoch
-  metrics twice).
-- `lite0_probe` (fitted, {m1['training']['seconds'] / 60:.1f} min): EfficientNet-Lite0 stages 1-5 with their ImageNet
-  weights frozen; logistic regression on the average of the stage-4 and stage-5 feature maps,
-  fitted on the training images plus one augmented copy, L2 strength chosen on validation.
-  Validation ROC AUC alone {m1['validation']['roc_auc']:.4f}.
-- Why two: the ImageNet features were never fitted to this hospital's images, the CNN was;
-  their errors differ, and their mean ranks better than either alone on validation and on a
-  shifted split (members trained without the `NORMAL2-*` batch of normals, scored on it).
+Augmentation: rotation +-8 deg, translation +-6%, zoom 0.9-1.15, gamma/contrast/brightness,
+blur, sensor noise (no flips); class-weighted cross-entropy with label smoothing 0.05; AdamW,
+linear warm-up then cosine decay. Why an ensemble: a CNN fitted from scratch to this hospital's
+films and ImageNet features never fitted to them make different errors; on test-dev their mean
+ranks at least as well as either alone (README table; the differences are inside the CIs), and
+on a held-out batch of normals (`bench/shift.py`, earlier members) the mean ranked best.
 
-Hardware: {m0['training']['hardware']}; {m0['training']['torch']}.
-
-## Validation (n = {v['n']}, patient-wise)
-
-| metric | value | 95% CI (bootstrap) |
-| --- | --- | --- |
-| ROC AUC | {f3(v['roc_auc'])} | {f3(v['roc_auc_ci'][0])}-{f3(v['roc_auc_ci'][1])} |
-| sensitivity | {f3(v['sensitivity'])} | {f3(v['sensitivity_ci'][0])}-{f3(v['sensitivity_ci'][1])} |
-| specificity | {f3(v['specificity'])} | {f3(v['specificity_ci'][0])}-{f3(v['specificity_ci'][1])} |
-| accuracy | {f3(v['accuracy'])} | |
-| PPV / NPV | {f3(v['ppv'])} / {f3(v['npv'])} | |
-| ECE (calibration) | {f3(v['ece'])} | |
-
-Full report: [validation/report.html](validation/report.html). Expect lower numbers elsewhere:
-the official Kermany test split is known to be harder than any split of `train/`.
+## Validation report
+Full report: [validation/report.html](validation/report.html) (confusion matrix, ROC/PR with CIs,
+calibration; at the shipped threshold).
 
 ## Explanation checks
-- Deletion: blanking the top 10% of the heatmap lowers P(pneumonia) by {dele['mean_drop_top']:.3f} on
-  average over the {dele['n']} positive validation images, against {dele['mean_drop_moved']:.3f} for the same
-  region moved to a random place and {dele['mean_drop_random']:.3f} for 10% of the pixels at random. The
-  heatmap is the class activation map of the `cxrnet` member; the
-  probe's own map does not pass this check, and scattered blanked pixels (impulse noise) cost the
-  probe, hence the ensemble, more than any region does.
+- Deletion, on test-dev's {dd['n']} pneumonias: blanking the top 10% of the heatmap lowers P(pneumonia)
+  by {dd['mean_drop_top']:.3f} on average, against {dd['mean_drop_moved']:.3f} for the same region moved to a
+  random place and {dd['mean_drop_random']:.3f} for 10% of the pixels at random: **{'passes' if passes(dd) else 'fails'}**
+  both controls. On the {dv['n']} validation pneumonias: {dv['mean_drop_top']:.3f} vs {dv['mean_drop_moved']:.3f} vs
+  {dv['mean_drop_random']:.3f} ({'passes' if passes(dv) else 'fails'}).
 - Randomisation: rank correlation of the heatmap with itself {rnd['rank_corr_self']:.2f}; with the heatmap
   of the same graph with random weights {rnd['rank_corr_random']:.2f} (n = {rnd['n']}).
 
 ## Quality gate
-Mahalanobis distance of the last feature map pooled on a 2x2 grid, Ledoit-Wolf covariance on
-training images, threshold {gate.threshold:.1f} at the 99.5th percentile of half the validation
-images. False refusals on the other half: {meta['gate']['val_false_refusal_rate']:.2%} (target <= 1%).
-Refusal rates: """ + ", ".join(f"{k} {r:.0%}" for k, r in ood.items()) + """.
+Mahalanobis distance of the last feature maps pooled on a 2x2 grid, Ledoit-Wolf covariance on
+training images, threshold {gate['threshold']:.1f} at the 99.5th percentile of half the validation images.
+False refusals on the other half: {gate['val_false_refusal_rate']:.2%}. Refusal rates: """ + ", ".join(
+        f"{k} {v:.0%}" for k, v in gate["refusal_rates"].items()) + """.
 Lateral views (DICOM ViewPosition) and blank images are refused before the network runs.
 
-""" + shift_md + """## Intended use and limits
+## What these numbers do not show
+- One centre, one age group: test-dev comes from the same hospital as training, collected
+  apart; other hospitals, adults, other devices and processing are not measured here.
+- Several recipes were compared on test-dev (README table), so the best of them is mildly
+  optimistic there; the maintainers' hidden half is the unbiased check.
+- The heatmap shows where the network's evidence lies on average, not a lesion outline.
+
+## Intended use and limits
 Ordering a reading queue so that likely-abnormal studies are read first. Not for diagnosis,
 not for ruling pneumonia out, not for adults. Misses happen (see the false negatives in the
 report); every image is read by a clinician whatever the score.
 """
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/kermany-224"))
+    ap.add_argument("--ensemble", type=Path, default=Path("runs/p2-ens"),
+                    help="the folder `cxr ensemble` wrote (for its members)")
+    ap.add_argument("--uncalibrated", type=Path, default=None,
+                    help="the ensemble before site calibration (for the half A -> half B row)")
+    ap.add_argument("--wall-min", type=float, default=None, help="measured wall-clock minutes of the commands")
+    args = ap.parse_args()
+    r = measure(args)
+    members = member_facts(args.ensemble, r["engine"].spec.to_dict()["members"])
+    card = card_json(args, r, members)
+    (DEFAULT_MODEL.parent / "model_card.json").write_text(json.dumps(card, indent=2, default=float))
+    md = write_md(args, card, r, members)
     (DEFAULT_MODEL.parent / "MODEL_CARD.md").write_text(md)
     print(md)
 
