@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's t
 from bench.pediatric import calibrated_row  # noqa: E402
 from cxrtriage import DISCLAIMER  # noqa: E402
 from cxrtriage.contract import triage_target  # noqa: E402
-from cxrtriage.data import apply_intensity, get_task, kermany_samples, load_cached, patient_split, to_model_input  # noqa: E402
+from cxrtriage.data import get_task, kermany_samples, load_cached, patient_split, to_model_input  # noqa: E402
 from cxrtriage.evaluate import evaluate_predictions  # noqa: E402
 from cxrtriage.evaluate.metrics import binary_metrics  # noqa: E402
 from cxrtriage.infer import DEFAULT_MODEL, Engine  # noqa: E402
@@ -59,8 +59,8 @@ def ci_text(ci) -> str:
 def images_of(films, engine: Engine) -> tuple[np.ndarray, np.ndarray]:
     """Model-input images (after the model's intensity step) and class indices."""
     task = get_task(engine.spec.task)
-    imgs = apply_intensity(np.asarray(load_cached([s.path for s in films], engine.spec.input_size, progress=False)),
-                           engine.spec.input.intensity)
+    imgs = np.asarray(load_cached([s.path for s in films], engine.spec.input_size, progress=False,
+                                  intensity=engine.spec.input.intensity))
     return imgs, np.array([task.index(s.label) for s in films])
 
 

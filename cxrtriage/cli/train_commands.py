@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from cxrtriage.cli.common import console, fail
+from cxrtriage.contract import GATE_QUANTILE
 
 
 # options defined apart, so the command's signature stays readable
@@ -23,7 +24,7 @@ _DISTILL_TEMPERATURE = typer.Option(2.0, "--distill-temperature", help="Softenin
 _GATE_EXTRA = typer.Option(None, "--gate-extra", help="Films from other hospitals the quality "
     "gate should also accept (folder or CSV with a path column; no "
     "labels): half join its fit, half set and check its threshold.")
-_GATE_QUANTILE = typer.Option(0.995, "--gate-quantile", min=0.5, max=1.0, help="Gate threshold: this "
+_GATE_QUANTILE = typer.Option(GATE_QUANTILE, "--gate-quantile", min=0.5, max=1.0, help="Gate threshold: this "
     "quantile of the validation films' distances (x 1.05).")
 _PROBE_VIEWS = typer.Option(1, "--probe-views", min=0, help="Linear probes: augmented copies of the "
     "training set added to it.")
@@ -106,8 +107,7 @@ def train(
     from cxrtriage.train.config import TrainConfig
     from cxrtriage.train.trainer import train as run
 
-    if intensity not in INTENSITIES:
-        fail(f"unknown --intensity {intensity!r}; choose one of: {', '.join(INTENSITIES)}")
+    _one_of("--intensity", intensity, INTENSITIES)
     cfg = TrainConfig(
         out_dir=str(out), data=str(data) if data else None, manifest=str(manifest) if manifest else None,
         task=task, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -132,12 +132,17 @@ def train(
         fail(str(exc))
 
 
+def _one_of(option: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    """``value`` when it is None or one of ``allowed``; else the command fails naming the choices."""
+    if value is not None and value not in allowed:
+        fail(f"unknown {option} {value!r}; choose one of: {', '.join(allowed)}")
+    return value
+
+
 def _checked_population(population: str | None) -> str | None:
     from cxrtriage.contract import POPULATIONS
 
-    if population is not None and population not in POPULATIONS:
-        fail(f"unknown --population {population!r}; choose one of: {', '.join(POPULATIONS)}")
-    return population
+    return _one_of("--population", population, POPULATIONS)
 
 
 def _relaunch_under_torchrun(cfg, nproc: int, resume: bool, progress: bool) -> None:

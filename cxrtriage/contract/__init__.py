@@ -5,6 +5,7 @@ from cxrtriage.contract.result import PRIORITY_ORDER, Prediction, Priority, StrE
 from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, triage_score, triage_target
 from cxrtriage.contract.spec import (
     ADULT_AGE,
+    GATE_QUANTILE,
     INTENSITIES,
     POPULATIONS,
     URGENT_SPECIFICITY,
@@ -16,6 +17,6 @@ from cxrtriage.contract.spec import (
 )
 
 __all__ = [
-    "ADULT_AGE", "INTENSITIES", "POPULATIONS", "population_of", "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
+    "ADULT_AGE", "GATE_QUANTILE", "INTENSITIES", "POPULATIONS", "population_of", "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
     "StrEnum", "URGENT_SPECIFICITY", "apply_temperature", "normalise", "triage_score", "triage_target",
 ]

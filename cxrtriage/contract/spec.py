@@ -24,6 +24,7 @@ from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, triag
 FORMAT = "cxr-triage-onnx/1"
 DEFAULT_LABEL_THRESHOLD = 0.5  # a finding with no threshold of its own (too few validation positives)
 URGENT_SPECIFICITY = 0.995     # the "urgent" threshold keeps this specificity on validation
+GATE_QUANTILE = 0.995          # the quality gate accepts this quantile of its threshold films (x a small margin)
 
 
 POPULATIONS = ("pediatric", "adult")

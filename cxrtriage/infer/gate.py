@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrtriage.contract import GATE_QUANTILE
+
 LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "XTABLE"}
 MIN_STD = 0.02
 
@@ -65,7 +67,7 @@ class FeatureGate:
                    float(z["threshold"]), float(z["quantile"]), proj)
 
 
-def fit_feature_gate(train_emb: np.ndarray, val_emb: np.ndarray, quantile: float = 0.995,
+def fit_feature_gate(train_emb: np.ndarray, val_emb: np.ndarray, quantile: float = GATE_QUANTILE,
                      margin: float = 1.05, max_dim: int = 512) -> FeatureGate:
     """Fit mean and shrunk precision on training embeddings; threshold at a validation quantile.
 

@@ -151,22 +151,22 @@ class Worker:
 
     def _score(self, jobs: list[Job]) -> list[Prediction]:
         """The engine's pipeline over the jobs' radiographs (decoded at upload) or stored files."""
-        items: list[Radiograph | bytes | None] = []
+        items: list[Radiograph | None] = []
         failed: dict[int, Prediction] = {}
+        names = [f"study {job.study_id}" for job in jobs]
         for k, job in enumerate(jobs):
             rg = self.cache.pop(job.id)
             if rg is not None:
                 items.append(rg)
                 continue
-            name = f"study {job.study_id}"
             try:  # decoded again under the service's own pixel limit, as at upload
-                items.append(read_radiograph_bytes(self.store.read_object(job.sha256), name,
+                items.append(read_radiograph_bytes(self.store.read_object(job.sha256), names[k],
                                                    max_pixels=self.settings.max_pixels))
             except (ImageReadError, OSError) as exc:  # the stored file is gone or unreadable: this job's result
-                failed[k] = Prediction.failed(name, exc, self.engine.model_ref)
+                failed[k] = Prediction.failed(names[k], exc, self.engine.model_ref)
                 items.append(None)
         todo = [k for k in range(len(jobs)) if k not in failed]
-        preds = self.engine.predict_batch([items[k] for k in todo], [f"study {jobs[k].study_id}" for k in todo],
+        preds = self.engine.predict_batch([items[k] for k in todo], [names[k] for k in todo],
                                           heatmap=True) if todo else []
         out = dict(failed)
         out.update(zip(todo, preds))

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cxrtriage.contract import GATE_QUANTILE
 from cxrtriage.data.split import DEFAULT_VAL_FRACTION
 
 
@@ -59,7 +60,7 @@ class TrainConfig:
     population: str | None = None  # "pediatric" or "adult": recorded in the sidecar for routing by age
     # quality gate
     gate_extra: str | None = None  # films from elsewhere (folder or CSV, no labels) the gate should also accept
-    gate_quantile: float = 0.995  # the gate's threshold: this quantile of validation distances (x 1.05)
+    gate_quantile: float = GATE_QUANTILE  # the gate's threshold: this quantile of validation distances (x 1.05)
     extra: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cxrtriage.data import Task, apply_intensity, kermany_samples, load_cached, patient_split, read_manifest
+from cxrtriage.data import Task, kermany_samples, load_cached, patient_split, read_manifest
 from cxrtriage.data.samples import Sample
 from cxrtriage.data.split import carve_validation
 from cxrtriage.train.config import TrainConfig
@@ -27,7 +27,7 @@ def split_images(samples: list[Sample], size: int, cache_dir: str | None, progre
                  intensity: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """(training, validation) uint8 images (N, size, size) of ``samples``, from the image cache,
     after the run's intensity normalisation."""
-    arr = apply_intensity(load_cached([s.path for s in samples], size, cache_dir, progress=progress), intensity)
+    arr = load_cached([s.path for s in samples], size, cache_dir, progress=progress, intensity=intensity)
     is_val = np.array([s.split == "val" for s in samples])
     return (torch.from_numpy(np.ascontiguousarray(arr[~is_val])),
             torch.from_numpy(np.ascontiguousarray(arr[is_val])))

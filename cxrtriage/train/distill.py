@@ -14,28 +14,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrtriage.data import apply_intensity, load_cached
+from cxrtriage.data import load_cached
 
 
 def teacher_probs(teacher: str, paths: list[str], classes: tuple[str, ...], cache_dir: str | None,
                   batch: int = 64, progress: bool = False) -> np.ndarray:
     """The teacher's class probabilities (N, C) on ``paths``; refuses a teacher of other classes."""
-    from tqdm.auto import tqdm
-
     from cxrtriage.infer import Engine
+    from cxrtriage.models.export import run_onnx
 
     engine = Engine(teacher, gate=False)
     if tuple(engine.spec.classes) != tuple(classes):
         raise ValueError(f"the teacher {teacher} answers {list(engine.spec.classes)}, the task needs {list(classes)}")
     if engine.spec.kind != "single":
         raise ValueError("distillation needs a single-label teacher (softmax probabilities)")
-    size = engine.spec.input_size
-    images = load_cached(paths, size, cache_dir, progress=progress)
-    out = []
-    for s in tqdm(range(0, len(paths), batch), desc="teacher", disable=not progress):
-        x = apply_intensity(np.asarray(images[s:s + batch]), engine.spec.input.intensity)
-        out.append(engine.run_arrays(x)["probs"])
-    return np.concatenate(out).astype(np.float32)
+    images = load_cached(paths, engine.spec.input_size, cache_dir, progress=progress,
+                         intensity=engine.spec.input.intensity)
+    return run_onnx(engine.onnx_path, images, ["probs"], batch=batch)["probs"].astype(np.float32)
 
 
 def distill_loss(logits: torch.Tensor, teacher_p: torch.Tensor, temperature: float) -> torch.Tensor:

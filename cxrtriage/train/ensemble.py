@@ -14,7 +14,7 @@ import numpy as np
 
 from cxrtriage import __version__
 from cxrtriage.contract import InputSpec, ModelSpec, SpecError
-from cxrtriage.data import Task, apply_intensity, get_task, load_cached, read_manifest
+from cxrtriage.data import Task, get_task, load_cached, read_manifest
 from cxrtriage.models.checkpoint import load_checkpoint
 from cxrtriage.models.ensemble import EnsembleGraph, Member
 from cxrtriage.models.export import export_graph, run_onnx
@@ -65,8 +65,8 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
     samples = read_manifest(runs[0] / "split.csv")
     cfg0 = TrainConfig.load(runs[0] / "config.json")
     intensity = _common_intensity(runs)
-    arr = apply_intensity(load_cached([s.path for s in samples], size, cache_dir or cfg0.cache_dir,
-                                      progress=progress), intensity)
+    arr = load_cached([s.path for s in samples], size, cache_dir or cfg0.cache_dir, progress=progress,
+                      intensity=intensity)
     is_val = np.array([s.split == "val" for s in samples])
     val_s = of_split(samples, "val")
     y_val = targets(task, val_s)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from cxrtriage import __version__
-from cxrtriage.contract import Decision, Kind, ModelSpec, SpecError, triage_score, triage_target
-from cxrtriage.data import Task, apply_intensity, get_task, load_cached, read_manifest
+from cxrtriage.contract import GATE_QUANTILE, Decision, Kind, ModelSpec, SpecError, triage_score, triage_target
+from cxrtriage.data import Task, get_task, load_cached, read_manifest
 from cxrtriage.data.generic import unlabelled_films
 from cxrtriage.data.samples import Sample
 from cxrtriage.evaluate.metrics import macro_auc, triage_auc
@@ -29,7 +29,6 @@ from cxrtriage.train.config import TrainConfig
 from cxrtriage.train.dataset import of_split, split_images, targets
 
 GATE_FIT_IMAGES = 4000  # training images whose embeddings fit the quality gate
-GATE_QUANTILE = 0.995  # the gate accepts this fraction of the threshold films
 
 
 def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason: str = "",
@@ -153,7 +152,7 @@ def extra_gate_embeddings(onnx_path: Path, source: str, size: int, intensity: st
     halves = [[s.path for s in films if (s.patient_id in first) == want] for want in (True, False)]
     if not halves[0] or not halves[1]:
         raise ValueError(f"{source}: the gate's extra films need at least two patients")
-    emb = [run_onnx(onnx_path, apply_intensity(load_cached(h, size, cache_dir, progress=False), intensity),
+    emb = [run_onnx(onnx_path, load_cached(h, size, cache_dir, progress=False, intensity=intensity),
                     ["embedding"])["embedding"] for h in halves]
     return emb[0], emb[1], str(source)
 
