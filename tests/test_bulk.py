@@ -71,11 +71,11 @@ def test_rows_errors_and_resume(archive, tmp_path):
     first.mkdir()
     for f in sorted(archive.glob("*.jpeg"))[:3]:
         shutil.move(str(f), first / f.name)
-    s1 = bulk_triage(first, out, engine="local", batch_size=2, flush_rows=2)
+    s1 = bulk_triage(first, out, model="cxr-pneumonia", engine="local", batch_size=2, flush_rows=2)
     assert (s1.listed, s1.scored, s1.errors) == (3, 3, 0)
     assert len(list(out.glob("*.parquet"))) == 2  # parts of 2 rows, written whole
 
-    s2 = bulk_triage(archive, out, engine="local", batch_size=4)  # resume over the whole archive
+    s2 = bulk_triage(archive, out, model="cxr-pneumonia", engine="local", batch_size=4)  # resume, whole archive
     assert s2.skipped == 3 and s2.scored == s2.listed - 3
     rows = {r["path"]: r for r in _table(out)}
     assert len(rows) == s2.listed == len(_table(out))  # one row per image, none twice
@@ -98,7 +98,7 @@ def test_rows_errors_and_resume(archive, tmp_path):
         assert r["p_normal"] == pytest.approx(p.probabilities["normal"], abs=1e-6)
         assert (r["model_name"], r["model_version"]) == (info.name, info.version)
 
-    assert bulk_triage(archive, out, engine="local").scored == 0  # nothing left to do
+    assert bulk_triage(archive, out, model="cxr-pneumonia", engine="local").scored == 0  # nothing left to do
 
     # results of another model version are never mixed in
     other = tmp_path / "other"
@@ -110,6 +110,43 @@ def test_rows_errors_and_resume(archive, tmp_path):
     (other / f"{onnx.stem}.json").write_text(json.dumps(meta))
     with pytest.raises(BulkError, match="another --out"):
         bulk_triage(archive, out, model=other / onnx.name, engine="local")
+
+
+def test_without_a_model_each_film_is_routed_and_the_row_says_how(archive, tmp_path):
+    pytest.importorskip("pyarrow")
+    import numpy as np
+    from PIL import Image
+
+    from cxrtriage.bulk import bulk_triage, class_column
+    from cxrtriage.infer import Engine, Router
+    from testkit.make_dicom import radiograph_to_dicom
+
+    pixels = np.asarray(Image.open(next(archive.glob("IM-*.jpeg"))).convert("L"))
+    radiograph_to_dicom(pixels, archive / "sub" / "adult.dcm", modality="DX", extra={"PatientAge": "045Y"})
+    radiograph_to_dicom(pixels, archive / "sub" / "child.dcm", modality="DX", extra={"PatientAge": "004Y"})
+    out = tmp_path / "routed.parquet"
+    summary = bulk_triage(archive, out, engine="local", batch_size=3)
+    rows = {Path(r["path"]).name: r for r in _table(out)}
+    assert summary.scored == len(rows) == summary.listed
+
+    adult14 = Engine("cxr-adult14").spec
+    finding = class_column(adult14.classes[0])
+    adult, child = rows["adult.dcm"], rows["child.dcm"]
+    assert (adult["model_name"], adult["routed_by"]) == ("cxr-adult14", "age")
+    assert (child["model_name"], child["routed_by"]) == ("cxr-pneumonia", "age")
+    # a pediatric-looking film of a 45-year-old: the adult model's own gate refuses it
+    assert adult["priority"] == "refused" and adult["p_normal"] is None
+    assert child[finding] is None and child["p_pneumonia"] is not None and child["p_normal"] is not None
+    ref = {Path(p.source).name: p for p in Router().predict_files([r["path"] for r in rows.values()])}
+    for name, r in rows.items():
+        if r["error"] is None and name not in ("adult.dcm", "child.dcm"):  # JPEGs: the gates route
+            assert (r["model_name"], r["routed_by"]) == (ref[name].model["name"], "gate")
+            assert r["p_pneumonia"] == pytest.approx(ref[name].probabilities["pneumonia"], abs=1e-6)
+    assert rows["broken.jpeg"]["priority"] == "error" and rows["broken.jpeg"]["model_name"].startswith("routed")
+
+    assert bulk_triage(archive, out, engine="local").scored == 0  # resume: the routed rows count as done
+    with pytest.raises(BulkError, match="another --out"):  # rows of the adult model are not the default's
+        bulk_triage(archive, out, model="cxr-pneumonia", engine="local")
 
 
 def test_plain_predict_is_unchanged_and_out_needs_an_engine(samples_dir):

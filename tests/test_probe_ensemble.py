@@ -31,21 +31,23 @@ def mini_kermany(tmp_path_factory):
     return write_manifest(patient_split(kermany_samples(root / "chest_xray", "train"), 0.25, 0), root / "split.csv")
 
 
-def test_probe_trunk_is_efficientnet_lite0_up_to_stage_5():
-    probe = build_model("lite0_probe", 2, 96)
-    full = build_model("efficientnet_lite0", 2, 96)
-    init_weights(probe, "lite0_probe", pretrained=True)
-    init_weights(full, "efficientnet_lite0", pretrained=True)
+@pytest.mark.parametrize(("variant", "taps", "width"), [(0, (7, 10), 192), (1, (10, 14), 192), (2, (10, 14), 208)])
+def test_probe_trunk_is_efficientnet_lite_up_to_stage_5(variant, taps, width):
+    probe = build_model(f"lite{variant}_probe", 2, 96)
+    full = build_model(f"efficientnet_lite{variant}", 2, 96)
+    init_weights(probe, f"lite{variant}_probe", pretrained=True)
+    init_weights(full, f"efficientnet_lite{variant}", pretrained=True)
     x = torch.randn(2, 1, 96, 96)
     with torch.no_grad():
         t = full.features
-        h, taps = t.act(t._bn0(t._conv_stem(x))), []
+        h, maps = t.act(t._bn0(t._conv_stem(x))), []
         for i, b in enumerate(t._blocks):
             h = b(h)
-            if i in (7, 10):
-                taps.append(h)
-        assert torch.allclose(probe.forward_features(x), torch.cat(taps, 1), atol=1e-5)
-    assert sum(p.numel() for p in probe.features.parameters()) < 0.8e6  # stages 6-7 and the 1280 head dropped
+            if i in taps:
+                maps.append(h)
+        got = probe.forward_features(x)
+        assert got.shape[1] == width and torch.allclose(got, torch.cat(maps, 1), atol=1e-5)
+    assert sum(p.numel() for p in probe.features.parameters()) < 0.5 * sum(p.numel() for p in t.parameters())
 
 
 @pytest.mark.parametrize("classes", [2, 3])

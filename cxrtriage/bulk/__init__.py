@@ -14,7 +14,11 @@ Engines
 -------
 ``ray``: Ray Data; a pool of actors, each holding one :class:`~cxrtriage.infer.Engine`
 (``map_batches`` with a callable class), on a local Ray or an existing cluster (``address``).
-The model files travel with the actors, so cluster nodes need the package but not the model.
+A named model's files travel with the actors, so cluster nodes need the package but not the
+model. With no model named, each actor holds the :class:`~cxrtriage.infer.Router` over the
+bundled models (installed with the package) and every row says which model judged the film
+and why (``model_name``, ``routed_by``: age or gate), with a ``p_<class>`` column for every
+class of every routed model (empty where another model judged).
 ``local``: the same per-batch work in this process (no Ray), e.g. as a baseline.
 
 Results

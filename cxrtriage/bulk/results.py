@@ -16,17 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from cxrtriage.bulk.sources import BulkError
-from cxrtriage.contract import ModelSpec, Prediction
+from cxrtriage.contract import Prediction
 
 #: Columns of every result row, before the per-class probabilities ``p_<class>``.
 BASE_COLUMNS = ("path", "sop_instance_uid", "study_instance_uid", "series_instance_uid", "label", "score",
                 "priority", "threshold", "gate_accepted", "gate_reason", "gate_distance", "model_name",
-                "model_version", "modality", "view_position", "error", "error_type", "scored_at")
+                "model_version", "routed_by", "modality", "view_position", "error", "error_type", "scored_at")
 _FLOAT = {"score", "threshold", "gate_distance"}
 
 
 def class_column(name: str) -> str:
     return "p_" + (re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_") or "class")
+
+
+def class_columns(classes: tuple[str, ...] | list[str]) -> list[str]:
+    """One probability column per class name; routed models' classes of the same name (a pediatric
+    "pneumonia", an adult "Pneumonia") share one, filled by whichever model judged the film."""
+    return list(dict.fromkeys(class_column(c) for c in classes))
 
 
 def result_schema(classes: tuple[str, ...] | list[str]):
@@ -45,7 +51,7 @@ def result_schema(classes: tuple[str, ...] | list[str]):
             t = pa.string()
         fields.append(pa.field(name, t))
         if name == "score":
-            fields += [pa.field(class_column(c), pa.float64()) for c in classes]
+            fields += [pa.field(col, pa.float64()) for col in class_columns(classes)]
     return pa.schema(fields)
 
 
@@ -62,12 +68,15 @@ def prediction_row(item: dict[str, Any], pred: Prediction, classes: tuple[str, .
         "gate_accepted": gate.get("accepted"), "gate_reason": gate.get("reason"),
         "gate_distance": gate.get("distance"),
         "model_name": (pred.model or {}).get("name"), "model_version": (pred.model or {}).get("version"),
+        "routed_by": (pred.model or {}).get("routed_by"),
         "modality": meta.get("modality"), "view_position": meta.get("view_position"),
         "error": pred.error, "error_type": pred.error_type,
         "scored_at": _dt.datetime.now(_dt.timezone.utc),
     }
-    for c in classes:
-        row[class_column(c)] = (pred.probabilities or {}).get(c)
+    row.update(dict.fromkeys(class_columns(classes)))
+    for c, p in (pred.probabilities or {}).items():
+        if class_column(c) in row:
+            row[class_column(c)] = p
     return row
 
 
@@ -93,20 +102,21 @@ class ResultStore:
     def parts(self) -> list[Path]:
         return sorted(self.out.glob("*.parquet")) if self.out.is_dir() else []
 
-    def scored(self, spec: ModelSpec | None = None) -> set[str]:
-        """Paths already holding a row. Refuses results made by another model version."""
+    def scored(self, models: set[tuple[str, str]] | None = None) -> set[str]:
+        """Paths already holding a row. Refuses results made by a model (name, version) not in ``models``."""
         import pyarrow.parquet as pq
 
         done: set[str] = set()
         for part in self.parts():
             t = pq.read_table(part, columns=["path", "model_name", "model_version"])
-            if spec is not None and t.num_rows:
+            if models is not None and t.num_rows:
                 versions = set(zip(t.column("model_name").to_pylist(), t.column("model_version").to_pylist()))
-                other = {v for v in versions if v != (spec.name, spec.version)}
+                other = versions - models
                 if other:
                     name, version = sorted(other, key=str)[0]
+                    wanted = " or ".join(f"{n} {v}" for n, v in sorted(models))
                     raise BulkError(f"{self.out} holds results of model {name} {version}, not "
-                                    f"{spec.name} {spec.version}: write to another --out")
+                                    f"{wanted}: write to another --out")
             done.update(t.column("path").to_pylist())
         return done
 

@@ -1,5 +1,6 @@
 """Running a bulk job: list the source, skip what is already scored, triage the rest on Ray
-Data (a pool of actors, each holding one engine) or in this process, and write the rows."""
+Data (a pool of actors, each holding one engine, or the router when no model is named) or in
+this process, and write the rows."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from cxrtriage.bulk.results import ResultStore, rows_table
 from cxrtriage.bulk.sources import BulkError, DicomwebSource, is_dicomweb, list_source
 from cxrtriage.bulk.triager import Triager, model_files
-from cxrtriage.infer import load_spec
+from cxrtriage.infer import load_spec, routed_identities
 from cxrtriage.pacs.connection import PacsConnection
 
 ENGINES = ("ray", "local")
@@ -78,7 +79,8 @@ def _ray_batches(todo: list[dict], model: str | Path | None, workers: int | None
     ds = ray.data.from_items(todo, override_num_blocks=blocks)
     ds = ds.map_batches(
         Triager,
-        fn_constructor_kwargs={"model": model_files(model), "threads": threads, "gate": gate,
+        fn_constructor_kwargs={"model": None if _routed(model, gate) else model_files(model), "threads": threads,
+                               "gate": gate,
                                "dicomweb": dicomweb, "batch_size": batch_size},
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=size),
         num_cpus=threads, zero_copy_batch=True,
@@ -98,6 +100,9 @@ def bulk_triage(source: str | Path, out: str | Path, model: str | Path | None = 
                 on_rows: Callable[[int], None] | None = None) -> BulkSummary:
     """Triage every image of ``source`` into the Parquet dataset ``out``; see the module docs.
 
+    ``model``: a bundled name, an ONNX file or a run folder; None sends each film to the bundled
+    model that can judge it (patient age, else the quality gates; ``routed_by`` says which), or,
+    with ``gate=False``, to the default model. A rerun refuses an ``out`` holding other models' rows.
     ``workers``: Ray actors (default: the cluster's CPUs / ``threads``); ``threads``: ONNX
     Runtime threads per worker (``engine='local'``: of the single engine). Rows reach ``out``
     in parts of about ``flush_rows`` rows, or every ``flush_s`` seconds, whichever is first.
@@ -107,10 +112,14 @@ def bulk_triage(source: str | Path, out: str | Path, model: str | Path | None = 
     _require_pyarrow()
     if is_dicomweb(source) and dicomweb is None:
         dicomweb = DicomwebSource(PacsConnection(str(source)))
-    spec = load_spec(model)
+    if _routed(model, gate):
+        models = routed_identities()
+    else:
+        spec = load_spec(model)
+        models = {(spec.name, spec.version)}
     store = ResultStore(Path(out))
     items = list_source(source, dicomweb)
-    done = store.scored(spec)
+    done = store.scored(models)
     todo = [it for it in items if it["path"] not in done]
     if on_start:
         on_start(len(items), len(todo))
@@ -129,6 +138,12 @@ def bulk_triage(source: str | Path, out: str | Path, model: str | Path | None = 
             finish()
     return BulkSummary(Path(out), len(items), len(items) - len(todo), *counts, time.perf_counter() - t0,
                        n_workers, engine)
+
+
+def _routed(model: str | Path | None, gate: bool) -> bool:
+    """Whether each film goes to the bundled model that can judge it (no model named, gates on);
+    the actors then build the router from the bundled models they have installed."""
+    return model is None and gate
 
 
 def _write(batches: Iterator[Any], store: ResultStore, flush_rows: int, flush_s: float,

@@ -1,4 +1,5 @@
-"""The per-batch work of a bulk job: source items in, result rows out, with one engine.
+"""The per-batch work of a bulk job: source items in, result rows out, with one engine (or, with no
+model named, the router over the bundled models).
 
 Ray Data builds one :class:`Triager` per actor; the local engine uses one in-process.
 """
@@ -13,7 +14,7 @@ from typing import Any
 from cxrtriage.bulk.results import prediction_row, result_schema, rows_table
 from cxrtriage.bulk.sources import DicomwebSource
 from cxrtriage.contract import Prediction
-from cxrtriage.infer import Engine, Input, resolve_model
+from cxrtriage.infer import Engine, Input, Router, load_triager, resolve_model
 from cxrtriage.infer.gate import gate_path
 
 
@@ -25,11 +26,12 @@ def model_files(model: str | Path | None) -> dict[str, bytes]:
 
 
 class Triager:
-    """Triage a batch of source items into result rows with one :class:`~cxrtriage.infer.Engine`.
+    """Triage a batch of source items into result rows with one :class:`~cxrtriage.infer.Engine`, or
+    with the :class:`~cxrtriage.infer.Router` when no model is named (and the gates are on).
 
     Ray Data builds one per actor (``map_batches(Triager, fn_constructor_kwargs=...)``);
-    ``model`` is a path, or the bundle as bytes from :func:`model_files`. Never raises for a bad
-    image: every item comes back as exactly one row, with ``error`` set when it failed."""
+    ``model`` is a path, a bundled name, the bundle as bytes from :func:`model_files`, or None. Never
+    raises for a bad image: every item comes back as exactly one row, with ``error`` set when it failed."""
 
     def __init__(self, model: str | Path | dict[str, bytes] | None = None, threads: int = 1, gate: bool = True,
                  dicomweb: DicomwebSource | None = None, batch_size: int = 16, fetch_retries: int = 2):
@@ -39,8 +41,8 @@ class Triager:
             for name, data in model.items():
                 (Path(self._tmp.name) / name).write_bytes(data)
             model = next(Path(self._tmp.name) / n for n in model if n.endswith(".onnx"))
-        self.engine = Engine(model, threads=threads, gate=gate)
-        self.classes = tuple(self.engine.spec.classes)
+        self.engine: Engine | Router = load_triager(model, threads=threads, gate=gate)
+        self.classes = self.engine.classes if isinstance(self.engine, Router) else tuple(self.engine.spec.classes)
         self.schema = result_schema(self.classes)
         self.batch_size = batch_size
         self.fetch_retries = fetch_retries

@@ -61,7 +61,8 @@ def predict(
     """Triage images: label, probability and priority for each file.
 
     With --engine ray (or local), triage a whole archive into a Parquet dataset instead: one row
-    per image (path, SOP Instance UID, label, probabilities, gate verdict, model version, error)."""
+    per image (path, SOP Instance UID, label, probabilities, gate verdict, model version, error);
+    without --model each film is routed as above (the row says which model judged it and why)."""
     if engine is not None:
         _bulk_predict(inputs, engine, out, model, batch_size, threads, address, workers, pacs_user, pacs_password,
                       pacs_token, dicomweb_root, modality, as_json)

@@ -49,7 +49,8 @@ _BACKBONE_LR_MULT = typer.Option(None, "--backbone-lr-mult", help="Backbone LR =
     "(default 0.1 with pretrained weights, else 1).")
 _THRESHOLD_METHOD = typer.Option("youden-plateau", help="youden-plateau (Youden's J averaged over +-1 logit: "
     "the middle of the ROC's flat top) or youden (its maximum).")
-_ARCH = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200, lite0_probe "
+_ARCH = typer.Option("cxrnet", help="cxrnet (default), cxrnet_wide, ref_cnn150, ref_vgg200, lite0_probe, "
+    "lite1_probe, lite2_probe "
     "(frozen ImageNet features + logistic regression), or a transfer "
     "backbone: efficientnet_lite0/1/2, efficientnet_b0, resnet18, resnet50, densenet121, "
     "mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, inception_v3.")

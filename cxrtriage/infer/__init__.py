@@ -10,8 +10,8 @@ from cxrtriage.infer.bundle import (
 )
 from cxrtriage.infer.engine import Engine
 from cxrtriage.infer.pipeline import Input, Triager, decode
-from cxrtriage.infer.router import Router, load_triager, routable_models
+from cxrtriage.infer.router import Router, load_triager, routable_models, routed_identities
 
 __all__ = ["DEFAULT_MODEL", "Engine", "Input", "ModelNotFoundError", "PRIORITY_ORDER", "Prediction", "Priority",
            "Router", "Triager", "bundled_models", "decode", "load_spec", "load_triager", "resolve_model",
-           "routable_models"]
+           "routable_models", "routed_identities"]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxrtriage.contract import POPULATIONS, Prediction, Priority, population_of
+from cxrtriage.contract import POPULATIONS, ModelSpec, Prediction, Priority, population_of
 from cxrtriage.infer.bundle import bundled_models, load_spec
 from cxrtriage.infer.engine import Engine
 from cxrtriage.infer.pipeline import Triager
@@ -29,6 +29,18 @@ def routable_models() -> dict[str, str]:
     return chosen
 
 
+def routed_ref(specs: Sequence[ModelSpec]) -> dict[str, str]:
+    """How the router names itself where no one model judged (a film every gate refused, a failed read)."""
+    return {"name": f"routed ({' + '.join(s.name for s in specs)})", "version": "+".join(s.version for s in specs)}
+
+
+def routed_identities() -> set[tuple[str, str]]:
+    """(name, version) of every model a routed result can carry, the router's own name included."""
+    specs = [load_spec(name) for name in routable_models().values()]
+    ref = routed_ref(specs)
+    return {(s.name, s.version) for s in specs} | {(ref["name"], ref["version"])}
+
+
 class Router(Triager):
     """Triage with the bundled models, each film routed to one of them (see the module's notes)."""
 
@@ -37,9 +49,12 @@ class Router(Triager):
         if not names:
             raise ValueError("no bundled model states its population; nothing to route to")
         self.engines = {population: Engine(name, threads=threads) for population, name in names.items()}
-        listed = " + ".join(e.spec.name for e in self.engines.values())
-        self.model_ref = {"name": f"routed ({listed})",
-                          "version": "+".join(e.spec.version for e in self.engines.values())}
+        self.model_ref = routed_ref([e.spec for e in self.engines.values()])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Every routed model's classes, each once, in the models' order."""
+        return tuple(dict.fromkeys(c for e in self.engines.values() for c in e.spec.classes))
 
     def describe(self) -> dict:
         """What a status page shows: the routing and each model."""

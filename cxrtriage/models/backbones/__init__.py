@@ -32,7 +32,7 @@ from typing import Callable
 from torch import nn
 
 from cxrtriage.models.backbones.densenet import densenet_trunk
-from cxrtriage.models.backbones.efficientnet_lite import LITE_VARIANTS, EfficientNetLite0Taps, EfficientNetLiteTrunk
+from cxrtriage.models.backbones.efficientnet_lite import LITE_VARIANTS, EfficientNetLiteTaps, EfficientNetLiteTrunk
 from cxrtriage.models.backbones.inception import InceptionV3Trunk
 from cxrtriage.models.backbones.layers import TF_INPUT_SCALE
 from cxrtriage.models.backbones.mobilenet import efficientnet_b0_trunk, mobilenet_v2_trunk, mobilenet_v3_trunk
@@ -85,10 +85,10 @@ BACKBONES: dict[str, Backbone] = {
     "efficientnet_lite2": Backbone(
         lambda: EfficientNetLiteTrunk(2), 224, 1e-3, "EfficientNet-Lite2 (ImageNet weights offline), CAM-ready",
         url=None, input_scale=TF_INPUT_SCALE),
-    "lite0_probe": Backbone(
-        EfficientNetLite0Taps, 160, 0.0, "linear probe: frozen EfficientNet-Lite0 stages 4-5 (ImageNet) "
-        "+ logistic regression, CAM-ready", input_scale=TF_INPUT_SCALE, dropout=0.0, linear_probe=True,
-        weights_of="efficientnet_lite0"),
+    **{f"lite{v}_probe": Backbone(
+        lambda v=v: EfficientNetLiteTaps(v), size, 0.0, f"linear probe: frozen EfficientNet-Lite{v} stages 4-5 "
+        "(ImageNet) + logistic regression, CAM-ready", input_scale=TF_INPUT_SCALE, dropout=0.0, linear_probe=True,
+        weights_of=f"efficientnet_lite{v}") for v, size in ((0, 160), (1, 160), (2, 192))},
     "efficientnet_b0": Backbone(efficientnet_b0_trunk, 224, 1e-3, "EfficientNet-B0 (torchvision layout)",
                                 url=_TV + "efficientnet_b0_rwightman-7f5810bc.pth"),
     "resnet18": Backbone(lambda: ResNetTrunk(BasicBlock, (2, 2, 2, 2)), 224, 1e-3, "ResNet-18",

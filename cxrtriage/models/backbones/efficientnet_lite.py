@@ -1,5 +1,5 @@
-"""EfficientNet-Lite0/1/2 trunks (key names of the PyTorch port of the TensorFlow weights) and the
-Lite0 stage-4/5 taps of the linear probe."""
+"""EfficientNet-Lite0/1/2 trunks (key names of the PyTorch port of the TensorFlow weights) and their
+stage-4/5 taps for the linear probes."""
 
 from __future__ import annotations
 
@@ -81,27 +81,27 @@ class EfficientNetLiteTrunk(nn.Module):
         return self.act(self._bn1(self._conv_head(x)))
 
 
-class EfficientNetLite0Taps(nn.Module):
-    """EfficientNet-Lite0 up to stage 5; its stage-4 and stage-5 maps (both stride 16) side by side.
+class EfficientNetLiteTaps(nn.Module):
+    """EfficientNet-Lite ``variant`` up to stage 5; its stage-4 and stage-5 maps (both stride 16) side by side.
 
     Mid-level ImageNet features transfer to radiographs better than the last layer's; a linear
     head on them (a linear probe, see :mod:`cxrtriage.train.probe`) keeps the CAM exact.
     """
 
-    STAGE4_END, STAGE5_END = 7, 10  # indices of the last block of stages 4 and 5
-
-    def __init__(self):
+    def __init__(self, variant: int = 0):
         super().__init__()
-        full = EfficientNetLiteTrunk(0)
+        widths, repeats = LITE_VARIANTS[variant]
+        full = EfficientNetLiteTrunk(variant)
+        self.stage4_end, self.stage5_end = sum(repeats[:4]) - 1, sum(repeats[:5]) - 1  # last block of each
         self._conv_stem, self._bn0, self.act = full._conv_stem, full._bn0, full.act
-        self._blocks = nn.ModuleList(full._blocks[: self.STAGE5_END + 1])
-        self.out_channels = 80 + 112
+        self._blocks = nn.ModuleList(full._blocks[: self.stage5_end + 1])
+        self.out_channels = widths[3] + widths[4]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self._bn0(self._conv_stem(x)))
         taps = []
         for i, b in enumerate(self._blocks):
             x = b(x)
-            if i in (self.STAGE4_END, self.STAGE5_END):
+            if i in (self.stage4_end, self.stage5_end):
                 taps.append(x)
         return torch.cat(taps, dim=1)
