@@ -2,7 +2,7 @@
 the shared scoring rules, and the one result type (:class:`Prediction`)."""
 
 from cxrtriage.contract.result import PRIORITY_ORDER, Prediction, Priority, StrEnum
-from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, triage_score, triage_target
+from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, standardise, triage_score, triage_target
 from cxrtriage.contract.spec import (
     ADULT_AGE,
     GATE_QUANTILE,
@@ -18,5 +18,5 @@ from cxrtriage.contract.spec import (
 
 __all__ = [
     "ADULT_AGE", "GATE_QUANTILE", "INTENSITIES", "POPULATIONS", "population_of", "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
-    "StrEnum", "URGENT_SPECIFICITY", "apply_temperature", "normalise", "triage_score", "triage_target",
+    "StrEnum", "URGENT_SPECIFICITY", "apply_temperature", "normalise", "standardise", "triage_score", "triage_target",
 ]

@@ -18,7 +18,12 @@ class Kind(str, Enum):
 
 def normalise(x: Any, mean: float, std: float) -> Any:
     """Pixel values in 0..255 to the network's input: ``(x / 255 - mean) / std``."""
-    return (x / 255.0 - mean) / std
+    return standardise(x / 255.0, mean, std)
+
+
+def standardise(x: Any, mean: float, std: float) -> Any:
+    """Pixel values already in 0..1 (e.g. an augmented batch) to the network's input: ``(x - mean) / std``."""
+    return (x - mean) / std
 
 
 def triage_score(probs: np.ndarray, kind: Kind | str = Kind.SINGLE) -> np.ndarray:

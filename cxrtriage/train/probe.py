@@ -24,6 +24,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from cxrtriage.contract import standardise
 from cxrtriage.data import Task, get_task
 from cxrtriage.data.samples import Sample, write_manifest
 from cxrtriage.evaluate.metrics import macro_auc, triage_auc
@@ -45,7 +46,7 @@ class _Pooled(torch.nn.Module):
         self.model, self.mean, self.std = model, mean, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features((x - self.mean) / self.std).mean(dim=(2, 3))
+        return self.model.forward_features(standardise(x, self.mean, self.std)).mean(dim=(2, 3))
 
 
 class FeatureExtractor:

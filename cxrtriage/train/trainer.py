@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from cxrtriage.contract import normalise
+from cxrtriage.contract import normalise, standardise
 from cxrtriage.data import Task, get_task, load_cached
 from cxrtriage.data.samples import write_manifest
 from cxrtriage.evaluate.metrics import macro_auc, triage_auc
@@ -424,7 +424,7 @@ def train_epoch(run: Run, data: RunData, weights: LossWeights, fit: Fit, state: 
         x = data.x_train[idx].to(device, non_blocking=True).float().unsqueeze(1) / 255.0
         if cfg.augment:
             x = augment_batch(x, sample_seeds(cfg.seed, epoch, idx), aug_cfg)
-        x = (x - data.mean) / data.std  # the augmented batch is already in 0..1
+        x = standardise(x, data.mean, data.std)  # the augmented batch is already in 0..1
         mix = mix_draw(len(idx), cfg.mixup, cfg.seed, epoch, b * ws + run.rank) if cfg.mixup else None
         if mix is not None:
             x = mix_images(x, *mix)
