@@ -1,4 +1,5 @@
-"""Training options on their own: the left-right flip of augmentation, the weight average and mixup."""
+"""Training options on their own: the left-right flip and zoom range of augmentation, the weight average
+and mixup."""
 
 from __future__ import annotations
 
@@ -79,6 +80,25 @@ def test_augment_strength_zero_leaves_images_alone_and_one_is_the_default():
     assert 0.0 < (half - x).abs().mean() < (full - x).abs().mean()
     with pytest.raises(ValueError, match="strength"):
         AugmentConfig().scaled(-1.0)
+
+
+def test_zoom_range_magnifies_and_is_kept_in_the_run_config(tmp_path):
+    from cxrtriage.train.config import TrainConfig
+
+    disc = torch.zeros(2, 1, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    disc[:, :, ((yy - 31.5) ** 2 + (xx - 31.5) ** 2) < 10 ** 2] = 1.0
+    seeds = sample_seeds(0, 0, torch.arange(2))
+    cfg = TrainConfig(out_dir=str(tmp_path), zoom=(1.5, 1.5), augment_strength=0.0)
+    aug = cfg.augmentation()
+    assert aug.scale == (1.5, 1.5) and aug.rotate_deg == 0.0  # the zoom range overrides the strength's
+    out = augment_batch(disc, seeds, aug)
+    assert out.sum() / disc.sum() == pytest.approx(1.5 ** 2, rel=0.08)  # a disc 1.5x as wide
+    cfg.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json").augmentation() == aug  # a resumed run zooms the same
+    assert TrainConfig(out_dir=str(tmp_path)).augmentation().scale == AugmentConfig().scale
+    with pytest.raises(ValueError, match="zoom range"):
+        TrainConfig(out_dir=str(tmp_path), zoom=(1.2, 0.9)).augmentation()
 
 
 def test_mixup_draw_is_reproducible_and_varies_by_batch():

@@ -36,6 +36,8 @@ _NPROC_PER_NODE = typer.Option(1, "--nproc-per-node", min=1, help="Data-parallel
     "(re-launched through torchrun; --batch-size stays the global batch).")
 _AUGMENT_STRENGTH = typer.Option(1.0, min=0.0, help="Scale every augmentation range (rotation, shift, "
     "zoom, exposure, blur, noise); 0.5 halves them.")
+_ZOOM = typer.Option(None, "--zoom", help="Zoom range of augmentation, two factors LOW HIGH (> 1 magnifies; "
+    "default 0.9 1.15 times --augment-strength), e.g. 0.8 1.4 so the field of view carries no label.")
 _HFLIP = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a left-right flip in augmentation "
     "(default 0: the heart's side carries meaning).")
 _MIXUP = typer.Option(None, "--mixup", help="Mixup: blend image pairs and their labels with "
@@ -74,6 +76,7 @@ def train(
     threshold_method: str = _THRESHOLD_METHOD,
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
     augment_strength: float = _AUGMENT_STRENGTH,
+    zoom: Optional[tuple[float, float]] = _ZOOM,
     hflip: float = _HFLIP,
     mixup: Optional[float] = _MIXUP,
     ema_decay: Optional[float] = _EMA_DECAY,
@@ -115,7 +118,7 @@ def train(
         optimizer=optimizer, seed=seed, patience=patience,
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
         threshold_method=threshold_method,
-        augment=not no_augment, augment_strength=augment_strength, hflip=hflip, mixup=mixup, ema_decay=ema_decay,
+        augment=not no_augment, augment_strength=augment_strength, zoom=zoom, hflip=hflip, mixup=mixup, ema_decay=ema_decay,
         class_weights=class_weights, dropout=dropout, intensity=intensity,
         stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,

@@ -31,6 +31,9 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.hflip_p <= 1.0:
             raise ValueError(f"hflip is a probability (0 to 1), got {self.hflip_p}")
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"zoom range must be two factors 0 < low <= high (1: as acquired), got {lo}, {hi}")
 
     def scaled(self, strength: float) -> "AugmentConfig":
         """Every range and probability times ``strength`` (0: none, 1: these defaults); the

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cxrtriage.contract import GATE_QUANTILE
 from cxrtriage.data.split import DEFAULT_VAL_FRACTION
+from cxrtriage.train.augment import AugmentConfig
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TrainConfig:
     augment: bool = True
     intensity: str = "none"  # per-image intensity normalisation, the same in serving ("none" or "equalise")
     augment_strength: float = 1.0  # scales every augmentation range (0.5: half the rotation, shift, noise...)
+    zoom: tuple[float, float] | None = None  # zoom range of augmentation (> 1: magnified); None: the strength's
     hflip: float = 0.0  # probability of a left-right flip in augmentation (off: the heart's side carries meaning)
     mixup: float | None = None  # Beta(alpha, alpha) of mixup; None: off
     ema_decay: float | None = None  # keep an exponential moving average of the weights; validate and save it
@@ -63,9 +65,17 @@ class TrainConfig:
     gate_quantile: float = GATE_QUANTILE  # the gate's threshold: this quantile of validation distances (x 1.05)
     extra: dict = field(default_factory=dict)
 
+    def augmentation(self) -> AugmentConfig:
+        """The augmentation these options ask for (refuses a bad flip, strength or zoom)."""
+        aug = AugmentConfig(hflip_p=self.hflip).scaled(self.augment_strength)
+        return replace(aug, scale=(float(self.zoom[0]), float(self.zoom[1]))) if self.zoom else aug
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        return cls(**json.loads(Path(path).read_text()))
+        saved = json.loads(Path(path).read_text())
+        if saved.get("zoom") is not None:
+            saved["zoom"] = tuple(saved["zoom"])
+        return cls(**saved)

@@ -149,7 +149,7 @@ def _check_probe_options(cfg: TrainConfig, task: Task) -> AugmentConfig:
     if unused:
         raise ValueError(f"{cfg.arch} is a linear probe fitted in one go; {' and '.join(unused)} "
                          "apply to gradient training only")
-    return AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)
+    return cfg.augmentation()
 
 
 def _head(task: Task, c: float, class_weights: bool) -> LogisticRegression | OneVsRestClassifier:

@@ -267,7 +267,7 @@ def _start_processes(cfg: TrainConfig) -> tuple[torch.device, int, int]:
 
 def _check_options(cfg: TrainConfig, ws: int) -> AugmentConfig:
     """Refuse bad options before any work; returns the augmentation settings."""
-    aug_cfg = AugmentConfig(hflip_p=cfg.hflip).scaled(cfg.augment_strength)  # refuses a bad flip or strength
+    aug_cfg = cfg.augmentation()  # refuses a bad flip, strength or zoom
     if cfg.mixup is not None:
         check_alpha(cfg.mixup)
     if cfg.teacher and (cfg.mixup is not None or get_task(cfg.task).kind == "multilabel"):
