@@ -29,6 +29,8 @@ def test_bundled_sidecar_round_trips_exactly(tmp_path):
     ({"outputs": ["cam"]}, "probs"),
     ({"label_thresholds": {"Hernia": 0.3}}, "unknown classes"),
     ({"input": {"size": 128, "mean": 0.5, "std": 0.2, "intensity": "clahe-ish"}}, "intensity"),
+    ({"class_bias": [0.0, 1.0, 2.0]}, "one finite offset per class"),
+    ({"class_bias": [0.0, float("nan")]}, "one finite offset per class"),
 ])
 def test_bad_sidecars_are_refused(change, message):
     with pytest.raises(SpecError, match=message):
@@ -63,3 +65,13 @@ def test_multilabel_labels_use_their_own_thresholds():
     assert spec.label_for(np.array([0.35, 0.45])) == "Effusion"  # Mass has no threshold: 0.5
     assert spec.label_for(np.array([0.1, 0.6])) == "Mass"
     assert spec.label_for(np.array([0.1, 0.1])) == "no finding"
+
+
+def test_class_offsets_survive_the_sidecar_and_move_the_probabilities(tmp_path):
+    spec = ModelSpec.from_dict({**_bundled(), "temperature": 1.0, "class_bias": [0.0, -1.5]})
+    again = ModelSpec.load(spec.save(tmp_path / "m.onnx"))
+    assert again.class_bias == (0.0, -1.5)
+    p = np.array([[0.5, 0.5], [0.2, 0.8]])
+    q = again.calibrated(p)
+    # softmax(log p + b): the odds of pneumonia fall by e^1.5
+    assert q[:, 1] / q[:, 0] == pytest.approx(p[:, 1] / p[:, 0] * np.exp(-1.5), rel=1e-5)

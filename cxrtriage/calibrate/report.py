@@ -41,6 +41,13 @@ def write_calibration_report(out: Path, summary: dict[str, Any], pos: np.ndarray
     for p in tmp:
         p.unlink()
     counts = ", ".join(f"{c}: {n}" for c, n in summary["films_per_class"].items())
+    offsets = ""
+    if summary.get("class_bias"):
+        offsets = " Class offsets (log-odds) " + html.escape(", ".join(
+            f"{c} {b:+.2f}" for c, b in summary["class_bias"].items())) + "."
+    if summary.get("accuracy"):
+        offsets += (f" Arg-max accuracy on this sample {summary['accuracy']['before']:.3f} before, "
+                    f"{summary['accuracy']['after']:.3f} after.")
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Site calibration of {html.escape(summary['model'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#111827}}
@@ -50,7 +57,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #d1d5db;padding:.35em .
 <p class="warn">{html.escape(summary['disclaimer'])}</p>
 <p>Sample: {summary['films']} films ({html.escape(counts)}); {summary['unreadable']} unreadable left out;
 sample hash <code>{summary['sample_sha256'][:16]}</code>; {summary['date']}.
-Temperature {summary['temperature']:.3f}; operating point chosen for sensitivity &ge;
+Temperature {summary['temperature']:.3f}.{offsets} Operating point chosen for sensitivity &ge;
 {summary['target_sensitivity']:.2f} on this sample (the most specific such threshold).</p>
 <table><tr><th></th><th>threshold</th><th>sensitivity [95% CI]</th><th>specificity [95% CI]</th>
 <th>accuracy</th><th>ECE</th><th>ROC AUC</th></tr>

@@ -1,5 +1,6 @@
-"""``cxr calibrate``: score a site's labelled sample with a model, fit a temperature and the
-operating point(s) on it, and write the recalibrated model (same graph, new sidecar) with a report."""
+"""``cxr calibrate``: score a site's labelled sample with a model, fit a temperature (and, for a
+single-label model, one offset per class) and the operating point(s) on it, and write the
+recalibrated model (same graph, new sidecar) with a report."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from cxrtriage import DISCLAIMER
 from cxrtriage.calibrate.report import write_calibration_report
 from cxrtriage.calibrate.sample import MIN_PER_CLASS, SampleError, counts_of, read_sample, sample_hash
-from cxrtriage.calibrate.temperature import fit_temperature
+from cxrtriage.calibrate.temperature import fit_temperature, fit_temperature_bias
 from cxrtriage.contract import Kind, ModelSpec, apply_temperature, triage_target
 from cxrtriage.data import get_task
 from cxrtriage.evaluate.metrics import binary_metrics, jsonable
@@ -65,34 +66,48 @@ def _score_sample(engine: Engine, sample: Path, batch_size: int) -> tuple[np.nda
 
 
 def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, target_sensitivity: float = 0.95,
-              n_boot: int = 1000, seed: int = 0, batch_size: int = 32) -> dict[str, Any]:
+              n_boot: int = 1000, seed: int = 0, batch_size: int = 32, class_bias: bool = True) -> dict[str, Any]:
     """Recalibrate ``model`` on ``sample``; writes ``out/<model>.onnx`` (the same graph), its new
-    sidecar and gate, ``calibration.json`` and ``calibration.html``. Returns the summary."""
+    sidecar and gate, ``calibration.json`` and ``calibration.html``. Returns the summary.
+
+    ``class_bias`` (single-label models): also fit one log-odds offset per class, which takes the
+    sample's class mix as the site's; turn it off for a sample whose mix was chosen (e.g. balanced)."""
     if not 0.0 < target_sensitivity <= 1.0:
         raise CalibrationError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
     engine = Engine(model, gate=False)
     before_spec: ModelSpec = engine.spec
-    engine.spec = replace(before_spec, temperature=1.0)  # fit on the graph's own probabilities
+    engine.spec = replace(before_spec, temperature=1.0, class_bias=None)  # fit on the graph's own probabilities
     raw, y, facts = _score_sample(engine, Path(sample), batch_size)
     kind = before_spec.kind
     pos = triage_target(y, kind)
-    temperature = fit_temperature(raw, y, kind)
+    bias: tuple[float, ...] | None = None
+    if class_bias and kind is Kind.SINGLE:
+        temperature, bias = fit_temperature_bias(raw, y)
+    else:
+        temperature = fit_temperature(raw, y, kind)
     before = before_spec.triage_score(before_spec.calibrated(raw))
-    after = before_spec.triage_score(apply_temperature(raw, temperature, kind))
+    after = before_spec.triage_score(apply_temperature(raw, temperature, kind, bias))
     thr, thr_high = operating_points(pos, after, target_sensitivity=target_sensitivity)
     m_before = binary_metrics(pos, before, before_spec.threshold, n_boot=n_boot, seed=seed)
     m_after = binary_metrics(pos, after, thr, n_boot=n_boot, seed=seed)
     date = _dt.date.today().isoformat()
+    accuracy = None
+    if kind is Kind.SINGLE and len(before_spec.classes) > 2:  # arg-max calls, as `cxr evaluate` scores them
+        accuracy = {"before": float((before_spec.calibrated(raw).argmax(1) == y).mean()),
+                    "after": float((apply_temperature(raw, temperature, kind, bias).argmax(1) == y).mean())}
     expected = {k: {"value": m_after[k], "ci95": m_after["ci"][k]} for k in ("sensitivity", "specificity")}
     calibration = {**facts, "date": date, "target_sensitivity": target_sensitivity, "temperature": temperature,
+                   "class_bias": None if bias is None else dict(zip(before_spec.classes, bias)),
+                   "accuracy": accuracy,
                    "expected": expected, "previous": {"version": before_spec.version,
                                                       "threshold": before_spec.threshold,
                                                       "threshold_high": before_spec.threshold_high,
-                                                      "temperature": before_spec.temperature}}
+                                                      "temperature": before_spec.temperature,
+                                                      "class_bias": before_spec.class_bias}}
     new = replace(before_spec.with_decision(
         threshold=float(thr), threshold_high=float(thr_high),
         method=f"sensitivity>={target_sensitivity} on a site sample (cxr calibrate, {date})"),
-        temperature=temperature, version=f"{before_spec.version}-cal{facts['sample_sha256'][:8]}",
+        temperature=temperature, class_bias=bias, version=f"{before_spec.version}-cal{facts['sample_sha256'][:8]}",
     ).with_provenance(calibration=jsonable(calibration))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

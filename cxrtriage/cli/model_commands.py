@@ -50,15 +50,20 @@ def calibrate(
     target_sensitivity: float = typer.Option(0.95, "--target-sensitivity", min=0.5, max=1.0,
                                              help="Sensitivity the operating point keeps on the sample."),
     n_boot: int = typer.Option(1000, "--n-boot", min=100, help="Bootstrap resamples for the 95% CIs."),
+    class_bias: bool = typer.Option(True, "--class-bias/--no-class-bias",
+                                    help="Single-label models: also fit one offset per class (takes the "
+                                    "sample's class mix as the site's; turn off for a sample balanced by hand)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Refit a model's operating point(s) and probability temperature on a site's own labelled films."""
+    """Refit a model's operating point(s), probability temperature and class offsets on a site's own
+    labelled films."""
     from cxrtriage.calibrate import CalibrationError
     from cxrtriage.calibrate import calibrate as run_calibration
     from cxrtriage.infer import ModelNotFoundError
 
     try:
-        s = run_calibration(model, data, out, target_sensitivity=target_sensitivity, n_boot=n_boot)
+        s = run_calibration(model, data, out, target_sensitivity=target_sensitivity, n_boot=n_boot,
+                            class_bias=class_bias)
     except (CalibrationError, ModelNotFoundError) as exc:
         fail(str(exc))
     if as_json:
@@ -68,6 +73,11 @@ def calibrate(
     console.print(f"[bold]{s['model']}[/] {s['version']}: {s['films']} films "
                   f"({', '.join(f'{c} {n}' for c, n in s['films_per_class'].items())}), temperature "
                   f"{s['temperature']:.3f}, threshold {s['after']['threshold']:.3f}")
+    if s.get("class_bias"):
+        console.print("  class offsets " + ", ".join(f"{c} {b:+.2f}" for c, b in s["class_bias"].items()))
+    if s.get("accuracy"):
+        console.print(f"  {len(s['films_per_class'])}-class accuracy on the sample "
+                      f"{s['accuracy']['before']:.3f} -> {s['accuracy']['after']:.3f}")
     for k in ("sensitivity", "specificity"):
         lo, hi = exp[k]["ci95"] or (float("nan"), float("nan"))
         console.print(f"  expected {k} {exp[k]['value']:.3f} [{lo:.3f}, {hi:.3f}] (on the sample itself)")

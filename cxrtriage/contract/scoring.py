@@ -4,7 +4,7 @@ triage target. They work on numpy arrays and on torch tensors alike (plain arith
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -45,17 +45,20 @@ def triage_target(y: np.ndarray, kind: Kind | str = Kind.SINGLE) -> np.ndarray:
     return (y != 0).astype(int)
 
 
-def apply_temperature(probs: np.ndarray, temperature: float, kind: Kind | str = Kind.SINGLE) -> np.ndarray:
-    """Probabilities recalibrated by a temperature: ``softmax(log p / T)`` for a single-label model,
-    ``sigmoid(logit p / T)`` per finding for a multi-label one. ``T = 1`` changes nothing."""
-    if temperature == 1.0:  # the engine calls this on every batch: no copy when nothing changes
+def apply_temperature(probs: np.ndarray, temperature: float, kind: Kind | str = Kind.SINGLE,
+                      bias: Sequence[float] | None = None) -> np.ndarray:
+    """Probabilities recalibrated by a temperature and optional per-class offsets:
+    ``softmax(log p / T + b)`` for a single-label model, ``sigmoid(logit p / T + b)`` per finding
+    for a multi-label one. ``T = 1`` with no offsets changes nothing."""
+    if temperature == 1.0 and bias is None:  # the engine calls this on every batch: no copy when nothing changes
         return np.asarray(probs)
     p = np.asarray(probs, dtype=np.float64)
+    b = np.zeros(p.shape[1]) if bias is None else np.asarray(bias, dtype=np.float64)
     eps = 1e-12
     if Kind(kind) is Kind.MULTILABEL:
         z = np.log(np.clip(p, eps, 1.0)) - np.log(np.clip(1.0 - p, eps, 1.0))
-        return (1.0 / (1.0 + np.exp(-z / temperature))).astype(np.float32)
-    z = np.log(np.clip(p, eps, 1.0)) / temperature
+        return (1.0 / (1.0 + np.exp(-(z / temperature + b)))).astype(np.float32)
+    z = np.log(np.clip(p, eps, 1.0)) / temperature + b
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -140,6 +140,7 @@ class ModelSpec:
     heatmap: str = "gradcam"
     score: str = "1 - P(normal)"
     temperature: float = 1.0  # probabilities are recalibrated by it (site calibration); 1 = as trained
+    class_bias: tuple[float, ...] | None = None  # per-class log-odds offsets (site calibration); None = as trained
     provenance: Mapping[str, Any] = field(default_factory=dict)  # training, validation, gate, members, ...
 
     def __post_init__(self) -> None:
@@ -152,6 +153,11 @@ class ModelSpec:
             raise SpecError(f"model {self.name!r} has no 'probs' output")
         if not np.isfinite(self.temperature) or self.temperature <= 0:
             raise SpecError(f"temperature must be positive, got {self.temperature}")
+        if self.class_bias is not None:
+            object.__setattr__(self, "class_bias", tuple(float(b) for b in self.class_bias))
+            if len(self.class_bias) != len(self.classes) or not np.all(np.isfinite(self.class_bias)):
+                raise SpecError(f"class_bias needs one finite offset per class ({len(self.classes)}), "
+                                f"got {list(self.class_bias)}")
         unknown = set(self.decision.label_thresholds or {}) - set(self.classes)
         if unknown:
             raise SpecError(f"label thresholds for unknown classes: {sorted(unknown)}")
@@ -174,8 +180,9 @@ class ModelSpec:
         return self.input.size
 
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
-        """The graph's probabilities after the model's temperature (unchanged when it is 1)."""
-        return apply_temperature(probs, self.temperature, self.kind)
+        """The graph's probabilities after the model's temperature and class offsets (unchanged
+        when the model was never calibrated)."""
+        return apply_temperature(probs, self.temperature, self.kind, self.class_bias)
 
     def triage_score(self, probs: np.ndarray) -> np.ndarray:
         """P(abnormal) per row of (N, C) probabilities."""
@@ -242,6 +249,8 @@ class ModelSpec:
             d["label_thresholds"] = dict(self.decision.label_thresholds)
         if self.temperature != 1.0:
             d["temperature"] = self.temperature
+        if self.class_bias is not None:
+            d["class_bias"] = list(self.class_bias)
         d.update(self.provenance)
         return d
 
@@ -261,6 +270,7 @@ class ModelSpec:
                 onnx_file=str(d.get("onnx_file", "")), weights_storage=str(d.get("weights_storage", "float32")),
                 heatmap=str(d.get("heatmap", "gradcam")), score=str(d.get("score", cls.score)),
                 temperature=float(d.get("temperature", 1.0)),
+                class_bias=None if d.get("class_bias") is None else tuple(d["class_bias"]),
                 provenance={k: v for k, v in d.items() if k not in own},
             )
         except (KeyError, TypeError, ValueError) as exc:
