@@ -32,7 +32,7 @@ def main() -> None:
         raise SystemExit("this model has no fitted quality gate")
     info = engine.spec
     seed = info.training_seed
-    samples = patient_split(kermany_samples(args.data, "train"), 0.2, seed)
+    samples = patient_split(kermany_samples(args.data, "train", info.split_task), 0.2, seed)
     val = [s for s in samples if s.split == "val"]
     size = info.input_size
     arr = np.asarray(load_cached([s.path for s in val], size, progress=False))

@@ -87,7 +87,7 @@ def measure(args) -> dict:
     engine = Engine()
     spec = engine.spec
     task = get_task(spec.task)
-    val_films = [s for s in patient_split(kermany_samples(args.data, "train", task.name), 0.2, spec.training_seed)
+    val_films = [s for s in patient_split(kermany_samples(args.data, "train", spec.split_task), 0.2, spec.training_seed)
                  if s.split == "val"]
     dev_films = kermany_samples(args.data, "test-dev", task.name)
     val_x, val_y = images_of(val_films, engine)
@@ -105,7 +105,7 @@ def measure(args) -> dict:
         "engine": engine,
         "val": binary_metrics(triage_target(val_y), score(val_p), spec.threshold, n_boot=1000),
         "dev": binary_metrics(triage_target(dev_y), score(dev_p), spec.threshold, n_boot=1000),
-        "cal": calibrated_row("uncalibrated", str(args.uncalibrated), args.data, 1000) if args.uncalibrated else None,
+        "cal": calibrated_row("uncalibrated", str(args.uncalibrated), args.data) if args.uncalibrated else None,
         "deletion_dev": deletion_check(engine, dev_x[dev_y != 0], 0.1, seed=0),
         "deletion_val": deletion_check(engine, val_x[val_y != 0], 0.1, seed=0),
         "randomisation": randomisation_check(engine, dev_x[:200]),

@@ -160,3 +160,40 @@ def test_ensemble_refuses_members_from_different_splits(mini_kermany, tmp_path):
                 "--batch-size", "8"], tmp_path)
     r = CliRunner().invoke(app, ["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "e")])
     assert r.exit_code != 0 and "different split" in r.output
+
+
+def test_a_coarser_task_sums_the_fine_probabilities_and_weights_their_maps():
+    from cxrtriage.models.ensemble import EnsembleGraph, Member
+
+    torch.manual_seed(0)
+    nets = [build_model("cxrnet", 3, 64).eval() for _ in range(2)]
+    for net in nets:  # random heads that do not favour one class everywhere
+        torch.nn.init.normal_(net.head.weight, std=0.5)
+    members = [Member(n, 64, 0.5, 0.25, 64) for n in nets]
+    fine = EnsembleGraph(members, 64).eval()
+    coarse = EnsembleGraph(members, 64, groups=[[0], [1, 2]]).eval()
+    x = torch.rand(4, 1, 64, 64) * 255
+    with torch.no_grad():
+        pf, cf, ef = fine(x)
+        pc, cc, ec = coarse(x)
+    assert pc.shape == (4, 2) and cc.shape[1] == 2
+    torch.testing.assert_close(pc[:, 1], pf[:, 1] + pf[:, 2])
+    torch.testing.assert_close(pc[:, 0], pf[:, 0])
+    w = pf[:, 1:] / pf[:, 1:].sum(1, keepdim=True)
+    torch.testing.assert_close(cc[:, 1], (cf[:, 1:] * w[:, :, None, None]).sum(1))
+    torch.testing.assert_close(ec, ef)
+    with pytest.raises(ValueError, match="must split the members' 3 classes"):
+        EnsembleGraph(members, 64, groups=[[0], [1]])
+
+
+def test_runs_answer_only_a_task_their_classes_map_onto():
+    from cxrtriage.data import get_task
+    from cxrtriage.train.ensemble import _coarse_task
+
+    task, groups = _coarse_task(get_task("pneumonia3"), "pneumonia")
+    assert task.name == "pneumonia" and groups == [[0], [1, 2]]
+    assert _coarse_task(get_task("pneumonia3"), None) == (get_task("pneumonia3"), None)
+    with pytest.raises(ValueError, match="cannot answer 'covid3'"):
+        _coarse_task(get_task("pneumonia3"), "covid3")
+    with pytest.raises(ValueError, match="cannot answer 'pneumonia3'"):
+        _coarse_task(get_task("pneumonia"), "pneumonia3")

@@ -214,7 +214,8 @@ def explain(
         raise typer.Exit(1)
 
 
-def _eval_samples(data: Optional[Path], manifest: Optional[Path], split: str, task: str, seed: int):
+def _eval_samples(data: Optional[Path], manifest: Optional[Path], split: str, task: str, seed: int,
+                  split_task: Optional[str] = None):
     from cxrtriage.data import DEFAULT_VAL_FRACTION, kermany_samples, patient_split, read_manifest
 
     if manifest:
@@ -224,8 +225,9 @@ def _eval_samples(data: Optional[Path], manifest: Optional[Path], split: str, ta
         return samples
     if data is None:
         fail("give --data ROOT (Kermany layout) or --manifest CSV")
-    if split == "val":  # the same patient-wise split training made
-        return [s for s in patient_split(kermany_samples(data, "train", task), DEFAULT_VAL_FRACTION, seed) if s.split == "val"]
+    if split == "val":  # the same patient-wise split training made (stratified by the classes it trained on)
+        films = kermany_samples(data, "train", split_task or task)
+        return [s for s in patient_split(films, DEFAULT_VAL_FRACTION, seed) if s.split == "val"]
     return kermany_samples(data, split, task)
 
 
@@ -255,7 +257,7 @@ def evaluate(
     info = engine.spec
     try:
         task = get_task(info.task)
-        samples = _eval_samples(data, manifest, split, task.name, info.training_seed)
+        samples = _eval_samples(data, manifest, split, task.name, info.training_seed, info.split_task)
         y = (np.stack([task.multi_hot(s.label) for s in samples]).astype(int) if task.kind == "multilabel"
              else np.array([task.index(s.label) for s in samples]))
     except (FileNotFoundError, ValueError) as exc:

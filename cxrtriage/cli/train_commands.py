@@ -191,6 +191,9 @@ def ensemble(
     half_weights: bool = typer.Option(False, "--half-weights", help="Store the weights as float16 (half the "
                                       "file; computation stays float32)."),
     population: Optional[str] = _POPULATION,
+    task: Optional[str] = typer.Option(None, "--task", help="Answer a coarser task than the runs were trained "
+                                       "for (e.g. pneumonia from pneumonia3 runs: P(pneumonia) = P(bacterial) "
+                                       "+ P(viral)); default: the runs' own."),
 ) -> None:
     """Combine trained runs into one model (mean probability, mean heatmap); threshold chosen on validation."""
     from cxrtriage.train.ensemble import build_ensemble
@@ -199,7 +202,7 @@ def ensemble(
         path = build_ensemble(runs, out, threshold_method=threshold_method, target_sensitivity=target_sensitivity,
                               cache_dir=str(cache_dir) if cache_dir else None, progress=True, onnx_path=onnx,
                               name=name, heatmap_from=heatmap_from or None, half_weights=half_weights,
-                              population=_checked_population(population))
+                              population=_checked_population(population), task=task)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     from cxrtriage.contract import ModelSpec

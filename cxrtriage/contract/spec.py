@@ -225,6 +225,12 @@ class ModelSpec:
         return int((self.provenance.get("training") or {}).get("seed", 0))
 
     @property
+    def split_task(self) -> str:
+        """The task of the patient-wise split it was trained on (its members' finer task, for an
+        ensemble that answers a coarser one): validation films are drawn with it."""
+        return str((self.provenance.get("trained_as") or {}).get("task", self.task))
+
+    @property
     def ref(self) -> dict[str, str]:
         """The name and version a result carries."""
         return {"name": self.name, "version": self.version}

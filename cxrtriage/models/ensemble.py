@@ -5,6 +5,9 @@ size sees it through a fixed resize matrix equal to Pillow's antialiased bilinea
 one every path uses, :func:`cxrtriage.data.preprocess.to_model_input`). Probabilities are the
 members' mean, the class activation map is the members' mean on the finest member grid (still
 in logit units), and the quality-gate embedding is the members' embeddings side by side.
+Members trained on finer classes (normal / bacterial / viral) can answer a coarser task (normal /
+pneumonia): each coarse class is the sum of its fine classes' probabilities, and its map is their
+maps weighted by those probabilities.
 """
 
 from __future__ import annotations
@@ -57,10 +60,11 @@ class EnsembleGraph(nn.Module):
 
     ``heatmap_from``: indices of the members whose class activation maps are averaged into the
     heatmap (default: all), for members whose maps do not point at their evidence.
+    ``groups``: the members' class indices that make up each output class (default: one each).
     """
 
     def __init__(self, members: list[Member], input_size: int, multilabel: bool = False,
-                 heatmap_from: list[int] | None = None):
+                 heatmap_from: list[int] | None = None, groups: list[list[int]] | None = None):
         super().__init__()
         if len(members) < 2:
             raise ValueError("an ensemble needs at least two members")
@@ -69,8 +73,14 @@ class EnsembleGraph(nn.Module):
             raise ValueError(f"heatmap members {heatmap_from} out of range (0..{len(members) - 1})")
         self.members = nn.ModuleList(members)
         with torch.no_grad():
-            self.grids = [int(m.eval()(torch.zeros(1, 1, input_size, input_size))[1].shape[-1]) for m in members]
+            probe = [m.eval()(torch.zeros(1, 1, input_size, input_size)) for m in members]
+        self.grids = [int(cam.shape[-1]) for _, cam, _ in probe]
         self.cam_size, self.multilabel = max(self.grids[i] for i in self.heatmap_from), multilabel
+        n_classes = int(probe[0][0].shape[1])
+        if groups is not None and (multilabel or not all(groups)
+                                   or sorted(i for g in groups for i in g) != list(range(n_classes))):
+            raise ValueError(f"class groups {groups} must split the members' {n_classes} classes, each used once")
+        self.groups = [list(g) for g in groups] if groups is not None else None
 
     def forward(self, image: torch.Tensor):
         probs, cams, embs = [], [], []
@@ -83,4 +93,18 @@ class EnsembleGraph(nn.Module):
                                         align_corners=False)
                 cams.append(cam)
             embs.append(emb)
-        return sum(probs) / float(len(probs)), sum(cams) / float(len(cams)), torch.cat(embs, dim=1)
+        prob, cam = sum(probs) / float(len(probs)), sum(cams) / float(len(cams))
+        if self.groups is not None:
+            prob, cam = self._grouped(prob, cam)
+        return prob, cam, torch.cat(embs, dim=1)
+
+    def _grouped(self, prob: torch.Tensor, cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coarse classes: summed probabilities, probability-weighted maps."""
+        probs, cams = [], []
+        for g in self.groups:
+            p = prob[:, g]
+            total = p.sum(dim=1, keepdim=True)
+            weights = (p / total.clamp_min(1e-12))[:, :, None, None]
+            probs.append(total)
+            cams.append((cam[:, g] * weights).sum(dim=1, keepdim=True))
+        return torch.cat(probs, dim=1), torch.cat(cams, dim=1)

@@ -41,7 +41,7 @@ def load_ensemble(folder: str | Path) -> EnsembleGraph:
     """The torch graph of an ensemble folder written by :func:`build_ensemble` (needs its member runs)."""
     spec = json.loads((Path(folder) / "ensemble.json").read_text())
     members, size = members_of(spec["runs"], spec["input_size"])
-    return EnsembleGraph(members, size, heatmap_from=spec.get("heatmap_from")).eval()
+    return EnsembleGraph(members, size, heatmap_from=spec.get("heatmap_from"), groups=spec.get("groups")).eval()
 
 
 def _split_of(run: Path) -> list[tuple[str, str]]:
@@ -52,13 +52,15 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
                    target_sensitivity: float | None = None, cache_dir: str | None = None,
                    seed: int = 0, progress: bool = False, onnx_path: str | Path | None = None,
                    name: str | None = None, heatmap_from: list[int] | None = None,
-                   half_weights: bool = False, population: str | None = None) -> Path:
+                   half_weights: bool = False, population: str | None = None, task: str | None = None) -> Path:
     """Combine the best checkpoints of ``runs`` into ``<out>/model.onnx`` (or ``onnx_path``) with its
-    sidecar and gate; ``out`` also gets the validation predictions, the split and ensemble.json."""
+    sidecar and gate; ``out`` also gets the validation predictions, the split and ensemble.json.
+    ``task``: a coarser task than the members' (``pneumonia`` from ``pneumonia3`` runs)."""
     runs = [Path(r) for r in runs]
-    loaded, task = _checked_runs(runs)
+    loaded, member_task = _checked_runs(runs)
+    task, groups = _coarse_task(member_task, task)
     members, size = members_of(runs)
-    graph = EnsembleGraph(members, size, heatmap_from=heatmap_from).eval()
+    graph = EnsembleGraph(members, size, heatmap_from=heatmap_from, groups=groups).eval()
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +94,8 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
         provenance={
             "members": member_facts,
             "heatmap_source": "class activation map of " + " + ".join(archs[i] for i in graph.heatmap_from),
+            **({"trained_as": {"task": member_task.name, "classes": list(member_task.classes), "groups": groups}}
+               if groups else {}),
             "cxr_triage_version": __version__,
             "training": {"members": len(runs), "seconds": round(float(sum(s for s in seconds if s)), 1),
                          "n_train": int((~is_val).sum()), "seed": seed},
@@ -102,7 +106,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
     )
     spec.save(exported.path)
     (out / "ensemble.json").write_text(json.dumps({"runs": [str(r.resolve()) for r in runs], "input_size": size,
-                                                   "heatmap_from": graph.heatmap_from,
+                                                   "heatmap_from": graph.heatmap_from, "groups": groups,
                                                    "threshold_method": threshold_method,
                                                    "target_sensitivity": target_sensitivity}, indent=2))
     return exported.path
@@ -128,6 +132,25 @@ def _checked_runs(runs: list[Path]) -> tuple[list[tuple[Any, dict]], Task]:
             raise ValueError(f"{r} was trained on a different split than {runs[0]}; "
                              "train the members from the same manifest (cxr data split)")
     return loaded, task
+
+
+def _coarse_task(member_task: Task, name: str | None) -> tuple[Task, list[list[int]] | None]:
+    """The ensemble's task and, when it is coarser than the members', which member classes make up
+    each of its classes."""
+    if name is None or name == member_task.name:
+        return member_task, None
+    coarse = get_task(name)
+    if coarse.kind != "single" or member_task.kind != "single":
+        raise ValueError("only single-label runs can answer a coarser task")
+    try:
+        owner = [coarse.index(c) for c in member_task.classes]
+    except ValueError as exc:
+        raise ValueError(f"runs trained for {member_task.name!r} cannot answer {coarse.name!r}: {exc}") from None
+    groups = [[i for i, j in enumerate(owner) if j == k] for k in range(coarse.num_classes)]
+    if not all(groups):
+        raise ValueError(f"runs trained for {member_task.name!r} have no class for "
+                         f"{[c for c, g in zip(coarse.classes, groups) if not g]} of {coarse.name!r}")
+    return coarse, groups
 
 
 def _common_intensity(runs: list[Path]) -> str:
