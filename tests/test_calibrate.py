@@ -149,3 +149,13 @@ def test_three_class_offsets_fitted_on_one_half_raise_accuracy_on_the_other(shar
 
     before, after = accuracy(_as_trained("cxr-pneumonia3")), accuracy(Engine(tmp_path / "site", gate=False))
     assert after > before + 0.03, (before, after)
+
+
+@pytest.mark.shared
+def test_no_class_bias_keeps_the_training_mix(halves, tmp_path):
+    a, _ = halves
+    res = runner.invoke(app, ["calibrate", "--data", str(a), "--out", str(tmp_path / "site"), "--no-class-bias", "--json"])
+    assert res.exit_code == 0, res.output
+    spec = ModelSpec.load(tmp_path / "site" / "cxr-pneumonia.json")
+    assert spec.class_bias is None and json.loads(res.output)["class_bias"] is None
+    assert spec.temperature != 1.0
