@@ -1,8 +1,9 @@
-"""Stress benchmark: validation ROC AUC, sensitivity and specificity of exported models when the
-validation radiographs are degraded the way acquisitions differ (noise, blur, exposure,
-contrast, zoom, JPEG compression), each model at its own stored threshold.
+"""Stress benchmark: ROC AUC, sensitivity and specificity of exported models when radiographs
+are degraded the way acquisitions differ (noise, blur, exposure, contrast, zoom, JPEG
+compression), each model at its own stored threshold and calibration. The films: the
+validation split the models were trained with (every model must share it), or test-dev.
 
-    python bench/stress.py --models runs/cnn runs/probe cxrtriage/assets/model/cxr-pneumonia.onnx
+    python bench/stress.py --models runs/cnn runs/probe cxrtriage/assets/model/cxr-pneumonia.onnx [--films test-dev]
 """
 
 from __future__ import annotations
@@ -58,23 +59,31 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/kermany-224")
     ap.add_argument("--models", nargs="+", required=True)
     ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--films", choices=("val", "test-dev"), default="val")
     args = ap.parse_args()
-    val = [s for s in patient_split(kermany_samples(args.data, "train"), 0.2, 0) if s.split == "val"]
+    engines = [Engine(m, gate=False) for m in args.models]
+    if args.films == "test-dev":
+        val = kermany_samples(args.data, "test-dev")
+    else:
+        splits = {(e.spec.split_task, e.spec.training_seed) for e in engines}
+        if len(splits) != 1:
+            raise SystemExit(f"the models were trained on different splits {sorted(splits)}: use --films test-dev")
+        task, seed = splits.pop()
+        val = [s for s in patient_split(kermany_samples(args.data, "train", task), 0.2, seed) if s.split == "val"]
     y = np.array([s.label != "normal" for s in val], int)
     base = np.asarray(load_cached([s.path for s in val], 224, progress=False))
-    engines = [Engine(m, gate=False) for m in args.models]
     rows = []
     for name, fn in perturbations().items():
         degraded = [fn(a) for a in base]
         row = {"perturbation": name}
         for m, e in zip(args.models, engines):
             x = np.stack([to_model_input(a, e.spec.input_size) for a in degraded])
-            s = 1.0 - e.run_arrays(x)["probs"][:, 0]
+            s = e.spec.triage_score(e.spec.calibrated(e.run_arrays(x)["probs"]))
             t = e.spec.threshold
             row[m] = {"auc": float(roc_auc_score(y, s)), "sensitivity": float((s[y == 1] >= t).mean()),
                       "specificity": float((s[y == 0] < t).mean())}
         rows.append(row)
-    print(f"validation: {len(val)} images (patient-wise split of train/), each model at its stored threshold")
+    print(f"{args.films}: {len(val)} images, each model at its stored threshold")
     for i, m in enumerate(args.models):
         print(f"  [{i}] {m} ({engines[i].spec.name}, {engines[i].spec.input_size} px, threshold "
               f"{engines[i].spec.threshold:.3f})")
