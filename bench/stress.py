@@ -37,6 +37,27 @@ def _zoom_out(a: np.ndarray, scale: float) -> np.ndarray:
     return out
 
 
+def trim_uniform_border(a: np.ndarray, tol: float = 3.0, max_frac: float = 0.3) -> np.ndarray:
+    """The film without its uniform edge rows and columns (standard deviation below ``tol`` gray
+    levels; at most ``max_frac`` of a side each), resized back: what a serving step that cuts off
+    collimation or padding frames would show the model. Not part of the product's preprocessing."""
+    h, w = a.shape
+    f = a.astype(np.float32)
+
+    def inner(spread: np.ndarray, n: int) -> tuple[int, int]:
+        lo, hi, cap = 0, n, int(n * max_frac)
+        while lo < cap and spread[lo] < tol:
+            lo += 1
+        while n - hi < cap and spread[hi - 1] < tol:
+            hi -= 1
+        return lo, hi
+
+    (t, b), (left, right) = inner(f.std(axis=1), h), inner(f.std(axis=0), w)
+    if (t, b, left, right) == (0, h, 0, w):
+        return a
+    return np.asarray(Image.fromarray(a[t:b, left:right]).resize((w, h), Image.BILINEAR))
+
+
 def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     rng = np.random.default_rng(seed)
     u8 = lambda x: np.clip(np.rint(x), 0, 255).astype(np.uint8)  # noqa: E731
@@ -60,6 +81,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", required=True)
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     ap.add_argument("--films", choices=("val", "test-dev"), default="val")
+    ap.add_argument("--trim-borders", action="store_true",
+                    help="cut uniform edge rows/columns off every (degraded) film before scoring: a what-if")
     args = ap.parse_args()
     engines = [Engine(m, gate=False) for m in args.models]
     if args.films == "test-dev":
@@ -75,6 +98,8 @@ def main() -> None:
     rows = []
     for name, fn in perturbations().items():
         degraded = [fn(a) for a in base]
+        if args.trim_borders:
+            degraded = [trim_uniform_border(a) for a in degraded]
         row = {"perturbation": name}
         for m, e in zip(args.models, engines):
             x = np.stack([to_model_input(a, e.spec.input_size) for a in degraded])
@@ -83,7 +108,8 @@ def main() -> None:
             row[m] = {"auc": float(roc_auc_score(y, s)), "sensitivity": float((s[y == 1] >= t).mean()),
                       "specificity": float((s[y == 0] < t).mean())}
         rows.append(row)
-    print(f"{args.films}: {len(val)} images, each model at its stored threshold")
+    print(f"{args.films}: {len(val)} images, each model at its stored threshold"
+          + (", uniform borders trimmed before scoring" if args.trim_borders else ""))
     for i, m in enumerate(args.models):
         print(f"  [{i}] {m} ({engines[i].spec.name}, {engines[i].spec.input_size} px, threshold "
               f"{engines[i].spec.threshold:.3f})")
