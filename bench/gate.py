@@ -35,7 +35,8 @@ def main() -> None:
     samples = patient_split(kermany_samples(args.data, "train", info.split_task), 0.2, seed)
     val = [s for s in samples if s.split == "val"]
     size = info.input_size
-    arr = np.asarray(load_cached([s.path for s in val], size, progress=False))
+    arr = np.asarray(load_cached([s.path for s in val], size, progress=False, intensity=info.input.intensity,
+                                 border=info.input.border))
 
     def refused(images: np.ndarray) -> np.ndarray:
         return gate.distance(engine.run_arrays(images)["embedding"]) > gate.threshold
@@ -46,7 +47,7 @@ def main() -> None:
     print(f"validation radiographs: {r.mean():.2%} refused ({r.sum()}/{len(r)}; all validation) ;"
           f" held-out half: {r[1::2].mean():.2%} (target <= 1%)")
     sk = skimage_images()
-    rs = refused(np.stack([to_model_input(v, size) for v in sk.values()]))
+    rs = refused(np.stack([to_model_input(v, size, info.input.intensity, info.input.border) for v in sk.values()]))
     print(f"scikit-image non-radiographs: {rs.mean():.0%} refused ({rs.sum()}/{len(rs)}; target 100%)")
     for name, ok in zip(sk, rs):
         if not ok:

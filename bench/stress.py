@@ -102,7 +102,8 @@ def main() -> None:
             degraded = [trim_uniform_border(a) for a in degraded]
         row = {"perturbation": name}
         for m, e in zip(args.models, engines):
-            x = np.stack([to_model_input(a, e.spec.input_size) for a in degraded])
+            steps = e.spec.input  # the model's own border and intensity steps, as in serving
+            x = np.stack([to_model_input(a, e.spec.input_size, steps.intensity, steps.border) for a in degraded])
             s = e.spec.triage_score(e.spec.calibrated(e.run_arrays(x)["probs"]))
             t = e.spec.threshold
             row[m] = {"auc": float(roc_auc_score(y, s)), "sensitivity": float((s[y == 1] >= t).mean()),

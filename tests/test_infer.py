@@ -149,7 +149,8 @@ def test_tta_averages_the_views_and_keeps_the_heatmap(engine, samples_dir):
     f = samples_dir / "IM-0115-0001.jpeg"
     tta = Engine(tta=True)
     plain_p, tta_p = engine.predict_files([f], heatmap=True)[0], tta.predict_files([f], heatmap=True)[0]
-    x = to_model_input(read_radiograph(f), engine.spec.input_size)[None]
+    steps = engine.spec.input  # the model's own border and intensity steps
+    x = to_model_input(read_radiograph(f), engine.spec.input_size, steps.intensity, steps.border)[None]
     by_view = [engine.run_arrays(v)["probs"][0] for v in tta_views(x)]
     assert len({round(float(p[0]), 4) for p in by_view}) > 1  # the views do differ
     want = engine.spec.calibrated(np.mean(by_view, axis=0)[None])[0]  # the views' mean, then the model's temperature
@@ -164,3 +165,47 @@ def test_cli_predict_with_tta(samples_dir):
     assert res.exit_code == 0, res.output
     row = json.loads(res.output.strip().splitlines()[-1])
     assert row["label"] == "normal" and 0.0 <= row["score"] <= 1.0
+
+
+def _framed(image: np.ndarray, scale: float = 0.8, grey: int = 40) -> np.ndarray:
+    """The image shrunk to ``scale`` of the frame inside a uniform border (a collimator's shadow)."""
+    s = image.shape[0]
+    k = int(round(s * scale))
+    out = np.full_like(image, grey)
+    o = (s - k) // 2
+    out[o:o + k, o:o + k] = np.asarray(Image.fromarray(image).resize((k, k), Image.BILINEAR))
+    return out
+
+
+def test_a_uniform_frame_is_trimmed_and_a_film_without_one_is_left_alone(samples_dir):
+    from cxrtriage.data.preprocess import border_box, trim_border
+
+    film = read_radiograph(samples_dir / "person1_bacteria_1.jpeg").to_uint8()
+    film = np.asarray(Image.fromarray(film).resize((224, 224), Image.BILINEAR))
+    assert border_box(film) is None and trim_border(film) is film
+    framed = _framed(film)
+    top, bottom, left, right = border_box(framed)
+    assert (top, left) == (22, 22) and (bottom, right) == (201, 201)
+    assert np.abs(trim_border(framed).astype(float) - film).mean() < 6  # the film again, up to resampling
+
+
+def test_maps_of_a_trimmed_film_go_back_where_the_crop_lay():
+    from cxrtriage.data.preprocess import uncrop_maps
+
+    m = np.zeros((1, 14, 14), dtype=np.float32)
+    m[0, 0, 0] = 1.0  # evidence in the crop's top-left corner
+    back = uncrop_maps(m, (56, 168, 56, 168), 224)[0]
+    assert np.unravel_index(back.argmax(), back.shape) in {(3, 3), (3, 4), (4, 3), (4, 4)}
+    assert back[:3, :].max() == pytest.approx(0.0, abs=1e-6) and back[:, 12:].max() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_default_model_reads_a_framed_film_like_the_film(engine, samples_dir, tmp_path):
+    assert engine.spec.input.border == "trim"
+    film = read_radiograph(samples_dir / "person1_bacteria_1.jpeg").to_uint8()
+    film = np.asarray(Image.fromarray(film).resize((224, 224), Image.BILINEAR))
+    Image.fromarray(film).save(tmp_path / "film.png")
+    Image.fromarray(_framed(film, 0.7)).save(tmp_path / "framed.png")
+    plain, framed = engine.predict_files([tmp_path / "film.png", tmp_path / "framed.png"], heatmap=True)
+    assert framed.score == pytest.approx(plain.score, abs=0.05)
+    ring = np.concatenate([framed.heatmap[0], framed.heatmap[-1], framed.heatmap[:, 0], framed.heatmap[:, -1]])
+    assert ring.max() < 0.2 < framed.heatmap[3:11, 3:11].max()  # the map lies on the film, not the frame

@@ -15,6 +15,8 @@ from cxrtriage.contract import GATE_QUANTILE
 # options defined apart, so the command's signature stays readable
 _INTENSITY = typer.Option("none", help="Intensity normalisation of every image, the same in serving: none, or "
     "equalise (histogram equalisation: removes exposure and processing differences).")
+_BORDER = typer.Option("keep", "--border", help="keep, or trim: cut uniform edge rows and columns "
+    "(collimation, padding) off every image before the network, the same in serving.")
 _TEACHER = typer.Option(None, "--teacher", help="Distil: also learn this model's probabilities "
     "(a bundled name, an .onnx, a run or ensemble folder), e.g. an ensemble "
     "too slow to serve.")
@@ -81,6 +83,7 @@ def train(
     mixup: Optional[float] = _MIXUP,
     ema_decay: Optional[float] = _EMA_DECAY,
     intensity: str = _INTENSITY,
+    border: str = _BORDER,
     class_weights: bool = typer.Option(True, help="Weight the loss by inverse class frequency."),
     dropout: Optional[float] = typer.Option(None, help="Override the network's dropout."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -107,11 +110,12 @@ def train(
     """Train a classifier; writes config, per-epoch metrics, curves, checkpoints and an ONNX model.
 
     Also runs under torchrun (one process per GPU or CPU share, on one machine or many)."""
-    from cxrtriage.contract import INTENSITIES
+    from cxrtriage.contract import BORDERS, INTENSITIES
     from cxrtriage.train.config import TrainConfig
     from cxrtriage.train.trainer import train as run
 
     _one_of("--intensity", intensity, INTENSITIES)
+    _one_of("--border", border, BORDERS)
     cfg = TrainConfig(
         out_dir=str(out), data=str(data) if data else None, manifest=str(manifest) if manifest else None,
         task=task, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -119,7 +123,7 @@ def train(
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
         threshold_method=threshold_method,
         augment=not no_augment, augment_strength=augment_strength, zoom=zoom, hflip=hflip, mixup=mixup, ema_decay=ema_decay,
-        class_weights=class_weights, dropout=dropout, intensity=intensity,
+        class_weights=class_weights, dropout=dropout, intensity=intensity, border=border,
         stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,
         backbone_lr_mult=backbone_lr_mult, loss=loss, sampler=sampler, probe_views=probe_views,
@@ -194,6 +198,8 @@ def ensemble(
     task: Optional[str] = typer.Option(None, "--task", help="Answer a coarser task than the runs were trained "
                                        "for (e.g. pneumonia from pneumonia3 runs: P(pneumonia) = P(bacterial) "
                                        "+ P(viral)); default: the runs' own."),
+    border: Optional[str] = typer.Option(None, "--border", help="keep or trim (uniform frame borders cut off "
+                                         "in serving); default: what the runs were trained with."),
 ) -> None:
     """Combine trained runs into one model (mean probability, mean heatmap); threshold chosen on validation."""
     from cxrtriage.train.ensemble import build_ensemble
@@ -202,7 +208,7 @@ def ensemble(
         path = build_ensemble(runs, out, threshold_method=threshold_method, target_sensitivity=target_sensitivity,
                               cache_dir=str(cache_dir) if cache_dir else None, progress=True, onnx_path=onnx,
                               name=name, heatmap_from=heatmap_from or None, half_weights=half_weights,
-                              population=_checked_population(population), task=task)
+                              population=_checked_population(population), task=task, border=border)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     from cxrtriage.contract import ModelSpec

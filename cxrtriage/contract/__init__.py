@@ -6,6 +6,7 @@ from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, stand
 from cxrtriage.contract.spec import (
     ADULT_AGE,
     GATE_QUANTILE,
+    BORDERS,
     INTENSITIES,
     POPULATIONS,
     URGENT_SPECIFICITY,
@@ -17,6 +18,6 @@ from cxrtriage.contract.spec import (
 )
 
 __all__ = [
-    "ADULT_AGE", "GATE_QUANTILE", "INTENSITIES", "POPULATIONS", "population_of", "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
+    "ADULT_AGE", "GATE_QUANTILE", "BORDERS", "INTENSITIES", "POPULATIONS", "population_of", "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
     "StrEnum", "URGENT_SPECIFICITY", "apply_temperature", "normalise", "standardise", "triage_score", "triage_target",
 ]

@@ -29,6 +29,7 @@ GATE_QUANTILE = 0.995          # the quality gate accepts this quantile of its t
 
 POPULATIONS = ("pediatric", "adult")
 INTENSITIES = ("none", "equalise")  # per-image intensity normalisation of the model-size image
+BORDERS = ("keep", "trim")  # "trim": uniform edge rows/columns (collimation, padding) cut off the model-size image
 ADULT_AGE = 18.0  # years; below it a film is pediatric
 
 
@@ -56,12 +57,15 @@ class InputSpec:
     resize: str = "square, bilinear, aspect not kept"
     normalisation: str | None = None
     intensity: str = "none"  # applied to the resized uint8 image before the graph (see INTENSITIES)
+    border: str = "keep"  # applied to the resized uint8 image before the intensity step (see BORDERS)
 
     def __post_init__(self) -> None:
         if self.size < 8:
             raise SpecError(f"input size {self.size} is too small")
         if self.intensity not in INTENSITIES:
             raise SpecError(f"unknown intensity normalisation {self.intensity!r}; known: {', '.join(INTENSITIES)}")
+        if self.border not in BORDERS:
+            raise SpecError(f"unknown border step {self.border!r}; known: {', '.join(BORDERS)}")
         if (self.mean is None) != (self.std is None) or (self.std is not None and self.std <= 0):
             raise SpecError("input normalisation needs both mean and a positive std")
 
@@ -81,6 +85,8 @@ class InputSpec:
         d["resize"] = self.resize
         if self.intensity != "none":
             d["intensity"] = self.intensity
+        if self.border != "keep":
+            d["border"] = self.border
         return d
 
     @classmethod
@@ -88,7 +94,8 @@ class InputSpec:
         return cls(size=int(d["size"]), mean=_opt_float(d.get("mean")), std=_opt_float(d.get("std")),
                    name=str(d.get("name", "image")), channels=int(d.get("channels", 1)),
                    range=tuple(d.get("range", (0, 255))), resize=str(d.get("resize", cls.resize)),
-                   normalisation=d.get("normalisation"), intensity=str(d.get("intensity", "none")))
+                   normalisation=d.get("normalisation"), intensity=str(d.get("intensity", "none")),
+                   border=str(d.get("border", "keep")))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxrtriage.data.preprocess import apply_intensity, to_model_input
+from cxrtriage.data.preprocess import apply_border, apply_intensity, to_model_input
 from cxrtriage.io import read_radiograph
 
 
@@ -37,10 +37,10 @@ def _load(path: str, size: int) -> np.ndarray:
 
 def load_cached(
     paths: list[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None,
-    progress: bool = True, intensity: str = "none",
+    progress: bool = True, intensity: str = "none", border: str = "keep",
 ) -> np.ndarray:
     """Return an (N, size, size) uint8 array of the images, decoding only on the first call; the
-    cache holds them before ``intensity`` (a model's intensity step), which is applied on the way out."""
+    cache holds them before ``border`` and ``intensity`` (a model's own steps), applied on the way out."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(paths, size)
@@ -48,7 +48,8 @@ def load_cached(
     info_file = cache_dir / f"{key}.json"
     shape = (len(paths), size, size)
     if info_file.exists() and data_file.exists():
-        return apply_intensity(np.memmap(data_file, dtype=np.uint8, mode="r", shape=shape), intensity)
+        return apply_intensity(apply_border(np.memmap(data_file, dtype=np.uint8, mode="r", shape=shape), border),
+                               intensity)
     tmp = data_file.with_suffix(f".tmp{os.getpid()}")
     mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
     workers = workers or min(4, os.cpu_count() or 1)
@@ -60,4 +61,5 @@ def load_cached(
     del mm
     os.replace(tmp, data_file)
     info_file.write_text(json.dumps({"n": len(paths), "size": size, "first": paths[:1]}))
-    return apply_intensity(np.memmap(data_file, dtype=np.uint8, mode="r", shape=shape), intensity)
+    return apply_intensity(apply_border(np.memmap(data_file, dtype=np.uint8, mode="r", shape=shape), border),
+                           intensity)

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cxrtriage.contract import ModelSpec, Prediction, Priority
-from cxrtriage.data.preprocess import to_model_input
+from cxrtriage.data.preprocess import apply_border, apply_intensity, border_box, to_model_input, uncrop_maps
 from cxrtriage.infer.bundle import load_spec, resolve_model
 from cxrtriage.infer.gate import FeatureGate, gate_path, pixel_refusal, view_refusal
 from cxrtriage.infer.pipeline import Triager
@@ -95,9 +95,12 @@ class Engine(Triager):
             else:
                 todo.append(i)
         if todo:
-            batch = np.stack([to_model_input(rgs[i], self.spec.input_size, self.spec.input.intensity) for i in todo])
+            batch, boxes = self._inputs([rgs[i] for i in todo])
             t1 = time.perf_counter()
             out = self.run_tta(batch) if self.tta else self.run_arrays(batch)
+            if "cam" in out and any(boxes):  # maps of trimmed films back onto the whole film
+                size = self.spec.input_size
+                out["cam"] = np.stack([c if b is None else uncrop_maps(c, b, size) for c, b in zip(out["cam"], boxes)])
             out["probs"] = self.spec.calibrated(out["probs"])
             per = (time.perf_counter() - t1) * 1000 / len(todo)
             self._judge([preds[i] for i in todo], out, heatmap)
@@ -114,6 +117,14 @@ class Engine(Triager):
                 p.timings_ms["decode"] = round(dec, 3)
             p.timings_ms["total"] = round(total + (dec or 0.0), 3)
         return preds
+
+    def _inputs(self, rgs: list) -> tuple[np.ndarray, list]:
+        """The graph's input batch and, for films whose uniform frame was trimmed, the crop box."""
+        steps, size = self.spec.input, self.spec.input_size
+        resized = [to_model_input(rg, size) for rg in rgs]
+        boxes = [border_box(a) if steps.border == "trim" else None for a in resized]
+        batch = np.stack([apply_intensity(apply_border(a, steps.border), steps.intensity) for a in resized])
+        return batch, boxes
 
     def _judge(self, preds: list[Prediction], out: dict[str, np.ndarray], heatmap: bool) -> None:
         """The gate's distance test, then the model's decision, for each scored film."""

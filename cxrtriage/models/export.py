@@ -60,10 +60,12 @@ class ExportedGraph:
 
     def model_spec(self, *, name: str, task: str, classes: Sequence[str], kind: Kind | str, arch: str,
                    decision: Decision, score: str, provenance: Mapping[str, Any]) -> ModelSpec:
-        """The model's sidecar: these graph facts with the model's identity, decision and provenance."""
+        """The model's sidecar: these graph facts with the model's identity, decision and provenance.
+        The version is the graph's hash, plus the steps applied before the graph when there are any."""
+        steps = [s for s in (self.input.intensity, self.input.border) if s not in ("none", "keep")]
         return ModelSpec(
             name=name, task=task, classes=tuple(classes), input=self.input, decision=decision, kind=kind,
-            outputs=self.outputs, version=self.sha256[:12], arch=arch, sha256=self.sha256,
+            outputs=self.outputs, version="-".join([self.sha256[:12], *steps]), arch=arch, sha256=self.sha256,
             onnx_file=self.path.name, weights_storage=self.weights_storage,
             heatmap="cam" if "cam" in self.outputs else "gradcam", score=score, provenance=dict(provenance),
         )
@@ -78,13 +80,13 @@ def file_sha256(path: str | Path) -> str:
 
 
 def export_onnx(model: nn.Module, out_path: str | Path, image_size: int, mean: float, std: float,
-                multilabel: bool = False, intensity: str = "none") -> ExportedGraph:
+                multilabel: bool = False, intensity: str = "none", border: str = "keep") -> ExportedGraph:
     """Write one trained network (its normalisation inside) to ``out_path`` (.onnx); ``intensity``
     is the normalisation the pipeline applies before the graph (recorded in the sidecar)."""
     graph = ServingGraph(model, mean, std, multilabel=multilabel).eval()
     names = ["probs", "cam", "embedding"] if graph.has_cam else ["probs"]
     return export_graph(graph, out_path, InputSpec(size=image_size, mean=float(mean), std=float(std),
-                                                            intensity=intensity), names)
+                                                            intensity=intensity, border=border), names)
 
 
 def export_graph(graph: nn.Module, out_path: str | Path, input_spec: InputSpec, names: list[str],

@@ -29,6 +29,7 @@ class TrainConfig:
     dropout: float | None = None
     augment: bool = True
     intensity: str = "none"  # per-image intensity normalisation, the same in serving ("none" or "equalise")
+    border: str = "keep"  # "trim": uniform frame borders cut off every image, the same in serving
     augment_strength: float = 1.0  # scales every augmentation range (0.5: half the rotation, shift, noise...)
     zoom: tuple[float, float] | None = None  # zoom range of augmentation (> 1: magnified); None: the strength's
     hflip: float = 0.0  # probability of a left-right flip in augmentation (off: the heart's side carries meaning)

@@ -24,10 +24,11 @@ def load_samples(cfg: TrainConfig) -> list[Sample]:
 
 
 def split_images(samples: list[Sample], size: int, cache_dir: str | None, progress: bool = False,
-                 intensity: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+                 intensity: str = "none", border: str = "keep") -> tuple[torch.Tensor, torch.Tensor]:
     """(training, validation) uint8 images (N, size, size) of ``samples``, from the image cache,
-    after the run's intensity normalisation."""
-    arr = load_cached([s.path for s in samples], size, cache_dir, progress=progress, intensity=intensity)
+    after the run's border step and intensity normalisation."""
+    arr = load_cached([s.path for s in samples], size, cache_dir, progress=progress, intensity=intensity,
+                      border=border)
     is_val = np.array([s.split == "val" for s in samples])
     return (torch.from_numpy(np.ascontiguousarray(arr[~is_val])),
             torch.from_numpy(np.ascontiguousarray(arr[is_val])))

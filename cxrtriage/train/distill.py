@@ -29,7 +29,7 @@ def teacher_probs(teacher: str, paths: list[str], classes: tuple[str, ...], cach
     if engine.spec.kind != "single":
         raise ValueError("distillation needs a single-label teacher (softmax probabilities)")
     images = load_cached(paths, engine.spec.input_size, cache_dir, progress=progress,
-                         intensity=engine.spec.input.intensity)
+                         intensity=engine.spec.input.intensity, border=engine.spec.input.border)
     return run_onnx(engine.onnx_path, images, ["probs"], batch=batch)["probs"].astype(np.float32)
 
 

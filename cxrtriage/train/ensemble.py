@@ -52,10 +52,13 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
                    target_sensitivity: float | None = None, cache_dir: str | None = None,
                    seed: int = 0, progress: bool = False, onnx_path: str | Path | None = None,
                    name: str | None = None, heatmap_from: list[int] | None = None,
-                   half_weights: bool = False, population: str | None = None, task: str | None = None) -> Path:
+                   half_weights: bool = False, population: str | None = None, task: str | None = None,
+                   border: str | None = None) -> Path:
     """Combine the best checkpoints of ``runs`` into ``<out>/model.onnx`` (or ``onnx_path``) with its
     sidecar and gate; ``out`` also gets the validation predictions, the split and ensemble.json.
-    ``task``: a coarser task than the members' (``pneumonia`` from ``pneumonia3`` runs)."""
+    ``task``: a coarser task than the members' (``pneumonia`` from ``pneumonia3`` runs); ``border``:
+    the border step in serving (default: the one the runs were trained with; when it differs, the
+    sidecar says so)."""
     runs = [Path(r) for r in runs]
     loaded, member_task = _checked_runs(runs)
     task, groups = _coarse_task(member_task, task)
@@ -67,13 +70,16 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
     samples = read_manifest(runs[0] / "split.csv")
     cfg0 = TrainConfig.load(runs[0] / "config.json")
     intensity = _common_intensity(runs)
+    trained_border = _common_setting(runs, "border")
+    border = border or trained_border
     arr = load_cached([s.path for s in samples], size, cache_dir or cfg0.cache_dir, progress=progress,
-                      intensity=intensity)
+                      intensity=intensity, border=border)
     is_val = np.array([s.split == "val" for s in samples])
     val_s = of_split(samples, "val")
     y_val = targets(task, val_s)
     exported = export_graph(graph, Path(onnx_path) if onnx_path else out / "model.onnx",
-                            InputSpec(size=size, normalisation="per member, inside the graph", intensity=intensity),
+                            InputSpec(size=size, normalisation="per member, inside the graph", intensity=intensity,
+                                      border=border),
                             ["probs", "cam", "embedding"], half_weights=half_weights)
     val_out = run_onnx(exported.path, arr[is_val], ["probs", "embedding"])
     probs = val_out["probs"]
@@ -94,6 +100,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
         provenance={
             "members": member_facts,
             "heatmap_source": "class activation map of " + " + ".join(archs[i] for i in graph.heatmap_from),
+            **({"border_in_training": trained_border} if border != trained_border else {}),
             **({"trained_as": {"task": member_task.name, "classes": list(member_task.classes), "groups": groups}}
                if groups else {}),
             "cxr_triage_version": __version__,
@@ -151,6 +158,15 @@ def _coarse_task(member_task: Task, name: str | None) -> tuple[Task, list[list[i
         raise ValueError(f"runs trained for {member_task.name!r} have no class for "
                          f"{[c for c, g in zip(coarse.classes, groups) if not g]} of {coarse.name!r}")
     return coarse, groups
+
+
+def _common_setting(runs: list[Path], name: str) -> str:
+    """A preprocessing setting every member was trained with (the ensemble has one input)."""
+    found = {str(getattr(TrainConfig.load(r / "config.json"), name)) for r in runs}
+    if len(found) != 1:
+        raise ValueError(f"the runs were trained with different {name} settings ({', '.join(sorted(found))}); "
+                         "an ensemble's members must share it")
+    return found.pop()
 
 
 def _common_intensity(runs: list[Path]) -> str:

@@ -43,14 +43,14 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
     last = torch.load(out / "last.pt", map_location="cpu", weights_only=False) if (out / "last.pt").exists() else best
     samples = read_manifest(out / "split.csv")
     x_train, x_val = split_images(samples, ck["image_size"], cfg.cache_dir, progress=progress,
-                                    intensity=cfg.intensity)
+                                    intensity=cfg.intensity, border=cfg.border)
     val_s = of_split(samples, "val")
     onnx_path = Path(onnx_path) if onnx_path else out / "model.onnx"
     previous = _previous_training(onnx_path)
     # export first, then score validation with ONNX Runtime (what serving runs, and much faster
     # than torch eager on a CPU)
     graph = export_onnx(model, onnx_path, ck["image_size"], ck["mean"], ck["std"], multilabel=task.kind == "multilabel",
-                        intensity=cfg.intensity)
+                        intensity=cfg.intensity, border=cfg.border)
     has_gate = "embedding" in graph.outputs
     val_out = run_onnx(onnx_path, x_val.numpy(), ["probs", "embedding"] if has_gate else ["probs"])
     probs, y_val = val_out["probs"], targets(task, val_s)
@@ -65,7 +65,7 @@ def export_run(out: str | Path, onnx_path: str | Path | None = None, stop_reason
         idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[:GATE_FIT_IMAGES]
         emb_train = run_onnx(onnx_path, x_train[idx].numpy(), ["embedding"])["embedding"]
         extra = (extra_gate_embeddings(onnx_path, cfg.gate_extra, ck["image_size"], cfg.intensity, cfg.cache_dir,
-                                       cfg.seed) if cfg.gate_extra else None)
+                                       cfg.seed, cfg.border) if cfg.gate_extra else None)
         provenance["gate"] = gate_from_embeddings(onnx_path, emb_train, val_out["embedding"], cfg.gate_quantile, extra)
     spec = graph.model_spec(
         name=f"cxr-{task.name}-{ck['arch']}", task=task.name, classes=task.classes, kind=task.kind,
@@ -144,7 +144,7 @@ def gate_from_embeddings(onnx_path: Path, tr: np.ndarray, va: np.ndarray, quanti
 
 
 def extra_gate_embeddings(onnx_path: Path, source: str, size: int, intensity: str, cache_dir: str | None,
-                          seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+                          seed: int, border: str = "keep") -> tuple[np.ndarray, np.ndarray, str]:
     """Embeddings of the films in ``source`` (folder or CSV, no labels needed), in two patient-wise halves."""
     films = unlabelled_films(source)
     patients = sorted({s.patient_id for s in films})
@@ -152,7 +152,7 @@ def extra_gate_embeddings(onnx_path: Path, source: str, size: int, intensity: st
     halves = [[s.path for s in films if (s.patient_id in first) == want] for want in (True, False)]
     if not halves[0] or not halves[1]:
         raise ValueError(f"{source}: the gate's extra films need at least two patients")
-    emb = [run_onnx(onnx_path, load_cached(h, size, cache_dir, progress=False, intensity=intensity),
+    emb = [run_onnx(onnx_path, load_cached(h, size, cache_dir, progress=False, intensity=intensity, border=border),
                     ["embedding"])["embedding"] for h in halves]
     return emb[0], emb[1], str(source)
 

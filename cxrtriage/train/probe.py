@@ -111,7 +111,8 @@ def train_probe(cfg: TrainConfig, samples: list[Sample], progress: bool = True) 
     if loaded:
         print(f"initialised {cfg.arch} from {loaded['source']} ({loaded['loaded']} tensors); trunk frozen")
     write_manifest(samples, out / "split.csv")
-    x_train, x_val = split_images(samples, size, cfg.cache_dir, progress=progress, intensity=cfg.intensity)
+    x_train, x_val = split_images(samples, size, cfg.cache_dir, progress=progress, intensity=cfg.intensity,
+                                  border=cfg.border)
     y_train, y_val = targets(task, of_split(samples, "train")), targets(task, of_split(samples, "val"))
     present = y_train.any(axis=0) if task.kind == "multilabel" else [(y_train == i).any() for i in range(task.num_classes)]
     missing = [c for c, ok in zip(task.classes, present) if not ok]

@@ -300,7 +300,8 @@ def prepare_data(run: Run) -> RunData:
         write_manifest(samples, run.out / "split.csv")
         load_cached([s.path for s in samples], run.size, run.cfg.cache_dir, progress=run.progress)  # fill the cache
     dist.barrier()
-    x_train, x_val = split_images(samples, run.size, run.cfg.cache_dir, intensity=run.cfg.intensity)
+    x_train, x_val = split_images(samples, run.size, run.cfg.cache_dir, intensity=run.cfg.intensity,
+                                  border=run.cfg.border)
     y_train = torch.from_numpy(targets(run.task, train_s))
     mean, std = pixel_stats(x_train)
     teacher = (torch.from_numpy(teacher_probs(run.cfg.teacher, [s.path for s in train_s], run.task.classes,
