@@ -223,6 +223,47 @@ def test_an_ensemble_refuses_members_with_different_intensity_normalisations(tin
         build_ensemble([plain, eq], tmp_path / "ens", cache_dir=str(cache))
 
 
+def test_a_run_trained_with_border_trim_is_served_with_it(tiny_manifest, tiny_run, samples_dir, tmp_path):
+    """--border trim: the sidecar records it (and its version says so), the engine trims a framed
+    film before the graph, matching torch on the trimmed image (and not on the framed one); an
+    ensemble refuses members trained with different border steps."""
+    from PIL import Image
+
+    from cxrtriage.contract import ModelSpec
+    from cxrtriage.data import to_model_input
+    from cxrtriage.data.preprocess import apply_border
+    from cxrtriage.infer import Engine
+    from cxrtriage.io import read_radiograph
+    from cxrtriage.models.checkpoint import load_checkpoint
+    from cxrtriage.train.ensemble import build_ensemble
+
+    plain, cache = tiny_run
+    out = train(_cfg(tmp_path / "trim", tiny_manifest, cache, border="trim", epochs=1), progress=False)
+    spec = ModelSpec.load(out / "model.json")
+    assert spec.input.border == "trim" and spec.version.endswith("-trim")
+    files = []
+    for f in sorted(samples_dir.glob("*.jpeg"))[:4]:
+        film = read_radiograph(f).to_uint8()
+        framed = np.full((film.shape[0] + 60, film.shape[1] + 60), 30, dtype=np.uint8)
+        framed[30:-30, 30:-30] = film
+        Image.fromarray(framed).save(tmp_path / f"{f.stem}.png")
+        files.append(tmp_path / f"{f.stem}.png")
+    model, meta = load_checkpoint(out)
+    raw = np.stack([to_model_input(read_radiograph(f), meta["image_size"]) for f in files])
+
+    def torch_probs(x):
+        with torch.no_grad():
+            t = torch.from_numpy(x).float().unsqueeze(1) / 255.0
+            return torch.softmax(model((t - meta["mean"]) / meta["std"]), 1).numpy()
+
+    engine = Engine(out, gate=False)
+    got = np.array([[p.probabilities[c] for c in engine.spec.classes] for p in engine.predict_files(files)])
+    assert np.abs(got - torch_probs(apply_border(raw, "trim"))).max() < 1e-4
+    assert np.abs(got - torch_probs(raw)).max() > 1e-3
+    with pytest.raises(ValueError, match="border"):
+        build_ensemble([plain, out], tmp_path / "ens", cache_dir=str(cache))
+
+
 def test_a_student_distilled_from_the_bundled_model_trains_and_exports(tiny_manifest, tiny_run, tmp_path):
     """--teacher: the teacher's probabilities are computed once on the training images (at its own
     size) and the run records the teacher; distilling with weight 1 fits the teacher, not the labels."""
