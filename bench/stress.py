@@ -18,6 +18,7 @@ from PIL import Image, ImageFilter
 from sklearn.metrics import roc_auc_score
 
 from cxrtriage.data import kermany_samples, load_cached, patient_split, to_model_input
+from cxrtriage.data.preprocess import trim_border
 from cxrtriage.infer import Engine
 
 
@@ -35,27 +36,6 @@ def _zoom_out(a: np.ndarray, scale: float) -> np.ndarray:
     o = (s - k) // 2
     out[o:o + k, o:o + k] = small
     return out
-
-
-def trim_uniform_border(a: np.ndarray, tol: float = 3.0, max_frac: float = 0.3) -> np.ndarray:
-    """The film without its uniform edge rows and columns (standard deviation below ``tol`` gray
-    levels; at most ``max_frac`` of a side each), resized back: what a serving step that cuts off
-    collimation or padding frames would show the model. Not part of the product's preprocessing."""
-    h, w = a.shape
-    f = a.astype(np.float32)
-
-    def inner(spread: np.ndarray, n: int) -> tuple[int, int]:
-        lo, hi, cap = 0, n, int(n * max_frac)
-        while lo < cap and spread[lo] < tol:
-            lo += 1
-        while n - hi < cap and spread[hi - 1] < tol:
-            hi -= 1
-        return lo, hi
-
-    (t, b), (left, right) = inner(f.std(axis=1), h), inner(f.std(axis=0), w)
-    if (t, b, left, right) == (0, h, 0, w):
-        return a
-    return np.asarray(Image.fromarray(a[t:b, left:right]).resize((w, h), Image.BILINEAR))
 
 
 def perturbations(seed: int = 0) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -82,7 +62,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     ap.add_argument("--films", choices=("val", "test-dev"), default="val")
     ap.add_argument("--trim-borders", action="store_true",
-                    help="cut uniform edge rows/columns off every (degraded) film before scoring: a what-if")
+                    help="cut uniform edge rows/columns off every (degraded) film before scoring, also for "
+                    "models whose own border step is keep: a what-if")
     args = ap.parse_args()
     engines = [Engine(m, gate=False) for m in args.models]
     if args.films == "test-dev":
@@ -99,7 +80,7 @@ def main() -> None:
     for name, fn in perturbations().items():
         degraded = [fn(a) for a in base]
         if args.trim_borders:
-            degraded = [trim_uniform_border(a) for a in degraded]
+            degraded = [trim_border(a) for a in degraded]
         row = {"perturbation": name}
         for m, e in zip(args.models, engines):
             steps = e.spec.input  # the model's own border and intensity steps, as in serving

@@ -29,6 +29,13 @@ def tiny_manifest(shared_root, tmp_path_factory):
     return path
 
 
+def _torch_probs(model, meta: dict, x: np.ndarray) -> np.ndarray:
+    """Softmax of a checkpoint's network on uint8 images (N, S, S), normalised as in training."""
+    with torch.no_grad():
+        t = torch.from_numpy(x).float().unsqueeze(1) / 255.0
+        return torch.softmax(model((t - meta["mean"]) / meta["std"]), 1).numpy()
+
+
 def _cfg(out, manifest, cache, **kw) -> TrainConfig:
     base = dict(out_dir=str(out), manifest=str(manifest), epochs=2, batch_size=8, cache_dir=str(cache),
                 image_size=64, patience=10)
@@ -203,15 +210,10 @@ def test_an_equalised_run_is_served_with_the_same_equalisation(tiny_manifest, ti
     model, meta = load_checkpoint(out)
     raw = np.stack([to_model_input(read_radiograph(f), meta["image_size"]) for f in files])
 
-    def torch_probs(x):
-        with torch.no_grad():
-            t = torch.from_numpy(x).float().unsqueeze(1) / 255.0
-            return torch.softmax(model((t - meta["mean"]) / meta["std"]), 1).numpy()
-
     engine = Engine(out, gate=False)
     got = np.array([[p.probabilities[c] for c in engine.spec.classes] for p in engine.predict_files(files)])
-    assert np.abs(got - torch_probs(apply_intensity(raw, "equalise"))).max() < 1e-4
-    assert np.abs(got - torch_probs(raw)).max() > 1e-3
+    assert np.abs(got - _torch_probs(model, meta, apply_intensity(raw, "equalise"))).max() < 1e-4
+    assert np.abs(got - _torch_probs(model, meta, raw)).max() > 1e-3
 
 
 def test_an_ensemble_refuses_members_with_different_intensity_normalisations(tiny_manifest, tiny_run, tmp_path):
@@ -251,15 +253,10 @@ def test_a_run_trained_with_border_trim_is_served_with_it(tiny_manifest, tiny_ru
     model, meta = load_checkpoint(out)
     raw = np.stack([to_model_input(read_radiograph(f), meta["image_size"]) for f in files])
 
-    def torch_probs(x):
-        with torch.no_grad():
-            t = torch.from_numpy(x).float().unsqueeze(1) / 255.0
-            return torch.softmax(model((t - meta["mean"]) / meta["std"]), 1).numpy()
-
     engine = Engine(out, gate=False)
     got = np.array([[p.probabilities[c] for c in engine.spec.classes] for p in engine.predict_files(files)])
-    assert np.abs(got - torch_probs(apply_border(raw, "trim"))).max() < 1e-4
-    assert np.abs(got - torch_probs(raw)).max() > 1e-3
+    assert np.abs(got - _torch_probs(model, meta, apply_border(raw, "trim"))).max() < 1e-4
+    assert np.abs(got - _torch_probs(model, meta, raw)).max() > 1e-3
     with pytest.raises(ValueError, match="border"):
         build_ensemble([plain, out], tmp_path / "ens", cache_dir=str(cache))
 

@@ -85,16 +85,16 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
         temperature, bias = fit_temperature_bias(raw, y)
     else:
         temperature = fit_temperature(raw, y, kind)
-    before = before_spec.triage_score(before_spec.calibrated(raw))
-    after = before_spec.triage_score(apply_temperature(raw, temperature, kind, bias))
+    probs_before, probs_after = before_spec.calibrated(raw), apply_temperature(raw, temperature, kind, bias)
+    before, after = before_spec.triage_score(probs_before), before_spec.triage_score(probs_after)
     thr, thr_high = operating_points(pos, after, target_sensitivity=target_sensitivity)
     m_before = binary_metrics(pos, before, before_spec.threshold, n_boot=n_boot, seed=seed)
     m_after = binary_metrics(pos, after, thr, n_boot=n_boot, seed=seed)
     date = _dt.date.today().isoformat()
     accuracy = None
     if kind is Kind.SINGLE and len(before_spec.classes) > 2:  # arg-max calls, as `cxr evaluate` scores them
-        accuracy = {"before": float((before_spec.calibrated(raw).argmax(1) == y).mean()),
-                    "after": float((apply_temperature(raw, temperature, kind, bias).argmax(1) == y).mean())}
+        accuracy = {"before": float((probs_before.argmax(1) == y).mean()),
+                    "after": float((probs_after.argmax(1) == y).mean())}
     expected = {k: {"value": m_after[k], "ci95": m_after["ci"][k]} for k in ("sensitivity", "specificity")}
     calibration = {**facts, "date": date, "target_sensitivity": target_sensitivity, "temperature": temperature,
                    "class_bias": None if bias is None else dict(zip(before_spec.classes, bias)),

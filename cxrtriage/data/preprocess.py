@@ -40,14 +40,18 @@ def border_box(image: np.ndarray, tol: float = 3.0, max_frac: float = 0.3) -> tu
     return None if (top, bottom, left, right) == (0, h, 0, w) else (top, bottom, left, right)
 
 
-def trim_border(image: np.ndarray) -> np.ndarray:
-    """A uint8 image without its uniform frame (:func:`border_box`), resized back to its size."""
-    box = border_box(image)
+def crop_to_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """``image`` cut to ``box`` (top, bottom, left, right) and resized back to its size; None keeps it."""
     if box is None:
         return image
     top, bottom, left, right = box
     crop = np.ascontiguousarray(image[top:bottom, left:right])
     return np.asarray(Image.fromarray(crop, mode="L").resize(image.shape[::-1], Image.BILINEAR))
+
+
+def trim_border(image: np.ndarray) -> np.ndarray:
+    """A uint8 image without its uniform frame (:func:`border_box`), resized back to its size."""
+    return crop_to_box(image, border_box(image))
 
 
 def uncrop_maps(maps: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:

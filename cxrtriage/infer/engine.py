@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cxrtriage.contract import ModelSpec, Prediction, Priority
-from cxrtriage.data.preprocess import apply_border, apply_intensity, border_box, to_model_input, uncrop_maps
+from cxrtriage.data.preprocess import apply_intensity, border_box, crop_to_box, to_model_input, uncrop_maps
 from cxrtriage.infer.bundle import load_spec, resolve_model
 from cxrtriage.infer.gate import FeatureGate, gate_path, pixel_refusal, view_refusal
 from cxrtriage.infer.pipeline import Triager
@@ -122,8 +122,8 @@ class Engine(Triager):
         """The graph's input batch and, for films whose uniform frame was trimmed, the crop box."""
         steps, size = self.spec.input, self.spec.input_size
         resized = [to_model_input(rg, size) for rg in rgs]
-        boxes = [border_box(a) if steps.border == "trim" else None for a in resized]
-        batch = np.stack([apply_intensity(apply_border(a, steps.border), steps.intensity) for a in resized])
+        boxes = [border_box(a) if steps.border == "trim" else None for a in resized]  # found once, used twice
+        batch = np.stack([apply_intensity(crop_to_box(a, b), steps.intensity) for a, b in zip(resized, boxes)])
         return batch, boxes
 
     def _judge(self, preds: list[Prediction], out: dict[str, np.ndarray], heatmap: bool) -> None:

@@ -69,7 +69,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, threshold_method: st
     out.mkdir(parents=True, exist_ok=True)
     samples = read_manifest(runs[0] / "split.csv")
     cfg0 = TrainConfig.load(runs[0] / "config.json")
-    intensity = _common_intensity(runs)
+    intensity = _common_setting(runs, "intensity")
     trained_border = _common_setting(runs, "border")
     border = border or trained_border
     arr = load_cached([s.path for s in samples], size, cache_dir or cfg0.cache_dir, progress=progress,
@@ -165,15 +165,6 @@ def _common_setting(runs: list[Path], name: str) -> str:
     found = {str(getattr(TrainConfig.load(r / "config.json"), name)) for r in runs}
     if len(found) != 1:
         raise ValueError(f"the runs were trained with different {name} settings ({', '.join(sorted(found))}); "
-                         "an ensemble's members must share it")
-    return found.pop()
-
-
-def _common_intensity(runs: list[Path]) -> str:
-    """The intensity normalisation every member was trained with (the ensemble has one input)."""
-    found = {TrainConfig.load(r / "config.json").intensity for r in runs}
-    if len(found) != 1:
-        raise ValueError(f"the runs were trained with different intensity normalisations ({', '.join(sorted(found))}); "
                          "an ensemble's members must share it")
     return found.pop()
 
