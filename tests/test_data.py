@@ -120,6 +120,21 @@ def test_equalisation_spreads_a_narrow_histogram_and_keeps_grey_order():
     assert apply_intensity(narrow, "none") is narrow
 
 
+def test_clahe_raises_local_contrast_in_dark_and_bright_regions_alike():
+    from cxrtriage.data import apply_intensity
+
+    rng = np.random.default_rng(0)
+    film = np.empty((128, 128), dtype=np.uint8)  # a dark half and a bright half, each of low contrast
+    film[:, :64] = 40 + rng.integers(-4, 5, (128, 64))
+    film[:, 64:] = 200 + rng.integers(-4, 5, (128, 64))
+    out = apply_intensity(np.stack([film, film]), "clahe")
+    assert out.shape == (2, 128, 128) and out.dtype == np.uint8
+    assert np.array_equal(out[0], out[1])  # the same film, the same result
+    for half in (np.s_[16:112, 8:56], np.s_[16:112, 72:120]):  # inside each half, away from the edge
+        assert out[0][half].std() > 1.8 * film[half].std()
+    assert out[0][:, :64].mean() < out[0][:, 64:].mean()  # dark stays darker than bright
+
+
 def test_an_unknown_intensity_normalisation_is_refused():
     from cxrtriage.data import apply_intensity
 

@@ -274,3 +274,48 @@ def test_a_student_distilled_from_the_bundled_model_trains_and_exports(tiny_mani
     assert spec.classes == ("normal", "pneumonia") and spec.population == "pediatric"
     with pytest.raises(ValueError, match="mixup"):
         train(_cfg(tmp_path / "bad", tiny_manifest, cache, teacher="cxr-pneumonia", mixup=0.2), progress=False)
+
+
+def test_grad_cam_in_cxr_explain_sees_the_film_as_the_graph_does(tiny_manifest, tiny_run, samples_dir, tmp_path):
+    """A network without an in-graph map (ref_cnn150) trained with --intensity clahe --border trim:
+    the engine serves it with both steps, and `cxr explain`'s Grad-CAM runs on the trimmed,
+    CLAHE'd film and puts the map back where the film lay (the frame stays cold)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cxrtriage.cli.main import app
+    from cxrtriage.data import apply_intensity, to_model_input
+    from cxrtriage.data.preprocess import apply_border, border_box, uncrop_maps
+    from cxrtriage.explain.gradcam import gradcam
+    from cxrtriage.infer import Engine
+    from cxrtriage.io import read_radiograph
+    from cxrtriage.models.checkpoint import load_checkpoint
+
+    _, cache = tiny_run
+    out = train(_cfg(tmp_path / "ref", tiny_manifest, cache, arch="ref_cnn150", image_size=96, intensity="clahe",
+                     border="trim", epochs=1), progress=False)
+    film = read_radiograph(sorted(samples_dir.glob("*bacteria*.jpeg"))[0]).to_uint8()
+    framed = np.full((film.shape[0] + 200, film.shape[1] + 200), 20, dtype=np.uint8)
+    framed[100:-100, 100:-100] = film
+    path = tmp_path / "framed.png"
+    Image.fromarray(framed).save(path)
+
+    model, meta = load_checkpoint(out)
+    raw = to_model_input(read_radiograph(path), 96)
+    seen = apply_intensity(apply_border(raw, "trim"), "clahe")
+    engine = Engine(out, gate=False)
+    got = np.array([engine.predict_files([path])[0].probabilities[c] for c in engine.spec.classes])
+    assert np.abs(got - _torch_probs(model, meta, seen[None])[0]).max() < 1e-4
+
+    res = CliRunner().invoke(app, ["explain", str(path), "--model", str(out), "--out", str(tmp_path / "x"), "--npy"])
+    assert res.exit_code == 0, res.output
+    heat = np.load(tmp_path / "x" / "framed.heatmap.npy")
+    target = 1 + int(np.argmax(got[1:]))
+
+    def cam_of(x: np.ndarray) -> np.ndarray:
+        t = torch.tensor(x, dtype=torch.float32)[None, None] / 255.0
+        return gradcam(model, (t - meta["mean"]) / meta["std"], target)
+
+    want = uncrop_maps(cam_of(seen), border_box(raw), 96)[0]
+    assert heat.shape == want.shape and np.abs(heat - want).max() < 1e-4
+    assert np.abs(heat - cam_of(raw)[0]).max() > 0.05  # not the map of the untrimmed, unprocessed film

@@ -197,13 +197,15 @@ def explain(
         if gradcam_model is not None and pred.ok:
             import torch
 
-            from cxrtriage.data import to_model_input
+            from cxrtriage.data.preprocess import uncrop_maps
             from cxrtriage.explain.gradcam import gradcam
 
             net, meta = gradcam_model
-            x = torch.from_numpy(to_model_input(rg, meta["image_size"])).float()[None, None] / 255.0
+            batch, (box,) = engine.model_inputs([rg])  # the film as the graph saw it: border and intensity steps
+            x = torch.from_numpy(batch).float()[:, None] / 255.0
             target = 1 + int(np.argmax([pred.probabilities[c] for c in engine.spec.classes[1:]]))
-            pred.heatmap = gradcam(net, (x - meta["mean"]) / meta["std"], target)[0]
+            cam = gradcam(net, (x - meta["mean"]) / meta["std"], target)
+            pred.heatmap = (cam if box is None else uncrop_maps(cam, box, engine.spec.input_size))[0]
         png = out / f"{f.stem}.heatmap.png"
         overlay_for(rg.pixels, pred, opacity=opacity).save(png)
         if npy and pred.heatmap is not None:

@@ -13,8 +13,9 @@ from cxrtriage.contract import GATE_QUANTILE
 
 
 # options defined apart, so the command's signature stays readable
-_INTENSITY = typer.Option("none", help="Intensity normalisation of every image, the same in serving: none, or "
-    "equalise (histogram equalisation: removes exposure and processing differences).")
+_INTENSITY = typer.Option("none", help="Intensity normalisation of every image, the same in serving: none, "
+    "equalise (histogram equalisation: removes exposure and processing differences) or clahe (the same, "
+    "tile by tile: local contrast too).")
 _BORDER = typer.Option("keep", "--border", help="keep, or trim: cut uniform edge rows and columns "
     "(collimation, padding) off every image before the network, the same in serving.")
 _TEACHER = typer.Option(None, "--teacher", help="Distil: also learn this model's probabilities "

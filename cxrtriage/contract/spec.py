@@ -28,7 +28,7 @@ GATE_QUANTILE = 0.995          # the quality gate accepts this quantile of its t
 
 
 POPULATIONS = ("pediatric", "adult")
-INTENSITIES = ("none", "equalise")  # per-image intensity normalisation of the model-size image
+INTENSITIES = ("none", "equalise", "clahe")  # per-image intensity normalisation of the model-size image
 BORDERS = ("keep", "trim")  # "trim": uniform edge rows/columns (collimation, padding) cut off the model-size image
 ADULT_AGE = 18.0  # years; below it a film is pediatric
 

@@ -29,6 +29,10 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module | N
     """Grad-CAM (Selvaraju et al. 2017) of class ``target`` at ``layer`` (default: the last conv)."""
     layer = layer or _last_conv(model)
     store: dict[str, torch.Tensor] = {}
+    # an in-place ReLU after the layer would overwrite the hooked output: run them out of place
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False)]
+    for m in inplace:
+        m.inplace = False
     h1 = layer.register_forward_hook(lambda m, i, o: store.__setitem__("act", o))
     h2 = layer.register_full_backward_hook(lambda m, gi, go: store.__setitem__("grad", go[0]))
     try:
@@ -40,6 +44,8 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module | N
     finally:
         h1.remove()
         h2.remove()
+        for m in inplace:
+            m.inplace = True
     weights = store["grad"].mean(dim=(2, 3), keepdim=True)
     cam = (weights * store["act"]).sum(dim=1).detach()
     return _scale(cam)

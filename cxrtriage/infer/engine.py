@@ -95,7 +95,7 @@ class Engine(Triager):
             else:
                 todo.append(i)
         if todo:
-            batch, boxes = self._inputs([rgs[i] for i in todo])
+            batch, boxes = self.model_inputs([rgs[i] for i in todo])
             t1 = time.perf_counter()
             out = self.run_tta(batch) if self.tta else self.run_arrays(batch)
             if "cam" in out and any(boxes):  # maps of trimmed films back onto the whole film
@@ -118,8 +118,9 @@ class Engine(Triager):
             p.timings_ms["total"] = round(total + (dec or 0.0), 3)
         return preds
 
-    def _inputs(self, rgs: list) -> tuple[np.ndarray, list]:
-        """The graph's input batch and, for films whose uniform frame was trimmed, the crop box."""
+    def model_inputs(self, rgs: list) -> tuple[np.ndarray, list]:
+        """The graph's input batch (uint8, after the model's border and intensity steps) and, for
+        films whose uniform frame was trimmed, the crop box (else None)."""
         steps, size = self.spec.input, self.spec.input_size
         resized = [to_model_input(rg, size) for rg in rgs]
         boxes = [border_box(a) if steps.border == "trim" else None for a in resized]  # found once, used twice

@@ -28,7 +28,7 @@ class TrainConfig:
     class_weights: bool = True  # weight the loss by inverse class frequency
     dropout: float | None = None
     augment: bool = True
-    intensity: str = "none"  # per-image intensity normalisation, the same in serving ("none" or "equalise")
+    intensity: str = "none"  # per-image intensity normalisation, the same in serving ("none", "equalise" or "clahe")
     border: str = "keep"  # "trim": uniform frame borders cut off every image, the same in serving
     augment_strength: float = 1.0  # scales every augmentation range (0.5: half the rotation, shift, noise...)
     zoom: tuple[float, float] | None = None  # zoom range of augmentation (> 1: magnified); None: the strength's
