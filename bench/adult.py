@@ -7,7 +7,7 @@ the held-out patients. Prints, per finding, the mean and spread of the held-out 
 beside CheXNet's published AUC (Rajpurkar et al. 2017, NIH official test, 78k training films),
 and the "any finding" triage AUC.
 
-    python bench/adult.py --data ../shared/data/nih-cxr14 [--folds 5] [--C 0.003] [--arch lite2_probe]
+    python bench/adult.py --data ../shared/data/nih-cxr14 [--folds 5] [--C 0.003] [--arch lite2_probe] [--intensity clahe]
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ CHEXNET = {"Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "I
            "Pleural_Thickening": 0.8062, "Hernia": 0.9164}
 
 
-def features(paths: list[str], size: int, tmp: Path, arch: str = "lite0_probe") -> np.ndarray:
+def features(paths: list[str], size: int, tmp: Path, arch: str = "lite0_probe", intensity: str = "none") -> np.ndarray:
     model = build_model(arch, 14, size).eval()
     init_weights(model, arch, pretrained=True)
-    imgs = torch.from_numpy(np.array(load_cached(paths, size, progress=True)))
+    imgs = torch.from_numpy(np.array(load_cached(paths, size, progress=True, intensity=intensity)))
     mean, std = pixel_stats(imgs)
     return FeatureExtractor(model, mean, std, size, tmp)(imgs, desc="features")
 
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--C", type=float, default=0.003)
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--arch", default="lite0_probe", help="the frozen trunk: lite0_probe, lite1_probe or lite2_probe")
+    ap.add_argument("--intensity", default="none", help="intensity step before the trunk: none, equalise or clahe")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -63,7 +64,7 @@ def main() -> None:
     groups = np.array([s.patient_id for s in films])
     out = Path("runs/bench-adult")
     out.mkdir(parents=True, exist_ok=True)
-    f = features([s.path for s in films], args.size, out, args.arch)
+    f = features([s.path for s in films], args.size, out, args.arch, args.intensity)
     folds = StratifiedGroupKFold(args.folds, shuffle=True, random_state=args.seed)
     per: dict[str, list[float]] = {c: [] for c in task.classes}
     triage = []
@@ -77,7 +78,7 @@ def main() -> None:
         triage.append(float(roc_auc_score(triage_target(y[te], Kind.MULTILABEL), triage_score(p, Kind.MULTILABEL))))
         print(f"fold {k + 1}: {len(te)} films, any-finding AUC {triage[-1]:.3f}")
     print(f"\n{len(films)} films, {len(set(groups))} patients, {args.folds} patient-wise folds, "
-          f"{args.arch} at {args.size} px, C={args.C}")
+          f"{args.arch} at {args.size} px, intensity {args.intensity}, C={args.C}")
     print(f"{'finding':20} {'positives':>9} {'AUC mean':>9} {'sd':>6} {'folds':>6} {'CheXNet':>8}")
     for j, c in enumerate(task.classes):
         v = per[c]
