@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtriage.calibrate import CalibrationError, calibrate
+from cxrtriage.calibrate.head import SiteHead, fit_site_head, has_site_head, without_site_head, write_graph_with_head
 from cxrtriage.calibrate.temperature import fit_temperature, fit_temperature_bias
 from cxrtriage.cli.main import app
 from cxrtriage.contract import ModelSpec, apply_temperature
@@ -81,9 +82,20 @@ def halves(shared_root, tmp_path_factory):
     return a, b
 
 
+def _network_only(engine: Engine) -> Engine:
+    """``engine`` running its network without any site head (fitted on all of test-dev, half B included)."""
+    import onnxruntime as ort
+
+    from cxrtriage.calibrate.head import without_site_head
+
+    engine.session = ort.InferenceSession(without_site_head(engine.onnx_path).SerializeToString(),
+                                          providers=["CPUExecutionProvider"])
+    return engine
+
+
 def _as_trained(model: str | None) -> Engine:
     """The bundled model with its own site calibration (on all of test-dev, half B included) undone."""
-    engine = Engine(model, gate=False)
+    engine = _network_only(Engine(model, gate=False))
     prev = engine.spec.provenance.get("calibration", {}).get("previous")
     if prev:
         engine.spec = replace(engine.spec.with_decision(threshold=prev["threshold"], threshold_high=prev["threshold_high"]),
@@ -159,3 +171,82 @@ def test_no_class_bias_keeps_the_training_mix(halves, tmp_path):
     spec = ModelSpec.load(tmp_path / "site" / "cxr-pneumonia.json")
     assert spec.class_bias is None and json.loads(res.output)["class_bias"] is None
     assert spec.temperature != 1.0
+
+
+def test_a_site_head_learns_what_the_embedding_adds_and_shrinks_to_nothing():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+
+    def films(n):
+        y = rng.integers(0, 2, n)
+        emb = rng.normal(size=(n, 20))
+        emb[:, 3] += 1.5 * y  # the network's features know more than its output says
+        logit = 0.3 * (2 * y - 1) + rng.normal(size=n)
+        p1 = 1 / (1 + np.exp(-logit))
+        return np.c_[1 - p1, p1], emb, y
+
+    p, emb, y = films(400)
+    head = fit_site_head(p, emb, y, l2=0.1)
+    pt, et, yt = films(2000)  # films the head did not see
+    assert roc_auc_score(yt, head.apply(pt, et)[:, 1]) > roc_auc_score(yt, pt[:, 1]) + 0.1
+    assert np.allclose(head.apply(pt, et).sum(axis=1), 1.0)
+    stiff = fit_site_head(p, emb, y, l2=1e4)
+    assert np.linalg.norm(stiff.weights) < 1e-3  # the penalty pulls it back to the model as it was
+
+
+def test_a_site_head_in_the_graph_matches_numpy_stacks_and_comes_off_again(samples_dir, tmp_path):
+    import onnxruntime as ort
+
+    from cxrtriage.io import read_radiograph
+
+    engine = Engine(gate=False)
+    x, _ = engine.model_inputs([read_radiograph(f) for f in sorted(samples_dir.glob("*.jpeg"))])
+
+    def run(model) -> dict:
+        data = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return dict(zip(engine.spec.outputs, sess.run(list(engine.spec.outputs), {"image": x.astype(np.float32)[:, None]})))
+
+    net = run(without_site_head(DEFAULT_MODEL))
+    d = net["embedding"].shape[1]
+    rng = np.random.default_rng(0)
+    heads = [SiteHead(net["embedding"].mean(0), net["embedding"].std(0) + 1.0, rng.normal(0, 0.1, (d, 1)),
+                      np.array([b])) for b in (0.7, -0.4)]
+    write_graph_with_head(without_site_head(DEFAULT_MODEL), tmp_path / "one.onnx", heads[0])
+    write_graph_with_head(tmp_path / "one.onnx", tmp_path / "two.onnx", heads[1])
+    one, two = run(tmp_path / "one.onnx"), run(tmp_path / "two.onnx")
+    want = heads[0].apply(net["probs"], net["embedding"])
+    assert np.abs(want - net["probs"]).max() > 0.05  # the head does change the scores
+    assert np.abs(one["probs"] - want).max() < 1e-4
+    assert np.abs(two["probs"] - heads[1].apply(want, net["embedding"])).max() < 1e-4
+    for k in ("cam", "embedding"):  # heatmap and gate features are the network's
+        assert np.array_equal(two[k], net[k])
+    stripped = without_site_head(tmp_path / "two.onnx")
+    (tmp_path / "stripped.onnx").write_bytes(stripped.SerializeToString())
+    assert has_site_head(tmp_path / "two.onnx") and not has_site_head(tmp_path / "stripped.onnx")
+    assert np.abs(run(stripped)["probs"] - net["probs"]).max() < 1e-6
+
+
+@pytest.mark.shared
+def test_a_site_head_fitted_on_one_half_ranks_the_other_half_better(halves, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    a, b = halves
+    res = runner.invoke(app, ["calibrate", "--data", str(a), "--out", str(tmp_path / "site"), "--head", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    spec = ModelSpec.load(tmp_path / "site" / "cxr-pneumonia.json")
+    assert "-head-cal" in spec.version and spec.sha256 != ModelSpec.load(DEFAULT_MODEL).sha256
+    assert summary["site_head"]["folds"] == 5 and summary["expected"]["sensitivity"]["value"] >= 0.95
+    y = np.array([s.label != "normal" for s in b])
+
+    def auc(engine: Engine) -> float:
+        return roc_auc_score(y, [p.score for p in engine.predict_files([s.path for s in b])])
+
+    assert auc(Engine(tmp_path / "site", gate=False)) > auc(_network_only(Engine(gate=False))) + 0.002
+
+
+def test_a_site_head_is_refused_for_a_multilabel_model(tmp_path):
+    with pytest.raises(CalibrationError, match="single-label"):
+        calibrate("cxr-adult14", tmp_path / "none.csv", tmp_path / "out", head=True)

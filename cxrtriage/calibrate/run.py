@@ -1,6 +1,7 @@
 """``cxr calibrate``: score a site's labelled sample with a model, fit a temperature (and, for a
 single-label model, one offset per class) and the operating point(s) on it, and write the
-recalibrated model (same graph, new sidecar) with a report."""
+recalibrated model (same graph, new sidecar) with a report. With ``head``, the sample also fits a
+site head (:mod:`cxrtriage.calibrate.head`) and the graph is a new one."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from cxrtriage import DISCLAIMER
+from cxrtriage.calibrate.head import (DEFAULT_L2, SiteHead, cross_fitted, fit_site_head, has_site_head,
+                                      without_site_head, write_graph_with_head)
 from cxrtriage.calibrate.report import write_calibration_report
 from cxrtriage.calibrate.sample import MIN_PER_CLASS, SampleError, counts_of, read_sample, sample_hash
 from cxrtriage.calibrate.temperature import fit_temperature, fit_temperature_bias
@@ -24,6 +28,7 @@ from cxrtriage.evaluate.metrics import binary_metrics, jsonable
 from cxrtriage.evaluate.thresholds import operating_points
 from cxrtriage.infer import Engine
 from cxrtriage.infer.gate import gate_path
+from cxrtriage.io import read_radiograph
 
 
 class CalibrationError(ValueError):
@@ -40,8 +45,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _score_sample(engine: Engine, sample: Path, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Raw (uncalibrated) probabilities and labels of the sample's readable films."""
+def _score_sample(engine: Engine, sample: Path, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict, list]:
+    """Raw (uncalibrated) probabilities and labels of the sample's readable films, and those films."""
     spec = engine.spec
     task = get_task(spec.task)
     try:
@@ -62,22 +67,60 @@ def _score_sample(engine: Engine, sample: Path, batch_size: int) -> tuple[np.nda
         y = np.array([task.index(s.label) for s, _ in kept])
     facts = {"films_per_class": counts, "films": len(kept), "unreadable": len(samples) - len(kept),
              "sample_sha256": sample_hash([s for s, _ in kept]), "sample": str(sample)}
-    return probs, y, facts
+    return probs, y, facts, [s for s, _ in kept]
+
+
+def _graph_outputs(engine: Engine, paths: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's own probabilities and embeddings of readable films, as the engine feeds them."""
+    probs, emb = [], []
+    for i in range(0, len(paths), batch_size):
+        batch, _ = engine.model_inputs([read_radiograph(p) for p in paths[i:i + batch_size]])
+        out = engine.run_arrays(batch)
+        probs.append(out["probs"])
+        emb.append(out["embedding"])
+    return np.concatenate(probs), np.concatenate(emb)
+
+
+def _fit_head(engine: Engine, kept: list, y: np.ndarray, l2: float, batch_size: int,
+              seed: int) -> tuple[SiteHead, np.ndarray, dict]:
+    """The site head fitted on all films, the films' cross-fitted probabilities, and its facts."""
+    probs, emb = _graph_outputs(engine, [s.path for s in kept], batch_size)
+    groups = [s.patient_id or s.path for s in kept]
+    folds = min(5, len(set(groups)))
+    oof = cross_fitted(probs, emb, y, y, groups, l2=l2, folds=folds, seed=seed)
+    head = fit_site_head(probs, emb, y, l2)
+    return head, oof, {"l2": l2, "folds": folds, "patients": len(set(groups)), **head.summary()}
 
 
 def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, target_sensitivity: float = 0.95,
-              n_boot: int = 1000, seed: int = 0, batch_size: int = 32, class_bias: bool = True) -> dict[str, Any]:
+              n_boot: int = 1000, seed: int = 0, batch_size: int = 32, class_bias: bool = True,
+              head: bool = False, head_l2: float = DEFAULT_L2) -> dict[str, Any]:
     """Recalibrate ``model`` on ``sample``; writes ``out/<model>.onnx`` (the same graph), its new
     sidecar and gate, ``calibration.json`` and ``calibration.html``. Returns the summary.
 
     ``class_bias`` (single-label models): also fit one log-odds offset per class, which takes the
-    sample's class mix as the site's; turn it off for a sample whose mix was chosen (e.g. balanced)."""
+    sample's class mix as the site's; turn it off for a sample whose mix was chosen (e.g. balanced).
+    ``head``: also fit a site head on the network's embedding (``head_l2`` its penalty); the
+    temperature, offsets and operating point are then fitted on cross-fitted scores (each film's
+    from a head fitted without its patient), and the graph written is the model's with the head."""
     if not 0.0 < target_sensitivity <= 1.0:
         raise CalibrationError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
     engine = Engine(model, gate=False)
     before_spec: ModelSpec = engine.spec
+    if head and before_spec.kind is not Kind.SINGLE:
+        raise CalibrationError(f"a site head is fitted for single-label models only; {before_spec.name} is "
+                               f"{before_spec.kind.value}")
+    if head and "embedding" not in before_spec.outputs:
+        raise CalibrationError(f"{before_spec.name} has no embedding output to fit a site head on")
     engine.spec = replace(before_spec, temperature=1.0, class_bias=None)  # fit on the graph's own probabilities
-    raw, y, facts = _score_sample(engine, Path(sample), batch_size)
+    graph_raw, y, facts, kept = _score_sample(engine, Path(sample), batch_size)
+    raw, site_head, network = graph_raw, None, None
+    if head:
+        if has_site_head(engine.onnx_path):  # a new site's head replaces the old one
+            network = without_site_head(engine.onnx_path)
+            engine.session = ort.InferenceSession(network.SerializeToString(), providers=["CPUExecutionProvider"])
+            facts["site_head_replaced"] = before_spec.version
+        site_head, raw, facts["site_head"] = _fit_head(engine, kept, y, head_l2, batch_size, seed)
     kind = before_spec.kind
     pos = triage_target(y, kind)
     bias: tuple[float, ...] | None = None
@@ -85,7 +128,7 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
         temperature, bias = fit_temperature_bias(raw, y)
     else:
         temperature = fit_temperature(raw, y, kind)
-    probs_before, probs_after = before_spec.calibrated(raw), apply_temperature(raw, temperature, kind, bias)
+    probs_before, probs_after = before_spec.calibrated(graph_raw), apply_temperature(raw, temperature, kind, bias)
     before, after = before_spec.triage_score(probs_before), before_spec.triage_score(probs_after)
     thr, thr_high = operating_points(pos, after, target_sensitivity=target_sensitivity)
     m_before = binary_metrics(pos, before, before_spec.threshold, n_boot=n_boot, seed=seed)
@@ -112,7 +155,15 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     onnx = out / engine.onnx_path.name
-    _link_or_copy(engine.onnx_path, onnx)
+    if site_head is None:
+        _link_or_copy(engine.onnx_path, onnx)
+    else:
+        if onnx.exists() and onnx.samefile(engine.onnx_path):
+            raise CalibrationError(f"--out {out} holds the model itself; a site head needs another folder")
+        onnx.unlink(missing_ok=True)  # it may be a link to another graph: never write through it
+        sha = write_graph_with_head(network or engine.onnx_path, onnx, site_head)
+        new = replace(new, sha256=sha, version="-".join(
+            [sha[:12], *before_spec.input.steps, "head", f"cal{facts['sample_sha256'][:8]}"]))
     if gate_path(engine.onnx_path).exists():
         _link_or_copy(gate_path(engine.onnx_path), gate_path(onnx))
     new.save(onnx)

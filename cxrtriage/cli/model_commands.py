@@ -53,17 +53,23 @@ def calibrate(
     class_bias: bool = typer.Option(True, "--class-bias/--no-class-bias",
                                     help="Single-label models: also fit one offset per class (takes the "
                                     "sample's class mix as the site's; turn off for a sample balanced by hand)."),
+    head: bool = typer.Option(False, "--head", help="Single-label models: also refit the last layer on the "
+                              "sample (a correction on the network's embedding, shrunk toward the model; "
+                              "writes a new graph). Operating point and temperature are then fitted on "
+                              "cross-fitted scores. Wants a few hundred films."),
+    head_l2: float = typer.Option(0.1, "--head-l2", min=0.0, help="--head: the penalty that keeps the "
+                                  "correction small (larger: closer to the model as it was)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Refit a model's operating point(s), probability temperature and class offsets on a site's own
-    labelled films."""
+    """Refit a model's operating point(s), probability temperature and class offsets (and, with
+    --head, its last layer) on a site's own labelled films."""
     from cxrtriage.calibrate import CalibrationError
     from cxrtriage.calibrate import calibrate as run_calibration
     from cxrtriage.infer import ModelNotFoundError
 
     try:
         s = run_calibration(model, data, out, target_sensitivity=target_sensitivity, n_boot=n_boot,
-                            class_bias=class_bias)
+                            class_bias=class_bias, head=head, head_l2=head_l2)
     except (CalibrationError, ModelNotFoundError) as exc:
         fail(str(exc))
     if as_json:
@@ -78,8 +84,13 @@ def calibrate(
     if s.get("accuracy"):
         console.print(f"  {len(s['films_per_class'])}-class accuracy on the sample "
                       f"{s['accuracy']['before']:.3f} -> {s['accuracy']['after']:.3f}")
+    if s.get("site_head"):
+        h = s["site_head"]
+        console.print(f"  site head on {h['features']} embedding features (L2 {h['l2']:g}), scores cross-fitted "
+                      f"over {h['folds']} patient-wise folds")
+    where = "cross-fitted on the sample" if s.get("site_head") else "on the sample itself"
     for k in ("sensitivity", "specificity"):
         lo, hi = exp[k]["ci95"] or (float("nan"), float("nan"))
-        console.print(f"  expected {k} {exp[k]['value']:.3f} [{lo:.3f}, {hi:.3f}] (on the sample itself)")
+        console.print(f"  expected {k} {exp[k]['value']:.3f} [{lo:.3f}, {hi:.3f}] ({where})")
     console.print(f"model: {s['onnx']}  report: {Path(s['onnx']).parent / 'calibration.html'}")
     console.print(f"[dim]{DISCLAIMER}[/]")

@@ -69,6 +69,11 @@ class InputSpec:
         if (self.mean is None) != (self.std is None) or (self.std is not None and self.std <= 0):
             raise SpecError("input normalisation needs both mean and a positive std")
 
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """The steps run on the resized image before the graph, where they are not the defaults."""
+        return tuple(s for s in (self.intensity, self.border) if s not in ("none", "keep"))
+
     def normalise(self, x: Any) -> Any:
         """0..255 pixel values to what the network sees (the graph does this itself)."""
         if self.mean is None or self.std is None:
