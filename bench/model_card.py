@@ -3,7 +3,7 @@ validation split, test-dev (half the official Kermany test), and the explanation
 checks.
 
     python bench/model_card.py --data ../shared/data/kermany-224 --ensemble runs/p3to2-trim \
-        --uncalibrated runs/p3to2-trim/cxr-pneumonia.onnx --wall-min 30
+        --uncalibrated runs/p3to2-trim/cxr-pneumonia.onnx --head --target-sensitivity 0.96 --wall-min 30
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ COMMANDS = [
     "--name cxr-pneumonia --target-sensitivity 0.98 --heatmap-from 0 --half-weights --population pediatric "
     "--onnx runs/p3to2-trim/cxr-pneumonia.onnx",
     "cxr calibrate --model runs/p3to2-trim/cxr-pneumonia.onnx --data ../shared/data/kermany-224/test-dev "
-    "--out runs/p3to2-trim-site --target-sensitivity 0.97",
-    "cp runs/p3to2-trim-site/cxr-pneumonia.* cxrtriage/assets/model/",
+    "--out runs/p3to2-trim-head --target-sensitivity 0.96 --head",
+    "cp runs/p3to2-trim-head/cxr-pneumonia.* cxrtriage/assets/model/",
 ]
 MEMBER_TEXT = {
     "cxrnet": "residual CNN trained from scratch here",
@@ -108,13 +108,24 @@ def measure(args) -> dict:
         "engine": engine,
         "val": binary_metrics(triage_target(val_y), score(val_p), spec.threshold, n_boot=1000),
         "dev": binary_metrics(triage_target(dev_y), score(dev_p), spec.threshold, n_boot=1000),
-        "cal": calibrated_row("uncalibrated", str(args.uncalibrated), args.data) if args.uncalibrated else None,
+        "cal": (calibrated_row("uncalibrated", str(args.uncalibrated), args.data, args.splits, args.target_sensitivity,
+                               head=args.head) if args.uncalibrated else None),
+        "network_dev": network_dev(args, spec, dev_x, dev_y),
         "deletion_dev": deletion_check(engine, dev_x[dev_y != 0], 0.1, seed=0),
         "deletion_val": deletion_check(engine, val_x[val_y != 0], 0.1, seed=0),
         "randomisation": randomisation_check(engine, dev_x[:200]),
         "gate": gate_rates(engine, val_x),
         "cam_grid": int(engine.run_arrays(val_x[:1])["cam"].shape[-1]),
     }
+
+
+def network_dev(args, spec, dev_x: np.ndarray, dev_y: np.ndarray) -> dict | None:
+    """test-dev metrics of the graph before site calibration (no head, none of test-dev fitted), at the
+    shipped threshold: its AUC is out of sample; the shipped model's, with a head, is not."""
+    if not args.uncalibrated:
+        return None
+    p = spec.calibrated(Engine(args.uncalibrated, gate=False).run_arrays(dev_x)["probs"])
+    return binary_metrics(triage_target(dev_y), spec.triage_score(p), spec.threshold, n_boot=1000)
 
 
 def card_json(args, r: dict, members: list[dict]) -> dict:
@@ -130,6 +141,7 @@ def card_json(args, r: dict, members: list[dict]) -> dict:
         "training": {"commands": COMMANDS, "wall_minutes": args.wall_min,
                      "cpu_2core_seconds": round(sum(m["training"]["seconds"] for m in members), 1)},
         "validation": slim(r["val"]), "test_dev": slim(r["dev"]), "calibrated_test_dev_a_to_b": r["cal"],
+        "test_dev_network_without_site_fit": slim(r["network_dev"]) if r["network_dev"] else None,
         "explanation_checks": {"deletion_test_dev": r["deletion_dev"], "deletion_validation": r["deletion_val"],
                                "randomisation": r["randomisation"]},
         "quality_gate": {"threshold": r["engine"].feature_gate.threshold,
@@ -158,11 +170,16 @@ def write_md(args, card: dict, r: dict, members: list[dict]) -> str:
     heat = next((i for i, m in enumerate(members) if m["arch"] in source), 0)
     dd, dv, rnd = r["deletion_dev"], r["deletion_val"], r["randomisation"]
     passes = lambda d: d["mean_drop_top"] > max(d["mean_drop_random"], d["mean_drop_moved"])  # noqa: E731
-    cal_row = (f"| test-dev half B, `cxr calibrate` on half A (patient-wise halves; mean of {cal['splits']} halvings, "
-               f"sd of specificity {cal['sd']['spec']:.3f}) | - | {f3(cal['dev_sens'])} | {f3(cal['dev_spec'])} | "
-               f"{f3(cal['dev_acc'])} | varies |\n") if cal else ""
+    how = "`cxr calibrate --head`" if args.head else "`cxr calibrate`"
+    cal_row = (f"| **test-dev half B, {how} on half A** (patient-wise halves; mean of {cal['splits']} halvings, "
+               f"target sensitivity {args.target_sensitivity:g}; sd of sensitivity {cal['sd']['sens']:.3f}, of "
+               f"specificity {cal['sd']['spec']:.3f}) | **{f3(cal['dev_auc'])}** | {f3(cal['dev_sens'])} | "
+               f"{f3(cal['dev_spec'])} | {f3(cal['dev_acc'])} | varies |\n") if cal else ""
+    nd = r["network_dev"]
+    net_row = (f"| test-dev, the networks alone (no site head; nothing fitted on test-dev but the threshold) | "
+               f"{f3(nd['roc_auc'])} {ci_text(nd['ci']['roc_auc'])} | {f3(nd['sensitivity'])} | {f3(nd['specificity'])} | "
+               f"{f3(nd['accuracy'])} | {spec.threshold:.3f} |\n") if nd else ""
     gflop = sum(m["gflop"] for m in members)
-    prev_thr = (spec.provenance.get("calibration") or {}).get("previous", {}).get("threshold")
     commands = "\n".join(COMMANDS)
     gate = card["quality_gate"]
     return f"""# Model card: {spec.name} ({spec.version})
@@ -173,9 +190,9 @@ def write_md(args, card: dict, r: dict, members: list[dict]) -> str:
 | | |
 | --- | --- |
 | Task | normal vs pneumonia (`{spec.task}`); triage score = 1 - P(normal) |
-| Architecture | ensemble (mean probability) of {len(members)} networks trained on three classes (normal / bacterial / viral), read as two: P(pneumonia) = P(bacterial) + P(viral), the heatmap their maps weighted by those probabilities; {gflop:.2f} GFLOP per film; each network ends in global pooling + a linear head, so the class activation map is part of the graph |
+| Architecture | ensemble (mean probability) of {len(members)} networks trained on three classes (normal / bacterial / viral), read as two: P(pneumonia) = P(bacterial) + P(viral), the heatmap their maps weighted by those probabilities; {gflop:.2f} GFLOP per film; each network ends in global pooling + a linear head, so the class activation map is part of the graph; then a site head fitted on test-dev (`cxr calibrate --head`: one linear correction of the pneumonia log-odds on the networks' 1,280 pooled features, L2-shrunk toward the networks' own answer) |
 | Input | grayscale, resized to {spec.input_size}x{spec.input_size} px (bilinear, aspect not kept, as the training images); a uniform frame (collimator shadow, padding: edge rows and columns whose grey levels vary by less than 3) is cut off and the rest resized back (`border: trim`; the heatmap is put back where the film lay); inside the graph each member gets its own size and normalisation |
-| Output | P(normal), P(pneumonia) (the members' mean, then temperature {spec.temperature:.3f} and log-odds offset {(spec.class_bias or (0, 0))[1]:+.2f} for pneumonia); heatmap ({r['cam_grid']}x{r['cam_grid']} class activation map of the `{members[heat]['arch']}` member); quality-gate embedding |
+| Output | P(normal), P(pneumonia) (the members' mean, corrected by the site head, then temperature {spec.temperature:.3f} and log-odds offset {(spec.class_bias or (0, 0))[1]:+.2f} for pneumonia); heatmap ({r['cam_grid']}x{r['cam_grid']} class activation map of the `{members[heat]['arch']}` member); quality-gate embedding |
 | Operating point | {spec.threshold:.3f} ({spec.decision.method}); "urgent" from {spec.threshold_high:.3f} |
 | File | `cxr-pneumonia.onnx` (float16 weights), sha256 `{card['sha256'][:16]}...` |
 
@@ -187,19 +204,26 @@ resamples within classes).
 | | ROC AUC [95% CI] | sensitivity | specificity | accuracy | threshold |
 | --- | --- | --- | --- | --- | --- |
 | validation (patient-wise 20% of `train/`) | {f3(val['roc_auc'])} {ci_text(val['ci']['roc_auc'])} | {f3(val['sensitivity'])} | {f3(val['specificity'])} | {f3(val['accuracy'])} | {spec.threshold:.3f} |
-| **test-dev**, shipped operating point | **{f3(dev['roc_auc'])} {ci_text(dev['ci']['roc_auc'])}** | {f3(dev['sensitivity'])} {ci_text(dev['ci']['sensitivity'])} | **{f3(dev['specificity'])}** {ci_text(dev['ci']['specificity'])} | {f3(dev['accuracy'])} | {spec.threshold:.3f} |
-{cal_row}
-**How the operating point was chosen.** Validation is saturated (AUC near 1) and its threshold
-flags about a third of test-dev's normals, so the shipped threshold, temperature and class
-offset come from `cxr calibrate --target-sensitivity 0.97` on all of test-dev: the most specific
-threshold that keeps test-dev sensitivity >= 0.97, leaving room for the judge half to stay
->= 0.95. The test-dev row above is therefore optimistic for the threshold (chosen on those
-films; the AUC is not). The honest estimate of what a site gets is the half-B row: calibrated on
-one patient-wise half, measured on the other, averaged over five different halvings. At the shipped threshold validation
-sensitivity is {f3(val['sensitivity'])} (before calibration the operating point, chosen on validation
-for sensitivity 0.98, was {f3(prev_thr)} on the untempered score): the training hospital's own
-pneumonias score lower than test-dev's, one more sign that validation numbers do not carry over. Every recipe tried, with the same columns, is in the
-README (`python bench/pediatric.py`).
+| test-dev, shipped model (its site head and threshold were fitted on these films: in-sample, not an estimate) | {f3(dev['roc_auc'])} {ci_text(dev['ci']['roc_auc'])} | {f3(dev['sensitivity'])} | {f3(dev['specificity'])} | {f3(dev['accuracy'])} | {spec.threshold:.3f} |
+{net_row}{cal_row}
+**What was fitted on test-dev, and the estimate that is not.** Validation is saturated (AUC near 1)
+and the networks' own threshold flags about a third of test-dev's normals, so the shipped model is
+fitted to the test site with `cxr calibrate --head --target-sensitivity 0.96` on all of test-dev:
+a site head (last-layer retraining on the site's films, Kirichenko et al. 2023), then a temperature,
+a class offset and the most specific threshold that keeps sensitivity >= 0.96 on cross-fitted
+scores (each film scored by a head fitted without its patient, five patient-wise folds). The
+shipped model's own test-dev row is therefore in-sample and says nothing. The estimate is the
+**half-B row**: everything fitted on one patient-wise half of test-dev, measured on the other,
+averaged over {cal['splits'] if cal else 'n/a'} halvings (`python bench/pediatric.py --model cxr-pneumonia --calibration-splits 10
+--target-sensitivity 0.96 --head`). The site head raises half B's AUC from the networks'
+{f3(nd['roc_auc'] if nd else None)} to {f3(cal['dev_auc'] if cal else None)} on average and in every one of ten halvings; the
+0.96 target leaves room for the judge half to stay >= 0.95 (half B met 0.95 in 7 of 10 halvings at
+0.96, 4 of 10 at 0.95, 9 of 10 at 0.97, where specificity fell to 0.88). The fit on all 308 films
+is twice the size of half A, so its head and threshold are steadier than the halvings'. At the
+shipped threshold validation sensitivity is {f3(val['sensitivity'])}: the training hospital's own
+pneumonias score lower than test-dev's, one more sign that validation numbers do not carry over.
+A hospital should refit on its own films the same way (`cxr calibrate --head` replaces this head).
+Every recipe tried, with the same columns, is in the README (`python bench/pediatric.py`).
 
 ## Data
 Kermany D.S. et al., *Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep
@@ -252,7 +276,11 @@ Lateral views (DICOM ViewPosition) and blank images are refused before the netwo
   apart; other hospitals, adults, other devices and processing are not measured here.
 - Several recipes were compared on test-dev (README table), so the best of them is mildly
   optimistic there; the maintainers' hidden half is the unbiased check.
-- The heatmap shows where the network's evidence lies on average, not a lesion outline.
+- The heatmap shows where the network's evidence lies on average, not a lesion outline. It is
+  the networks' class activation map; the site head's correction (a linear term on their pooled
+  features) changes the score, not the map.
+- The site head learnt test-dev's films (one hospital's later collection). On films unlike them
+  it may help less than on half B, or hurt; refit it on the site's own films.
 - Degraded films (`python bench/stress.py --models cxr-pneumonia --films test-dev`): 2% impulse
   noise lowers sensitivity to 0.82; blur, exposure, contrast, Gaussian noise, JPEG at quality 30
   and a uniform frame around a chest shrunk to 85% cost at most 0.02 of it. The frame is harmless
@@ -275,6 +303,9 @@ def main() -> None:
                     help="the folder `cxr ensemble` wrote (for its members)")
     ap.add_argument("--uncalibrated", type=Path, default=None,
                     help="the ensemble before site calibration (for the half A -> half B row)")
+    ap.add_argument("--head", action="store_true", help="the shipped model has a site head: the A -> B row fits one too")
+    ap.add_argument("--target-sensitivity", type=float, default=0.95, help="the A -> B row's calibration target")
+    ap.add_argument("--splits", type=int, default=10, help="halvings of test-dev for the A -> B row")
     ap.add_argument("--wall-min", type=float, default=None, help="measured wall-clock minutes of the commands")
     args = ap.parse_args()
     r = measure(args)
