@@ -48,6 +48,11 @@ def write_calibration_report(out: Path, summary: dict[str, Any], pos: np.ndarray
     if summary.get("accuracy"):
         offsets += (f" Arg-max accuracy on this sample {summary['accuracy']['before']:.3f} before, "
                     f"{summary['accuracy']['after']:.3f} after.")
+    head = summary.get("site_head")
+    if head:
+        offsets += (f" Site head: a linear correction on the network's {head['features']} embedding features "
+                    f"(L2 {head['l2']:g}), refitted on this sample; the &quot;after&quot; scores are cross-fitted "
+                    f"(each film scored by a head fitted without its patient, {head['folds']} folds).")
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Site calibration of {html.escape(summary['model'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#111827}}
