@@ -247,6 +247,19 @@ def test_a_site_head_fitted_on_one_half_ranks_the_other_half_better(halves, tmp_
     assert auc(Engine(tmp_path / "site", gate=False)) > auc(_network_only(Engine(gate=False))) + 0.002
 
 
-def test_a_site_head_is_refused_for_a_multilabel_model(tmp_path):
+def test_a_site_head_is_refused_where_it_cannot_be_fitted_or_written(tmp_path):
+    import shutil
+
     with pytest.raises(CalibrationError, match="single-label"):
         calibrate("cxr-adult14", tmp_path / "none.csv", tmp_path / "out", head=True)
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in DEFAULT_MODEL.parent.glob("cxr-pneumonia.*"):
+        shutil.copy(f, model / f.name)
+    with pytest.raises(CalibrationError, match="needs another folder"):  # it would overwrite its own graph
+        calibrate(model / "cxr-pneumonia.onnx", tmp_path / "none.csv", model, head=True)
+    spec = ModelSpec.load(model / "cxr-pneumonia.json")
+    replace(spec, outputs=("probs",)).save(model / "cxr-pneumonia.onnx")
+    with pytest.raises(CalibrationError, match="no embedding output"):
+        calibrate(model / "cxr-pneumonia.onnx", tmp_path / "none.csv", tmp_path / "out", head=True)
+    assert not (tmp_path / "out").exists()

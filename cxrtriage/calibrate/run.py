@@ -112,6 +112,10 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
                                f"{before_spec.kind.value}")
     if head and "embedding" not in before_spec.outputs:
         raise CalibrationError(f"{before_spec.name} has no embedding output to fit a site head on")
+    target = Path(out) / engine.onnx_path.name
+    if head and target.exists() and target.samefile(engine.onnx_path):
+        raise CalibrationError(f"--out {out} holds the model itself; a site head writes a new graph, so it needs "
+                               "another folder")
     engine.spec = replace(before_spec, temperature=1.0, class_bias=None)  # fit on the graph's own probabilities
     graph_raw, y, facts, kept = _score_sample(engine, Path(sample), batch_size)
     raw, site_head, network = graph_raw, None, None
@@ -158,8 +162,6 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
     if site_head is None:
         _link_or_copy(engine.onnx_path, onnx)
     else:
-        if onnx.exists() and onnx.samefile(engine.onnx_path):
-            raise CalibrationError(f"--out {out} holds the model itself; a site head needs another folder")
         onnx.unlink(missing_ok=True)  # it may be a link to another graph: never write through it
         sha = write_graph_with_head(network or engine.onnx_path, onnx, site_head)
         new = replace(new, sha256=sha, version="-".join(
