@@ -163,7 +163,7 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
         _link_or_copy(engine.onnx_path, onnx)
     else:
         onnx.unlink(missing_ok=True)  # it may be a link to another graph: never write through it
-        sha = write_graph_with_head(network or engine.onnx_path, onnx, site_head)
+        sha = write_graph_with_head(engine.onnx_path if network is None else network, onnx, site_head)
         new = replace(new, sha256=sha, version="-".join(
             [sha[:12], *before_spec.input.steps, "head", f"cal{facts['sample_sha256'][:8]}"]))
     if gate_path(engine.onnx_path).exists():
