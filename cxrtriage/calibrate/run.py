@@ -81,6 +81,19 @@ def _graph_outputs(engine: Engine, paths: list[str], batch_size: int) -> tuple[n
     return np.concatenate(probs), np.concatenate(emb)
 
 
+def _check_head(engine: Engine, out: Path) -> None:
+    """Refuse, before any work, a site head that cannot be fitted or written."""
+    spec = engine.spec
+    if spec.kind is not Kind.SINGLE:
+        raise CalibrationError(f"a site head is fitted for single-label models only; {spec.name} is {spec.kind.value}")
+    if "embedding" not in spec.outputs:
+        raise CalibrationError(f"{spec.name} has no embedding output to fit a site head on")
+    target = out / engine.onnx_path.name
+    if target.exists() and target.samefile(engine.onnx_path):
+        raise CalibrationError(f"--out {out} holds the model itself; a site head writes a new graph, so it needs "
+                               "another folder")
+
+
 def _fit_head(engine: Engine, kept: list, y: np.ndarray, l2: float, batch_size: int,
               seed: int) -> tuple[SiteHead, np.ndarray, dict]:
     """The site head fitted on all films, the films' cross-fitted probabilities, and its facts."""
@@ -107,15 +120,8 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
         raise CalibrationError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
     engine = Engine(model, gate=False)
     before_spec: ModelSpec = engine.spec
-    if head and before_spec.kind is not Kind.SINGLE:
-        raise CalibrationError(f"a site head is fitted for single-label models only; {before_spec.name} is "
-                               f"{before_spec.kind.value}")
-    if head and "embedding" not in before_spec.outputs:
-        raise CalibrationError(f"{before_spec.name} has no embedding output to fit a site head on")
-    target = Path(out) / engine.onnx_path.name
-    if head and target.exists() and target.samefile(engine.onnx_path):
-        raise CalibrationError(f"--out {out} holds the model itself; a site head writes a new graph, so it needs "
-                               "another folder")
+    if head:
+        _check_head(engine, Path(out))
     engine.spec = replace(before_spec, temperature=1.0, class_bias=None)  # fit on the graph's own probabilities
     graph_raw, y, facts, kept = _score_sample(engine, Path(sample), batch_size)
     raw, site_head, network = graph_raw, None, None
