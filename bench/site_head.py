@@ -15,11 +15,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from cxrtriage.calibrate.head import DEFAULT_L2, fit_site_head, without_site_head
+from cxrtriage.calibrate.head import DEFAULT_L2, fit_site_head, network_engine
 from cxrtriage.contract import triage_score, triage_target
 from cxrtriage.data import get_task, kermany_samples
 from cxrtriage.infer import Engine
@@ -27,9 +26,7 @@ from cxrtriage.io import read_radiograph
 
 
 def graph_outputs(model: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], Engine]:
-    engine = Engine(model, gate=False)
-    engine.session = ort.InferenceSession(without_site_head(engine.onnx_path).SerializeToString(),
-                                          providers=["CPUExecutionProvider"])
+    engine = network_engine(Engine(model, gate=False))
     task = get_task(engine.spec.task)
     films = kermany_samples(data, "test-dev", task.name)
     probs, emb = [], []

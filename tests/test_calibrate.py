@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtriage.calibrate import CalibrationError, calibrate
-from cxrtriage.calibrate.head import SiteHead, fit_site_head, has_site_head, without_site_head, write_graph_with_head
+from cxrtriage.calibrate.head import (SiteHead, fit_site_head, has_site_head, network_engine, without_site_head,
+                                      write_graph_with_head)
 from cxrtriage.calibrate.temperature import fit_temperature, fit_temperature_bias
 from cxrtriage.cli.main import app
 from cxrtriage.contract import ModelSpec, apply_temperature
@@ -82,20 +83,10 @@ def halves(shared_root, tmp_path_factory):
     return a, b
 
 
-def _network_only(engine: Engine) -> Engine:
-    """``engine`` running its network without any site head (fitted on all of test-dev, half B included)."""
-    import onnxruntime as ort
-
-    from cxrtriage.calibrate.head import without_site_head
-
-    engine.session = ort.InferenceSession(without_site_head(engine.onnx_path).SerializeToString(),
-                                          providers=["CPUExecutionProvider"])
-    return engine
-
-
 def _as_trained(model: str | None) -> Engine:
-    """The bundled model with its own site calibration (on all of test-dev, half B included) undone."""
-    engine = _network_only(Engine(model, gate=False))
+    """The bundled model with its own site calibration and site head (on all of test-dev, half B
+    included) undone."""
+    engine = network_engine(Engine(model, gate=False))
     prev = engine.spec.provenance.get("calibration", {}).get("previous")
     if prev:
         engine.spec = replace(engine.spec.with_decision(threshold=prev["threshold"], threshold_high=prev["threshold_high"]),
@@ -244,7 +235,7 @@ def test_a_site_head_fitted_on_one_half_ranks_the_other_half_better(halves, tmp_
     def auc(engine: Engine) -> float:
         return roc_auc_score(y, [p.score for p in engine.predict_files([s.path for s in b])])
 
-    assert auc(Engine(tmp_path / "site", gate=False)) > auc(_network_only(Engine(gate=False))) + 0.002
+    assert auc(Engine(tmp_path / "site", gate=False)) > auc(network_engine(Engine(gate=False))) + 0.002
 
 
 def test_a_site_head_is_refused_where_it_cannot_be_fitted_or_written(tmp_path):

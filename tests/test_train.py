@@ -36,6 +36,34 @@ def _torch_probs(model, meta: dict, x: np.ndarray) -> np.ndarray:
         return torch.softmax(model((t - meta["mean"]) / meta["std"]), 1).numpy()
 
 
+def _served_and_raw(out, files) -> tuple[np.ndarray, torch.nn.Module, dict, np.ndarray]:
+    """A run's engine probabilities on ``files`` (with its own border and intensity steps), its torch
+    network and metadata, and the files as plain resized images (no steps)."""
+    from cxrtriage.data import to_model_input
+    from cxrtriage.infer import Engine
+    from cxrtriage.io import read_radiograph
+    from cxrtriage.models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(out)
+    raw = np.stack([to_model_input(read_radiograph(f), meta["image_size"]) for f in files])
+    engine = Engine(out, gate=False)
+    got = np.array([[p.probabilities[c] for c in engine.spec.classes] for p in engine.predict_files(files)])
+    return got, model, meta, raw
+
+
+def _framed(src, dst, pad: int, grey: int):
+    """``src`` inside a uniform frame ``pad`` px wide of grey level ``grey``, saved as ``dst`` (PNG)."""
+    from PIL import Image
+
+    from cxrtriage.io import read_radiograph
+
+    film = read_radiograph(src).to_uint8()
+    framed = np.full((film.shape[0] + 2 * pad, film.shape[1] + 2 * pad), grey, dtype=np.uint8)
+    framed[pad:-pad, pad:-pad] = film
+    Image.fromarray(framed).save(dst)
+    return dst
+
+
 def _cfg(out, manifest, cache, **kw) -> TrainConfig:
     base = dict(out_dir=str(out), manifest=str(manifest), epochs=2, batch_size=8, cache_dir=str(cache),
                 image_size=64, patience=10)
@@ -197,21 +225,14 @@ def test_an_equalised_run_is_served_with_the_same_equalisation(tiny_manifest, ti
     """--intensity equalise: the sidecar records it, and the engine equalises before the graph,
     matching torch on equalised images (and not on the raw ones)."""
     from cxrtriage.contract import ModelSpec
-    from cxrtriage.data import apply_intensity, to_model_input
-    from cxrtriage.infer import Engine
-    from cxrtriage.io import read_radiograph
-    from cxrtriage.models.checkpoint import load_checkpoint
+    from cxrtriage.data import apply_intensity
 
     _, cache = tiny_run
     out = train(_cfg(tmp_path / "eq", tiny_manifest, cache, intensity="equalise", epochs=1), progress=False)
     assert ModelSpec.load(out / "model.json").input.intensity == "equalise"
     files = sorted((shared_root / "train" / "NORMAL").glob("*.jpeg"))[:4]
     files += sorted((shared_root / "train" / "PNEUMONIA").glob("*.jpeg"))[:4]
-    model, meta = load_checkpoint(out)
-    raw = np.stack([to_model_input(read_radiograph(f), meta["image_size"]) for f in files])
-
-    engine = Engine(out, gate=False)
-    got = np.array([[p.probabilities[c] for c in engine.spec.classes] for p in engine.predict_files(files)])
+    got, model, meta, raw = _served_and_raw(out, files)
     assert np.abs(got - _torch_probs(model, meta, apply_intensity(raw, "equalise"))).max() < 1e-4
     assert np.abs(got - _torch_probs(model, meta, raw)).max() > 1e-3
 
@@ -229,32 +250,16 @@ def test_a_run_trained_with_border_trim_is_served_with_it(tiny_manifest, tiny_ru
     """--border trim: the sidecar records it (and its version says so), the engine trims a framed
     film before the graph, matching torch on the trimmed image (and not on the framed one); an
     ensemble refuses members trained with different border steps."""
-    from PIL import Image
-
     from cxrtriage.contract import ModelSpec
-    from cxrtriage.data import to_model_input
     from cxrtriage.data.preprocess import apply_border
-    from cxrtriage.infer import Engine
-    from cxrtriage.io import read_radiograph
-    from cxrtriage.models.checkpoint import load_checkpoint
     from cxrtriage.train.ensemble import build_ensemble
 
     plain, cache = tiny_run
     out = train(_cfg(tmp_path / "trim", tiny_manifest, cache, border="trim", epochs=1), progress=False)
     spec = ModelSpec.load(out / "model.json")
     assert spec.input.border == "trim" and spec.version.endswith("-trim")
-    files = []
-    for f in sorted(samples_dir.glob("*.jpeg"))[:4]:
-        film = read_radiograph(f).to_uint8()
-        framed = np.full((film.shape[0] + 60, film.shape[1] + 60), 30, dtype=np.uint8)
-        framed[30:-30, 30:-30] = film
-        Image.fromarray(framed).save(tmp_path / f"{f.stem}.png")
-        files.append(tmp_path / f"{f.stem}.png")
-    model, meta = load_checkpoint(out)
-    raw = np.stack([to_model_input(read_radiograph(f), meta["image_size"]) for f in files])
-
-    engine = Engine(out, gate=False)
-    got = np.array([[p.probabilities[c] for c in engine.spec.classes] for p in engine.predict_files(files)])
+    files = [_framed(f, tmp_path / f"{f.stem}.png", pad=30, grey=30) for f in sorted(samples_dir.glob("*.jpeg"))[:4]]
+    got, model, meta, raw = _served_and_raw(out, files)
     assert np.abs(got - _torch_probs(model, meta, apply_border(raw, "trim"))).max() < 1e-4
     assert np.abs(got - _torch_probs(model, meta, raw)).max() > 1e-3
     with pytest.raises(ValueError, match="border"):
@@ -280,31 +285,19 @@ def test_grad_cam_in_cxr_explain_sees_the_film_as_the_graph_does(tiny_manifest, 
     """A network without an in-graph map (ref_cnn150) trained with --intensity clahe --border trim:
     the engine serves it with both steps, and `cxr explain`'s Grad-CAM runs on the trimmed,
     CLAHE'd film and puts the map back where the film lay (the frame stays cold)."""
-    from PIL import Image
     from typer.testing import CliRunner
 
     from cxrtriage.cli.main import app
-    from cxrtriage.data import apply_intensity, to_model_input
+    from cxrtriage.data import apply_intensity
     from cxrtriage.data.preprocess import apply_border, border_box, uncrop_maps
     from cxrtriage.explain.gradcam import gradcam
-    from cxrtriage.infer import Engine
-    from cxrtriage.io import read_radiograph
-    from cxrtriage.models.checkpoint import load_checkpoint
 
     _, cache = tiny_run
     out = train(_cfg(tmp_path / "ref", tiny_manifest, cache, arch="ref_cnn150", image_size=96, intensity="clahe",
                      border="trim", epochs=1), progress=False)
-    film = read_radiograph(sorted(samples_dir.glob("*bacteria*.jpeg"))[0]).to_uint8()
-    framed = np.full((film.shape[0] + 200, film.shape[1] + 200), 20, dtype=np.uint8)
-    framed[100:-100, 100:-100] = film
-    path = tmp_path / "framed.png"
-    Image.fromarray(framed).save(path)
-
-    model, meta = load_checkpoint(out)
-    raw = to_model_input(read_radiograph(path), 96)
+    path = _framed(sorted(samples_dir.glob("*bacteria*.jpeg"))[0], tmp_path / "framed.png", pad=100, grey=20)
+    (got,), model, meta, (raw,) = _served_and_raw(out, [path])
     seen = apply_intensity(apply_border(raw, "trim"), "clahe")
-    engine = Engine(out, gate=False)
-    got = np.array([engine.predict_files([path])[0].probabilities[c] for c in engine.spec.classes])
     assert np.abs(got - _torch_probs(model, meta, seen[None])[0]).max() < 1e-4
 
     res = CliRunner().invoke(app, ["explain", str(path), "--model", str(out), "--out", str(tmp_path / "x"), "--npy"])

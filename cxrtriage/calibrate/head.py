@@ -91,11 +91,32 @@ def cross_fitted(probs: np.ndarray, embedding: np.ndarray, y: np.ndarray, strata
     return out
 
 
+def _head_prefixes(graph) -> list[str]:
+    """The name prefixes (``site1_``, ``site2_``...) of the site heads an ONNX graph carries, in order."""
+    return sorted((i.name[: -len("mean")] for i in graph.initializer
+                   if i.name.startswith("site") and i.name.endswith("_mean")), key=lambda p: int(p[4:-1]))
+
+
 def has_site_head(src: str | Path) -> bool:
     """Whether the ONNX graph at ``src`` carries a site head."""
     import onnx
 
-    return any(n.name.startswith("site") and n.name.endswith("_mean") for n in onnx.load(str(src)).graph.initializer)
+    return bool(_head_prefixes(onnx.load(str(src)).graph))
+
+
+def network_engine(engine):
+    """A copy of ``engine`` (an :class:`~cxrtriage.infer.Engine`) that runs its graph without any
+    site head: the network's own probabilities (the same object when there is no head)."""
+    import copy
+
+    import onnxruntime as ort
+
+    if not has_site_head(engine.onnx_path):
+        return engine
+    net = copy.copy(engine)
+    net.session = ort.InferenceSession(without_site_head(engine.onnx_path).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    return net
 
 
 def without_site_head(src: str | Path):
@@ -105,11 +126,10 @@ def without_site_head(src: str | Path):
 
     model = onnx.load(str(src))
     graph = model.graph
-    first = sorted(n.name[: -len("mean")] for n in graph.initializer if n.name.startswith("site")
-                   and n.name.endswith("_mean"))
-    if not first:
+    heads = _head_prefixes(graph)
+    if not heads:
         return model
-    base = first[0] + "probs_in"  # what the first head took as its input: the network's probabilities
+    base = heads[0] + "probs_in"  # what the first head took as its input: the network's probabilities
     # a head's nodes each read one of its own tensors; the network's read at most its probabilities
     keep = [n for n in graph.node if not any(i.startswith("site") and i != base for i in n.input)]
     for node in keep:
@@ -133,12 +153,8 @@ def write_graph_with_head(src, dst: str | Path, head: SiteHead) -> str:
     graph = model.graph
     outputs = {o.name for o in graph.output}
     if not {"probs", "embedding"} <= outputs:
-        raise ValueError(f"{src} has no 'probs' and 'embedding' outputs to put a site head on")
-    names = {n for node in graph.node for n in (*node.input, *node.output)} | {i.name for i in graph.initializer}
-    k = 1
-    while any(n.startswith(f"site{k}_") for n in names):  # a head already there: this one goes after it
-        k += 1
-    pre = f"site{k}_"
+        raise ValueError("the graph has no 'probs' and 'embedding' outputs to put a site head on")
+    pre = f"site{len(_head_prefixes(graph)) + 1}_"  # a head already there: this one goes after it
     base = pre + "probs_in"
     for node in graph.node:  # the probabilities so far get another name, inside the graph too
         node.input[:] = [base if n == "probs" else n for n in node.input]

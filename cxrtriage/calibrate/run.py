@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from cxrtriage import DISCLAIMER
-from cxrtriage.calibrate.head import (DEFAULT_L2, SiteHead, cross_fitted, fit_site_head, has_site_head,
+from cxrtriage.calibrate.head import (DEFAULT_L2, SiteHead, cross_fitted, fit_site_head, network_engine,
                                       without_site_head, write_graph_with_head)
 from cxrtriage.calibrate.report import write_calibration_report
 from cxrtriage.calibrate.sample import MIN_PER_CLASS, SampleError, counts_of, read_sample, sample_hash
@@ -28,7 +27,7 @@ from cxrtriage.evaluate.metrics import binary_metrics, jsonable
 from cxrtriage.evaluate.thresholds import operating_points
 from cxrtriage.infer import Engine
 from cxrtriage.infer.gate import gate_path
-from cxrtriage.io import read_radiograph
+from cxrtriage.io import ImageReadError, read_radiograph
 
 
 class CalibrationError(ValueError):
@@ -45,40 +44,46 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _score_sample(engine: Engine, sample: Path, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict, list]:
-    """Raw (uncalibrated) probabilities and labels of the sample's readable films, and those films."""
-    spec = engine.spec
-    task = get_task(spec.task)
+def _run_sample(engines: list[Engine], samples: list, batch_size: int) -> tuple[list, list[dict[str, np.ndarray]]]:
+    """The sample's readable films, and each engine's graph outputs on them (decoded and
+    preprocessed once; the engines share their input steps)."""
+    kept, outs = [], [[] for _ in engines]
+    for i in range(0, len(samples), batch_size):
+        rgs = []
+        for s in samples[i:i + batch_size]:
+            try:
+                rgs.append(read_radiograph(s.path))
+            except (ImageReadError, OSError):
+                continue
+            kept.append(s)
+        if rgs:
+            batch, _ = engines[0].model_inputs(rgs)
+            for out, engine in zip(outs, engines):
+                out.append(engine.run_arrays(batch))
+    return kept, [{k: np.concatenate([o[k] for o in out]) for k in out[0]} if out else {} for out in outs]
+
+
+def _score_sample(engines: list[Engine], sample: Path, batch_size: int) -> tuple[list[dict], np.ndarray, dict, list]:
+    """Each engine's raw graph outputs (probabilities before any temperature) and the labels of
+    the sample's readable films, the sample's facts, and those films."""
+    task = get_task(engines[0].spec.task)
     try:
         samples = read_sample(sample, task.name)
     except SampleError as exc:
         raise CalibrationError(str(exc)) from None
-    preds = engine.predict_files([s.path for s in samples], batch_size=batch_size)
-    kept = [(s, p) for s, p in zip(samples, preds) if p.error is None]
-    counts = counts_of([s for s, _ in kept], task.classes)
+    kept, outs = _run_sample(engines, samples, batch_size)
+    counts = counts_of(kept, task.classes)
     short = {c: n for c, n in counts.items() if n < MIN_PER_CLASS}
     if short:
         raise CalibrationError(f"after leaving out {len(samples) - len(kept)} unreadable film(s), too few "
                                f"films of {short} remain (at least {MIN_PER_CLASS} each)")
-    probs = np.array([[p.probabilities[c] for c in spec.classes] for _, p in kept])
-    if spec.kind is Kind.MULTILABEL:
-        y = np.stack([task.multi_hot(s.label) for s, _ in kept]).astype(int)
+    if engines[0].spec.kind is Kind.MULTILABEL:
+        y = np.stack([task.multi_hot(s.label) for s in kept]).astype(int)
     else:
-        y = np.array([task.index(s.label) for s, _ in kept])
+        y = np.array([task.index(s.label) for s in kept])
     facts = {"films_per_class": counts, "films": len(kept), "unreadable": len(samples) - len(kept),
-             "sample_sha256": sample_hash([s for s, _ in kept]), "sample": str(sample)}
-    return probs, y, facts, [s for s, _ in kept]
-
-
-def _graph_outputs(engine: Engine, paths: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The graph's own probabilities and embeddings of readable films, as the engine feeds them."""
-    probs, emb = [], []
-    for i in range(0, len(paths), batch_size):
-        batch, _ = engine.model_inputs([read_radiograph(p) for p in paths[i:i + batch_size]])
-        out = engine.run_arrays(batch)
-        probs.append(out["probs"])
-        emb.append(out["embedding"])
-    return np.concatenate(probs), np.concatenate(emb)
+             "sample_sha256": sample_hash(kept), "sample": str(sample)}
+    return outs, y, facts, kept
 
 
 def _check_head(engine: Engine, out: Path) -> None:
@@ -94,10 +99,11 @@ def _check_head(engine: Engine, out: Path) -> None:
                                "another folder")
 
 
-def _fit_head(engine: Engine, kept: list, y: np.ndarray, l2: float, batch_size: int,
+def _fit_head(network: dict[str, np.ndarray], kept: list, y: np.ndarray, l2: float,
               seed: int) -> tuple[SiteHead, np.ndarray, dict]:
-    """The site head fitted on all films, the films' cross-fitted probabilities, and its facts."""
-    probs, emb = _graph_outputs(engine, [s.path for s in kept], batch_size)
+    """The site head fitted on all films (the network's own outputs on them), the films'
+    cross-fitted probabilities, and its facts."""
+    probs, emb = network["probs"], network["embedding"]
     groups = [s.patient_id or s.path for s in kept]
     folds = min(5, len(set(groups)))
     oof = cross_fitted(probs, emb, y, y, groups, l2=l2, folds=folds, seed=seed)
@@ -122,15 +128,16 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
     before_spec: ModelSpec = engine.spec
     if head:
         _check_head(engine, Path(out))
-    engine.spec = replace(before_spec, temperature=1.0, class_bias=None)  # fit on the graph's own probabilities
-    graph_raw, y, facts, kept = _score_sample(engine, Path(sample), batch_size)
-    raw, site_head, network = graph_raw, None, None
+    # a new site's head replaces the one the model has: it is fitted on the network's own outputs
+    network = network_engine(engine) if head else engine
+    outs, y, facts, kept = _score_sample([engine] if network is engine else [engine, network], Path(sample),
+                                         batch_size)
+    graph_raw = outs[0]["probs"]  # the graph's own probabilities, before the model's temperature
+    raw, site_head = graph_raw, None
     if head:
-        if has_site_head(engine.onnx_path):  # a new site's head replaces the old one
-            network = without_site_head(engine.onnx_path)
-            engine.session = ort.InferenceSession(network.SerializeToString(), providers=["CPUExecutionProvider"])
+        if network is not engine:
             facts["site_head_replaced"] = before_spec.version
-        site_head, raw, facts["site_head"] = _fit_head(engine, kept, y, head_l2, batch_size, seed)
+        site_head, raw, facts["site_head"] = _fit_head(outs[-1], kept, y, head_l2, seed)
     kind = before_spec.kind
     pos = triage_target(y, kind)
     bias: tuple[float, ...] | None = None
@@ -169,7 +176,7 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
         _link_or_copy(engine.onnx_path, onnx)
     else:
         onnx.unlink(missing_ok=True)  # it may be a link to another graph: never write through it
-        sha = write_graph_with_head(engine.onnx_path if network is None else network, onnx, site_head)
+        sha = write_graph_with_head(without_site_head(engine.onnx_path), onnx, site_head)
         new = replace(new, sha256=sha, version="-".join(
             [sha[:12], *before_spec.input.steps, "head", f"cal{facts['sample_sha256'][:8]}"]))
     if gate_path(engine.onnx_path).exists():

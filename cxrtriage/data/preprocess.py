@@ -10,15 +10,20 @@ from cxrtriage.contract import BORDERS, INTENSITIES
 from cxrtriage.io.image import Radiograph, to_uint8
 
 
+def _each(step, images: np.ndarray) -> np.ndarray:
+    """``step`` (one uint8 (S, S) image to another) on one image or on each of a stack (N, S, S)."""
+    arr = np.asarray(images, dtype=np.uint8)
+    if arr.ndim == 2:
+        return step(arr)
+    return np.stack([step(a) for a in arr]) if len(arr) else arr.copy()
+
+
 def equalise(images: np.ndarray) -> np.ndarray:
     """Global histogram equalisation of each uint8 image ((S, S) or (N, S, S)), with Pillow.
 
     It maps every film's grey levels to a near-uniform histogram, so exposure, contrast and
     a site's processing curve matter less; the same call runs in training and serving."""
-    arr = np.asarray(images, dtype=np.uint8)
-    if arr.ndim == 2:
-        return np.asarray(ImageOps.equalize(Image.fromarray(arr, mode="L")))
-    return np.stack([equalise(a) for a in arr]) if len(arr) else arr.copy()
+    return _each(lambda a: np.asarray(ImageOps.equalize(Image.fromarray(a, mode="L"))), images)
 
 
 def clahe(images: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
@@ -29,11 +34,8 @@ def clahe(images: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
     mediastinum) is evened out across sites as well as global exposure."""
     from skimage.exposure import equalize_adapthist
 
-    arr = np.asarray(images, dtype=np.uint8)
-    if arr.ndim == 2:
-        out = equalize_adapthist(arr, clip_limit=clip_limit)
-        return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
-    return np.stack([clahe(a, clip_limit) for a in arr]) if len(arr) else arr.copy()
+    return _each(lambda a: np.clip(np.rint(equalize_adapthist(a, clip_limit=clip_limit) * 255.0), 0, 255)
+                 .astype(np.uint8), images)
 
 
 def border_box(image: np.ndarray, tol: float = 3.0, max_frac: float = 0.3) -> tuple[int, int, int, int] | None:
@@ -88,10 +90,7 @@ def apply_border(images: np.ndarray, border: str = "keep") -> np.ndarray:
         return images
     if border != "trim":
         raise ValueError(f"unknown border step {border!r}; known: {', '.join(BORDERS)}")
-    arr = np.asarray(images, dtype=np.uint8)
-    if arr.ndim == 2:
-        return trim_border(arr)
-    return np.stack([trim_border(a) for a in arr]) if len(arr) else arr.copy()
+    return _each(trim_border, images)
 
 
 def apply_intensity(images: np.ndarray, intensity: str = "none") -> np.ndarray:
