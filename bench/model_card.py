@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's testkit/ and bench/
 
 from bench.pediatric import calibrated_row  # noqa: E402
-from cxrtriage import DISCLAIMER  # noqa: E402
+from cxrtriage.about import DISCLAIMER  # noqa: E402
 from cxrtriage.contract import triage_target  # noqa: E402
 from cxrtriage.data import get_task, kermany_samples, load_cached, patient_split, to_model_input  # noqa: E402
 from cxrtriage.evaluate import evaluate_predictions  # noqa: E402

@@ -15,11 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
-DISCLAIMER = (
-    "AI triage aid, not a diagnosis: every image must still be read by a qualified clinician."
-)
+from cxrtriage.about import DISCLAIMER, __version__
 
 if TYPE_CHECKING:
     from cxrtriage.infer import Engine

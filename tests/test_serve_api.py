@@ -15,7 +15,7 @@ from PIL import Image
 
 from serve_fixtures import dicom_bytes, gray, png_bytes, samples, unique_jpeg, wait_ready  # noqa: F401
 
-from cxrtriage import DISCLAIMER
+from cxrtriage.about import DISCLAIMER
 from cxrtriage.infer import PRIORITY_ORDER, Engine
 from cxrtriage.serve import Settings, create_app
 from cxrtriage.serve.settings import DEFAULT_MAX_UPLOAD_BYTES

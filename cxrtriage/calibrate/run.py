@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage import DISCLAIMER
+from cxrtriage.about import DISCLAIMER
 from cxrtriage.calibrate.head import (DEFAULT_L2, SiteHead, cross_fitted, fit_site_head, network_engine,
                                       without_site_head, write_graph_with_head)
 from cxrtriage.calibrate.report import write_calibration_report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cxrtriage import DISCLAIMER, __version__
+from cxrtriage.about import DISCLAIMER, __version__
 from cxrtriage.cli import data_commands, model_commands, predict_commands, service_commands, train_commands
 from cxrtriage.cli.common import console
 

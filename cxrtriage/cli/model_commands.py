@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cxrtriage import DISCLAIMER
+from cxrtriage.about import DISCLAIMER
 from cxrtriage.cli.common import console, fail
 
 

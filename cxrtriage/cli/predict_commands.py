@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cxrtriage import DISCLAIMER
+from cxrtriage.about import DISCLAIMER
 from cxrtriage.cli.common import console, err, fail
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage import DISCLAIMER
+from cxrtriage.about import DISCLAIMER
 
 
 class StrEnum(str, Enum):

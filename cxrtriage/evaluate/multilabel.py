@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, classification_report, roc_auc_score
 
-from cxrtriage import DISCLAIMER
+from cxrtriage.about import DISCLAIMER
 from cxrtriage.contract import Kind, triage_score, triage_target
 from cxrtriage.evaluate.metrics import (
     CI_LEVEL, _bootstrap, _opt, _ratio, binary_metrics, calibration_curve_data, jsonable, weighted_roc_auc,

@@ -10,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from cxrtriage import DISCLAIMER
+from cxrtriage.about import DISCLAIMER
 
 __all__ = ["write_report", "PLOT_CAPTIONS"]
 

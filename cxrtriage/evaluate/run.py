@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import classification_report
 
-from cxrtriage import DISCLAIMER
+from cxrtriage.about import DISCLAIMER
 from cxrtriage.contract import triage_score, triage_target
 from cxrtriage.evaluate.metrics import binary_metrics, calibration_curve_data, jsonable, multiclass_metrics
 from cxrtriage.evaluate.multilabel import evaluate_multilabel

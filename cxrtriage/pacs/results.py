@@ -36,7 +36,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
-from cxrtriage import DISCLAIMER, __version__
+from cxrtriage.about import DISCLAIMER, __version__
 from cxrtriage.explain.overlay import BANNER, overlay_for
 from cxrtriage.contract import Prediction
 

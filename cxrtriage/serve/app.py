@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 
-from cxrtriage import DISCLAIMER, __version__
+from cxrtriage.about import DISCLAIMER, __version__
 from cxrtriage.serve.api import ops, router
 from cxrtriage.serve.middleware import BodyLimitMiddleware, ObserveMiddleware, TokenMiddleware, error_body
 from cxrtriage.serve.service import TriageService

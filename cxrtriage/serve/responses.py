@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxrtriage import DISCLAIMER
+from cxrtriage.about import DISCLAIMER
 from cxrtriage.contract import Prediction, Priority
 from cxrtriage.serve.schema import Source, StudyStatus
 

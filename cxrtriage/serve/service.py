@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage import DISCLAIMER, __version__
+from cxrtriage.about import DISCLAIMER, __version__
 from cxrtriage.contract import Prediction
 from cxrtriage.io import IMAGE_SUFFIXES, ImageReadError, NotAnImageError, Radiograph, read_radiograph_bytes
 from cxrtriage.serve import render

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage import __version__
+from cxrtriage.about import __version__
 from cxrtriage.contract import InputSpec, ModelSpec, SpecError
 from cxrtriage.data import Task, get_task, load_cached, read_manifest
 from cxrtriage.models.checkpoint import load_checkpoint

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrtriage import __version__
+from cxrtriage.about import __version__
 from cxrtriage.contract import GATE_QUANTILE, Decision, Kind, ModelSpec, SpecError, triage_score, triage_target
 from cxrtriage.data import Task, get_task, load_cached, read_manifest
 from cxrtriage.data.generic import unlabelled_films
