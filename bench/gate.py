@@ -47,7 +47,7 @@ def main() -> None:
     print(f"validation radiographs: {r.mean():.2%} refused ({r.sum()}/{len(r)}; all validation) ;"
           f" held-out half: {r[1::2].mean():.2%} (target <= 1%)")
     sk = skimage_images()
-    rs = refused(np.stack([to_model_input(v, size, info.input.intensity, info.input.border) for v in sk.values()]))
+    rs = refused(info.input.prepare(list(sk.values())).images)
     print(f"scikit-image non-radiographs: {rs.mean():.0%} refused ({rs.sum()}/{len(rs)}; target 100%)")
     for name, ok in zip(sk, rs):
         if not ok:

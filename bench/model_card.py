@@ -80,8 +80,7 @@ def gate_rates(engine: Engine, imgs: np.ndarray) -> dict[str, float]:
     refused = lambda a: float((gate.distance(engine.run_arrays(a)["embedding"]) > gate.threshold).mean())  # noqa: E731
     size = engine.spec.input_size
     steps = engine.spec.input
-    return {"scikit-image non-radiographs": refused(np.stack([to_model_input(v, size, steps.intensity, steps.border)
-                                                              for v in skimage_images().values()])),
+    return {"scikit-image non-radiographs": refused(steps.prepare(list(skimage_images().values())).images),
             **{k: refused(v) for k, v in transformed(imgs[:300]).items()},
             **{k: refused(v) for k, v in synthetic(50, size).items()}}
 

@@ -31,7 +31,7 @@ def graph_outputs(model: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.nd
     films = kermany_samples(data, "test-dev", task.name)
     probs, emb = [], []
     for i in range(0, len(films), 64):
-        x, _ = engine.model_inputs([read_radiograph(s.path) for s in films[i:i + 64]])
+        x = engine.prepare([read_radiograph(s.path) for s in films[i:i + 64]]).images
         out = engine.run_arrays(x)
         probs.append(out["probs"])
         emb.append(out["embedding"])

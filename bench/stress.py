@@ -18,7 +18,7 @@ from PIL import Image, ImageFilter
 from sklearn.metrics import roc_auc_score
 
 from cxrtriage.data import kermany_samples, load_cached, patient_split, to_model_input
-from cxrtriage.data.preprocess import trim_border
+from cxrtriage.contract.preprocess import trim_border
 from cxrtriage.infer import Engine
 
 
@@ -84,7 +84,7 @@ def main() -> None:
         row = {"perturbation": name}
         for m, e in zip(args.models, engines):
             steps = e.spec.input  # the model's own border and intensity steps, as in serving
-            x = np.stack([to_model_input(a, e.spec.input_size, steps.intensity, steps.border) for a in degraded])
+            x = steps.prepare(degraded).images
             s = e.spec.triage_score(e.spec.calibrated(e.run_arrays(x)["probs"]))
             t = e.spec.threshold
             row[m] = {"auc": float(roc_auc_score(y, s)), "sensitivity": float((s[y == 1] >= t).mean()),

@@ -18,22 +18,24 @@ from typing import TYPE_CHECKING
 from cxrtriage.about import DISCLAIMER, __version__
 
 if TYPE_CHECKING:
-    from cxrtriage.infer import Engine
+    from cxrtriage.infer import Predictor
 
 __all__ = ["DISCLAIMER", "__version__", "list_models", "load_model"]
 
 
 def load_model(model: str | Path | None = None, *, threads: int | None = None, gate: bool = True,
-               tta: bool = False) -> "Engine":
-    """A model ready to triage films: a bundled model's name (see :func:`list_models`), an ``.onnx``
-    file with its sidecar, a training run folder, or None for the default model.
+               tta: bool = False) -> "Predictor":
+    """A model ready to triage films, chosen as ``cxr predict`` chooses: None routes each film to
+    the bundled model that can judge it (by DICOM patient age, else by the models' quality gates);
+    a bundled model's name (see :func:`list_models`), an ``.onnx`` file with its sidecar or a
+    training run folder gives that model alone.
 
-    The returned :class:`~cxrtriage.infer.Engine` has ``predict(film)`` and ``predict_batch(films)``,
-    giving :class:`~cxrtriage.contract.Prediction` results; ``model.spec`` is its contract
-    (classes, thresholds, provenance)."""
-    from cxrtriage.infer import Engine
+    The returned :class:`~cxrtriage.infer.Predictor` has ``predict(film)`` and
+    ``predict_batch(films)``, giving :class:`~cxrtriage.contract.Prediction` results (each names
+    the model that scored it)."""
+    from cxrtriage.infer import load_model as _load
 
-    return Engine(model, threads=threads, gate=gate, tta=tta)
+    return _load(model, threads=threads, gate=gate, tta=tta)
 
 
 def list_models() -> list[str]:

@@ -219,7 +219,7 @@ def test_ray_engine_over_dicomweb(local_ray, orthanc, cxr_pixels, tmp_path):
     import pydicom
     from pacs_fixtures import make_dicom
 
-    from cxrtriage.bulk import DicomwebSource, bulk_triage
+    from cxrtriage.bulk import DicomwebArchive, bulk_triage
     from cxrtriage.pacs.connection import PacsConnection
 
     sent = {}
@@ -229,7 +229,7 @@ def test_ray_engine_over_dicomweb(local_ray, orthanc, cxr_pixels, tmp_path):
         sent[variant] = str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
     orthanc.stow(make_dicom(cxr_pixels[0][1], "ct"))  # not CR/DX: not listed
 
-    source = DicomwebSource(PacsConnection(orthanc.url, **orthanc.credentials))
+    source = DicomwebArchive(PacsConnection(orthanc.url, **orthanc.credentials))
     out = tmp_path / "pacs.parquet"
     s = bulk_triage(orthanc.url, out, engine="ray", workers=2, batch_size=2, dicomweb=source)
     assert (s.listed, s.scored, s.errors) == (3, 3, 0)

@@ -192,7 +192,7 @@ def test_a_site_head_in_the_graph_matches_numpy_stacks_and_comes_off_again(sampl
     from cxrtriage.io import read_radiograph
 
     engine = Engine(gate=False)
-    x, _ = engine.model_inputs([read_radiograph(f) for f in sorted(samples_dir.glob("*.jpeg"))])
+    x = engine.prepare([read_radiograph(f) for f in sorted(samples_dir.glob("*.jpeg"))]).images
 
     def run(model) -> dict:
         data = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)

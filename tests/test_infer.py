@@ -150,7 +150,7 @@ def test_tta_averages_the_views_and_keeps_the_heatmap(engine, samples_dir):
     tta = Engine(tta=True)
     plain_p, tta_p = engine.predict_files([f], heatmap=True)[0], tta.predict_files([f], heatmap=True)[0]
     steps = engine.spec.input  # the model's own border and intensity steps
-    x = to_model_input(read_radiograph(f), engine.spec.input_size, steps.intensity, steps.border)[None]
+    x = steps.prepare([to_model_input(read_radiograph(f), engine.spec.input_size)]).images
     by_view = [engine.run_arrays(v)["probs"][0] for v in tta_views(x)]
     assert len({round(float(p[0]), 4) for p in by_view}) > 1  # the views do differ
     want = engine.spec.calibrated(np.mean(by_view, axis=0)[None])[0]  # the views' mean, then the model's temperature
@@ -178,7 +178,7 @@ def _framed(image: np.ndarray, scale: float = 0.8, grey: int = 40) -> np.ndarray
 
 
 def test_a_uniform_frame_is_trimmed_and_a_film_without_one_is_left_alone(samples_dir):
-    from cxrtriage.data.preprocess import border_box, trim_border
+    from cxrtriage.contract.preprocess import border_box, trim_border
 
     film = read_radiograph(samples_dir / "person1_bacteria_1.jpeg").to_uint8()
     film = np.asarray(Image.fromarray(film).resize((224, 224), Image.BILINEAR))
@@ -190,7 +190,7 @@ def test_a_uniform_frame_is_trimmed_and_a_film_without_one_is_left_alone(samples
 
 
 def test_maps_of_a_trimmed_film_go_back_where_the_crop_lay():
-    from cxrtriage.data.preprocess import uncrop_maps
+    from cxrtriage.contract.preprocess import uncrop_maps
 
     m = np.zeros((1, 14, 14), dtype=np.float32)
     m[0, 0, 0] = 1.0  # evidence in the crop's top-left corner

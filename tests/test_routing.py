@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cxrtriage.contract import Priority
-from cxrtriage.infer import Engine, Router, load_triager, routable_models
+from cxrtriage.infer import Engine, Router, load_model, routable_models
 from cxrtriage.io import age_in_years, read_radiograph_bytes
 from testkit.make_dicom import radiograph_to_dicom
 
@@ -36,7 +36,7 @@ def pediatric_pixels(samples_dir) -> np.ndarray:
 
 def test_one_model_per_population_is_routable():
     assert routable_models() == {"pediatric": "cxr-pneumonia", "adult": "cxr-adult14"}
-    assert isinstance(load_triager(None), Router) and isinstance(load_triager("cxr-pneumonia"), Engine)
+    assert isinstance(load_model(None), Router) and isinstance(load_model("cxr-pneumonia"), Engine)
 
 
 @pytest.mark.parametrize("value, years", [("045Y", 45.0), ("006M", 0.5), ("003W", 0.057), ("010D", 0.027),

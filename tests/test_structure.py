@@ -17,27 +17,57 @@ def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
+ROOT = "<package root>"  # cxrtriage/__init__.py: the public API, which imports the layers below it
+LEAVES = {"about"}  # imported by every layer; imports nothing of the package
+
+
 def _unit(path: Path) -> str:
-    """The subpackage a module belongs to ('io', 'serve', ...); top-level modules are their own unit."""
+    """The subpackage a module belongs to ('io', 'serve', ...); top-level modules are their own
+    unit and the package's ``__init__`` is :data:`ROOT`."""
     rel = path.relative_to(PACKAGE)
+    if rel.parts == ("__init__.py",):
+        return ROOT
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
+def _unit_of(dotted: str) -> str | None:
+    """The unit a dotted module name lies in: a subpackage or top-level module, :data:`ROOT` for
+    the package itself (``import cxrtriage``, ``from cxrtriage import load_model``), None outside."""
+    parts = dotted.split(".")
+    if parts[0] != "cxrtriage":
+        return None
+    if len(parts) > 1 and ((PACKAGE / parts[1]).is_dir() or (PACKAGE / f"{parts[1]}.py").exists()):
+        return parts[1]
+    return ROOT
+
+
+def _absolute(path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module an ``ImportFrom`` names, relative imports resolved."""
+    if node.level == 0:
+        return node.module or ""
+    package = ["cxrtriage", *path.relative_to(PACKAGE).parent.parts]
+    base = package[:len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imported_units(path: Path) -> set[str]:
-    """Subpackages named by every import in the module, at any depth (functions included)."""
-    units = set()
+    """Units named by every import in the module, at any depth (functions included): ``import``,
+    ``from ... import`` (relative ones too) and ``importlib.import_module("cxrtriage...")``."""
+    units: set[str | None] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = []
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "cxrtriage" and len(parts) > 1 and (
-                    (PACKAGE / parts[1]).is_dir() or (PACKAGE / f"{parts[1]}.py").exists()):
-                units.add(parts[1])
-    return units
+            units.update(_unit_of(a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(path, node)
+            unit = _unit_of(module)
+            if unit == ROOT:  # ``from cxrtriage import io``: the subpackage, not the root
+                units.update(_unit_of(f"{module}.{a.name}") for a in node.names)
+            else:
+                units.add(unit)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            units.add(_unit_of(node.args[0].value))
+    return {u for u in units if u is not None}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -45,7 +75,6 @@ def import_graph() -> dict[str, set[str]]:
     for path in _modules():
         unit = _unit(path)
         graph.setdefault(unit, set()).update(u for u in _imported_units(path) if u != unit)
-    graph.pop("__init__", None)
     graph.pop("__main__", None)
     return graph
 
@@ -83,14 +112,37 @@ def test_cycle_finder_sees_a_cycle():
 
 
 def test_subpackages_import_one_way():
+    """No cycle, the package root included (a subpackage importing the root closes a loop
+    through everything the root imports)."""
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle between subpackages: " + " -> ".join(cycle)
 
 
+def test_nothing_imports_the_package_root_and_leaves_stay_leaves():
+    graph = import_graph()
+    up = sorted(unit for unit, deps in graph.items() if ROOT in deps)
+    assert not up, f"these import the package root (use cxrtriage.about or the subpackage itself): {up}"
+    for leaf in LEAVES:
+        assert graph.get(leaf, set()) == set(), f"{leaf} imports {graph[leaf]}"
+
+
+def test_the_import_finder_sees_relative_root_and_importlib_imports(tmp_path):
+    """The checks above are only as good as the finder: relative imports, ``from cxrtriage import
+    name`` and ``importlib.import_module`` all count."""
+    mod = PACKAGE / "serve" / "_probe_for_structure_test.py"
+    mod.write_text("from .. import load_model\nfrom ..infer import engine\nimport importlib\n"
+                   "importlib.import_module('cxrtriage.pacs.results')\nfrom cxrtriage import io\n")
+    try:
+        assert _imported_units(mod) == {ROOT, "infer", "pacs", "io"}
+    finally:
+        mod.unlink()
+
+
 def test_prediction_layers_do_not_reach_up():
     graph = import_graph()
-    assert graph.get("io", set()) == set(), f"io imports {graph['io']}"
-    assert graph.get("contract", set()) <= {"io"}, f"contract imports {graph['contract']}"
+    assert graph.get("io", set()) <= LEAVES, f"io imports {graph['io']}"
+    assert graph.get("contract", set()) <= {"io"} | LEAVES, f"contract imports {graph['contract']}"
+    assert "data" not in graph.get("infer", set()), "infer imports data: preparation is the contract's"
     for low in ("infer", "contract", "io", "data", "evaluate"):
         assert not graph.get(low, set()) & {"serve", "pacs", "bulk", "cli", "train"}, (low, graph[low])
 

@@ -251,7 +251,7 @@ def test_a_run_trained_with_border_trim_is_served_with_it(tiny_manifest, tiny_ru
     film before the graph, matching torch on the trimmed image (and not on the framed one); an
     ensemble refuses members trained with different border steps."""
     from cxrtriage.contract import ModelSpec
-    from cxrtriage.data.preprocess import apply_border
+    from cxrtriage.contract.preprocess import trim_border
     from cxrtriage.train.ensemble import build_ensemble
 
     plain, cache = tiny_run
@@ -260,7 +260,7 @@ def test_a_run_trained_with_border_trim_is_served_with_it(tiny_manifest, tiny_ru
     assert spec.input.border == "trim" and spec.version.endswith("-trim")
     files = [_framed(f, tmp_path / f"{f.stem}.png", pad=30, grey=30) for f in sorted(samples_dir.glob("*.jpeg"))[:4]]
     got, model, meta, raw = _served_and_raw(out, files)
-    assert np.abs(got - _torch_probs(model, meta, apply_border(raw, "trim"))).max() < 1e-4
+    assert np.abs(got - _torch_probs(model, meta, np.stack([trim_border(a) for a in raw]))).max() < 1e-4
     assert np.abs(got - _torch_probs(model, meta, raw)).max() > 1e-3
     with pytest.raises(ValueError, match="border"):
         build_ensemble([plain, out], tmp_path / "ens", cache_dir=str(cache))
@@ -289,7 +289,7 @@ def test_grad_cam_in_cxr_explain_sees_the_film_as_the_graph_does(tiny_manifest, 
 
     from cxrtriage.cli.main import app
     from cxrtriage.data import apply_intensity
-    from cxrtriage.data.preprocess import apply_border, border_box, uncrop_maps
+    from cxrtriage.contract.preprocess import border_box, trim_border, uncrop_maps
     from cxrtriage.explain.gradcam import gradcam
 
     _, cache = tiny_run
@@ -297,7 +297,7 @@ def test_grad_cam_in_cxr_explain_sees_the_film_as_the_graph_does(tiny_manifest, 
                      border="trim", epochs=1), progress=False)
     path = _framed(sorted(samples_dir.glob("*bacteria*.jpeg"))[0], tmp_path / "framed.png", pad=100, grey=20)
     (got,), model, meta, (raw,) = _served_and_raw(out, [path])
-    seen = apply_intensity(apply_border(raw, "trim"), "clahe")
+    seen = apply_intensity(trim_border(raw), "clahe")
     assert np.abs(got - _torch_probs(model, meta, seen[None])[0]).max() < 1e-4
 
     res = CliRunner().invoke(app, ["explain", str(path), "--model", str(out), "--out", str(tmp_path / "x"), "--npy"])

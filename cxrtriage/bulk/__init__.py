@@ -6,7 +6,7 @@ Sources
   as DICOM archives often store them);
 * a CSV of paths: the ``path`` column (else the first column); relative paths are taken
   from the CSV's folder;
-* a DICOMweb server (``http://`` or ``https://``, or a :class:`DicomwebSource` holding a
+* a DICOMweb server (``http://`` or ``https://``, or a :class:`DicomwebArchive` holding a
   :class:`~cxrtriage.pacs.connection.PacsConnection`): the CR and DX instances QIDO-RS lists,
   fetched by the workers with WADO-RS.
 
@@ -29,7 +29,7 @@ with ``pandas.read_parquet(out)``, ``pyarrow.parquet.read_table(out)``, DuckDB
 (``out/*.parquet``), Spark or ``ray.data.read_parquet``. A rerun skips every path that already
 has a row (resume); a bad file is a row with ``error`` set, never a failed job.
 
-Modules: :mod:`~cxrtriage.bulk.sources` (what to read), :mod:`~cxrtriage.bulk.triager` (the
+Modules: :mod:`~cxrtriage.bulk.sources` (what to read), :mod:`~cxrtriage.bulk.scorer` (the
 per-batch work, one engine each), :mod:`~cxrtriage.bulk.results` (rows and the Parquet folder),
 :mod:`~cxrtriage.bulk.runner` (:func:`bulk_triage`: Ray Data or local).
 
@@ -38,8 +38,8 @@ Ray and pyarrow are the ``ray`` extra; importing this package needs neither.
 
 from cxrtriage.bulk.results import BASE_COLUMNS, ResultStore, class_column, prediction_row, result_schema
 from cxrtriage.bulk.runner import BulkSummary, bulk_triage
-from cxrtriage.bulk.sources import BulkError, DicomwebSource, is_dicomweb, list_source
-from cxrtriage.bulk.triager import Triager, model_files
+from cxrtriage.bulk.sources import BulkError, DicomwebArchive, is_dicomweb, list_source
+from cxrtriage.bulk.scorer import BulkScorer, model_files
 
-__all__ = ["BASE_COLUMNS", "BulkError", "BulkSummary", "DicomwebSource", "ResultStore", "Triager", "bulk_triage",
+__all__ = ["BASE_COLUMNS", "BulkError", "BulkSummary", "DicomwebArchive", "ResultStore", "BulkScorer", "bulk_triage",
            "class_column", "is_dicomweb", "list_source", "model_files", "prediction_row", "result_schema"]

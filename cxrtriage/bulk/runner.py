@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cxrtriage.bulk.results import ResultStore, rows_table
-from cxrtriage.bulk.sources import BulkError, DicomwebSource, is_dicomweb, list_source
-from cxrtriage.bulk.triager import Triager, model_files
+from cxrtriage.bulk.sources import BulkError, DicomwebArchive, is_dicomweb, list_source
+from cxrtriage.bulk.scorer import BulkScorer, model_files
 from cxrtriage.infer import load_spec, routed_identities
 from cxrtriage.pacs.connection import PacsConnection
 
@@ -49,13 +49,13 @@ def _require_pyarrow() -> None:
         raise BulkError("bulk triage writes Parquet: pip install 'cxr-triage[ray]' (Ray and pyarrow)") from exc
 
 
-def _local_batches(todo: list[dict], triager: Triager, chunk: int) -> Iterator[Any]:
+def _local_batches(todo: list[dict], scorer: BulkScorer, chunk: int) -> Iterator[Any]:
     for s in range(0, len(todo), chunk):
-        yield rows_table(triager.rows(todo[s:s + chunk]), triager.schema)
+        yield rows_table(scorer.rows(todo[s:s + chunk]), scorer.schema)
 
 
 def _ray_batches(todo: list[dict], model: str | Path | None, workers: int | None, threads: int, gate: bool,
-                 dicomweb: DicomwebSource | None, batch_size: int, address: str | None,
+                 dicomweb: DicomwebArchive | None, batch_size: int, address: str | None,
                  progress: bool) -> tuple[Iterator[Any], int, Callable[[], None]]:
     try:
         import ray
@@ -78,7 +78,7 @@ def _ray_batches(todo: list[dict], model: str | Path | None, workers: int | None
     ctx.execution_options.preserve_order = False
     ds = ray.data.from_items(todo, override_num_blocks=blocks)
     ds = ds.map_batches(
-        Triager,
+        BulkScorer,
         fn_constructor_kwargs={"model": None if _routed(model, gate) else model_files(model), "threads": threads,
                                "gate": gate,
                                "dicomweb": dicomweb, "batch_size": batch_size},
@@ -95,7 +95,7 @@ def _ray_batches(todo: list[dict], model: str | Path | None, workers: int | None
 
 def bulk_triage(source: str | Path, out: str | Path, model: str | Path | None = None, engine: str = "ray",
                 address: str | None = None, workers: int | None = None, threads: int = 1, gate: bool = True,
-                batch_size: int = 16, dicomweb: DicomwebSource | None = None, flush_rows: int = 512,
+                batch_size: int = 16, dicomweb: DicomwebArchive | None = None, flush_rows: int = 512,
                 flush_s: float = 10.0, progress: bool = False, on_start: Callable[[int, int], None] | None = None,
                 on_rows: Callable[[int], None] | None = None) -> BulkSummary:
     """Triage every image of ``source`` into the Parquet dataset ``out``; see the module docs.
@@ -111,7 +111,7 @@ def bulk_triage(source: str | Path, out: str | Path, model: str | Path | None = 
         raise BulkError(f"unknown engine {engine!r} (ray, local)")
     _require_pyarrow()
     if is_dicomweb(source) and dicomweb is None:
-        dicomweb = DicomwebSource(PacsConnection(str(source)))
+        dicomweb = DicomwebArchive(PacsConnection(str(source)))
     if _routed(model, gate):
         models = routed_identities()
     else:
@@ -127,8 +127,8 @@ def bulk_triage(source: str | Path, out: str | Path, model: str | Path | None = 
     counts, n_workers = (0, 0, 0), workers or 1
     if todo:
         if engine == "local":
-            triager = Triager(model, threads=threads, gate=gate, dicomweb=dicomweb, batch_size=batch_size)
-            batches, finish = _local_batches(todo, triager, batch_size), (lambda: None)
+            scorer = BulkScorer(model, threads=threads, gate=gate, dicomweb=dicomweb, batch_size=batch_size)
+            batches, finish = _local_batches(todo, scorer, batch_size), (lambda: None)
         else:
             batches, n_workers, finish = _ray_batches(todo, model, workers, threads, gate, dicomweb, batch_size,
                                                       address, progress)

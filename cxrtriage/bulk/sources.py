@@ -18,7 +18,7 @@ class BulkError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class DicomwebSource:
+class DicomwebArchive:
     """A DICOMweb server to read from: its connection and the modalities to triage."""
 
     pacs: PacsConnection
@@ -62,7 +62,7 @@ def _csv_paths(path: Path) -> list[str]:
     return out
 
 
-def _dicomweb_items(dw: DicomwebSource) -> list[dict[str, str | None]]:
+def _dicomweb_items(dw: DicomwebArchive) -> list[dict[str, str | None]]:
     from cxrtriage.pacs.dicomweb import qido_instances
 
     client = dw.client()
@@ -72,12 +72,12 @@ def _dicomweb_items(dw: DicomwebSource) -> list[dict[str, str | None]]:
              "series_instance_uid": r.series_uid} for r in qido_instances(client, dw.modalities)]
 
 
-def list_source(source: str | Path, dicomweb: DicomwebSource | None = None) -> list[dict[str, str | None]]:
+def list_source(source: str | Path, dicomweb: DicomwebArchive | None = None) -> list[dict[str, str | None]]:
     """The items to triage: ``{"path", "sop_instance_uid", "study_instance_uid", "series_instance_uid"}``.
 
     For DICOMweb, ``path`` is the instance's WADO-RS URL (its stable key)."""
     if is_dicomweb(source):
-        return _dicomweb_items(dicomweb or DicomwebSource(PacsConnection(str(source))))
+        return _dicomweb_items(dicomweb or DicomwebArchive(PacsConnection(str(source))))
     p = Path(source).expanduser()
     if p.is_dir():
         paths = _image_files(p)

@@ -21,13 +21,12 @@ from cxrtriage.calibrate.head import (DEFAULT_L2, SiteHead, cross_fitted, fit_si
 from cxrtriage.calibrate.report import write_calibration_report
 from cxrtriage.calibrate.sample import MIN_PER_CLASS, SampleError, counts_of, read_sample, sample_hash
 from cxrtriage.calibrate.temperature import fit_temperature, fit_temperature_bias
-from cxrtriage.contract import Kind, ModelSpec, apply_temperature, triage_target
+from cxrtriage.contract import Kind, ModelSpec, Prediction, apply_temperature, triage_target
 from cxrtriage.data import get_task
 from cxrtriage.evaluate.metrics import binary_metrics, jsonable
 from cxrtriage.evaluate.thresholds import operating_points
-from cxrtriage.infer import Engine
+from cxrtriage.infer import Engine, decode_each
 from cxrtriage.infer.gate import gate_path
-from cxrtriage.io import ImageReadError, read_radiograph
 
 
 class CalibrationError(ValueError):
@@ -44,23 +43,25 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _run_sample(engines: list[Engine], samples: list, batch_size: int) -> tuple[list, list[dict[str, np.ndarray]]]:
-    """The sample's readable films, and each engine's graph outputs on them (decoded and
-    preprocessed once; the engines share their input steps)."""
-    kept, outs = [], [[] for _ in engines]
+def _run_sample(engines: list[Engine], samples: list, batch_size: int
+                ) -> tuple[list, list[dict[str, np.ndarray]], list[dict[str, str]]]:
+    """The sample's readable films, each engine's graph outputs on them (decoded and prepared
+    once; the engines share their input steps), and the films that could not be read, with why."""
+    kept, outs, unreadable = [], [[] for _ in engines], []
     for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
         rgs = []
-        for s in samples[i:i + batch_size]:
-            try:
-                rgs.append(read_radiograph(s.path))
-            except (ImageReadError, OSError):
-                continue
-            kept.append(s)
+        for s, (d, _) in zip(chunk, decode_each([s.path for s in chunk], model=engines[0].model_ref)):
+            if isinstance(d, Prediction):
+                unreadable.append({"path": s.path, "error": str(d.error)})
+            else:
+                rgs.append(d)
+                kept.append(s)
         if rgs:
-            batch, _ = engines[0].model_inputs(rgs)
+            batch = engines[0].prepare(rgs).images
             for out, engine in zip(outs, engines):
                 out.append(engine.run_arrays(batch))
-    return kept, [{k: np.concatenate([o[k] for o in out]) for k in out[0]} if out else {} for out in outs]
+    return kept, [{k: np.concatenate([o[k] for o in out]) for k in out[0]} if out else {} for out in outs], unreadable
 
 
 def _score_sample(engines: list[Engine], sample: Path, batch_size: int) -> tuple[list[dict], np.ndarray, dict, list]:
@@ -71,7 +72,7 @@ def _score_sample(engines: list[Engine], sample: Path, batch_size: int) -> tuple
         samples = read_sample(sample, task.name)
     except SampleError as exc:
         raise CalibrationError(str(exc)) from None
-    kept, outs = _run_sample(engines, samples, batch_size)
+    kept, outs, unreadable = _run_sample(engines, samples, batch_size)
     counts = counts_of(kept, task.classes)
     short = {c: n for c, n in counts.items() if n < MIN_PER_CLASS}
     if short:
@@ -81,8 +82,8 @@ def _score_sample(engines: list[Engine], sample: Path, batch_size: int) -> tuple
         y = np.stack([task.multi_hot(s.label) for s in kept]).astype(int)
     else:
         y = np.array([task.index(s.label) for s in kept])
-    facts = {"films_per_class": counts, "films": len(kept), "unreadable": len(samples) - len(kept),
-             "sample_sha256": sample_hash(kept), "sample": str(sample)}
+    facts = {"films_per_class": counts, "films": len(kept), "unreadable": len(unreadable),
+             "unreadable_films": unreadable, "sample_sha256": sample_hash(kept), "sample": str(sample)}
     return outs, y, facts, kept
 
 

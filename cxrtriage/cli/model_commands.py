@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from cxrtriage.about import DISCLAIMER
-from cxrtriage.cli.common import console, fail
+from cxrtriage.cli.common import console, err, fail, table
 
 
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
@@ -31,13 +30,18 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table(title="Bundled models")
-    for col in ("name", "task", "classes", "version", "size", "card"):
-        table.add_column(col)
+    t = table("Bundled models (cxr models --json for every field)")
+    t.add_column("name", no_wrap=True)
+    t.add_column("task", no_wrap=True)
+    t.add_column("classes", overflow="fold")
+    t.add_column("size", no_wrap=True, justify="right")
+    t.add_column("version", overflow="fold")
+    t.add_column("card", overflow="fold")
     for r in rows:
-        table.add_row(r["name"] + (" (default)" if r["default"] else ""), r["task"], " / ".join(r["classes"]),
-                      r["version"], f"{r['size_mb']:.1f} MB", Path(r["card"]).name if r["card"] else "-")
-    console.print(table)
+        classes = " / ".join(r["classes"]) if len(r["classes"]) <= 3 else f"{len(r['classes'])} findings"
+        t.add_row(r["name"] + ("\n(default)" if r["default"] else ""), r["task"], classes, f"{r['size_mb']:.1f} MB",
+                  r["version"], Path(r["card"]).name if r["card"] else "-")
+    console.print(t)
 
 
 def calibrate(
@@ -75,6 +79,8 @@ def calibrate(
     if as_json:
         sys.stdout.write(json.dumps(s) + "\n")
         return
+    for bad in s.get("unreadable_films") or []:
+        err.print(f"[yellow]left out[/] {bad['path']}: {bad['error']}")
     exp = s["expected"]
     console.print(f"[bold]{s['model']}[/] {s['version']}: {s['films']} films "
                   f"({', '.join(f'{c} {n}' for c, n in s['films_per_class'].items())}), temperature "

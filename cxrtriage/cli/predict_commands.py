@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from cxrtriage.about import DISCLAIMER
-from cxrtriage.cli.common import console, err, fail
+from cxrtriage.cli.common import EXIT_REFUSED, EXIT_UNREADABLE, console, err, fail, table
 
 
 def _collect(inputs: list[Path]) -> list[Path]:
@@ -58,56 +58,92 @@ def predict(
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="DICOMweb source: modalities to "
                                                  "triage (repeatable; default CR and DX)."),
 ) -> None:
-    """Triage images: label, probability and priority for each file.
+    """Triage images: label, score and priority for each file.
+
+    Without --model each film goes to the bundled model that can judge it (by DICOM patient age,
+    else by the models' quality gates); every result names the model that scored it.
 
     With --engine ray (or local), triage a whole archive into a Parquet dataset instead: one row
-    per image (path, SOP Instance UID, label, probabilities, gate verdict, model version, error);
-    without --model each film is routed as above (the row says which model judged it and why)."""
+    per image (path, SOP Instance UID, label, probabilities, gate verdict, model version, error).
+
+    Exit status: 0 every film scored; 2 the command could not run; 3 some input could not be
+    read; 4 the quality gates refused some film. Every result is printed either way."""
     if engine is not None:
         _bulk_predict(inputs, engine, out, model, batch_size, threads, address, workers, pacs_user, pacs_password,
                       pacs_token, dicomweb_root, modality, as_json)
         return
     if out is not None:
         fail("--out writes bulk results: add --engine ray (or --engine local)")
-    from rich.table import Table
-
-    from cxrtriage.infer import PRIORITY_ORDER, Engine, ModelNotFoundError, load_triager
+    from cxrtriage.infer import PRIORITY_ORDER, ModelNotFoundError, load_model
 
     files = _collect([Path(i) for i in inputs])
     try:
-        engine = load_triager(model, threads=threads, tta=tta)
+        engine = load_model(model, threads=threads, tta=tta)
     except ModelNotFoundError as exc:
         fail(str(exc))
     preds = engine.predict_files(files, batch_size=batch_size, progress=not as_json and len(files) > 20)
     if as_json:
         for p in preds:
             sys.stdout.write(json.dumps(p.to_dict()) + "\n")
+        _exit_for(preds)
         return
     if sort:
         preds = sorted(preds, key=lambda p: (PRIORITY_ORDER[p.priority], -(p.score or 0.0)))
+    _print_table(engine, preds)
+    _exit_for(preds)
+
+
+def _print_table(engine, preds) -> None:
+    """The results as a table that stays readable at 80 columns (long names and notes wrap)."""
+    from cxrtriage.infer import Engine
+
     colours = {"urgent": "bold red", "review": "yellow", "routine": "green", "refused": "magenta", "error": "red"}
     single = isinstance(engine, Engine)
     title = (f"{engine.spec.name} ({engine.spec.version}), threshold {engine.spec.threshold:.3f}" if single
              else "the bundled models, each film routed by patient age or the models' quality gates")
-    table = Table(title=f"Triage with {title}")
-    longest = max((len(Path(p.source).name) for p in preds), default=4)
-    table.add_column("file", no_wrap=True, min_width=min(40, longest))
-    for col in ("label", "P(abnormal)", "priority", *(() if single else ("model",)), "note"):
-        table.add_column(col, justify="right" if col == "P(abnormal)" else "left")
+    t = table(f"Triage with {title}")
+    t.add_column("file", overflow="fold")
+    t.add_column("label", overflow="fold")
+    t.add_column("score", justify="right", no_wrap=True)
+    t.add_column("priority", no_wrap=True)
+    if not single:
+        t.add_column("model", no_wrap=True)
+    if any(_note(p) for p in preds):
+        t.add_column("note", overflow="fold", ratio=1)
     for p in preds:
-        note = p.error or (p.gate.get("reason") if p.priority == "refused" else p.gate.get("warning")) or ""
-        judged = () if single else (f"{p.model.get('name', '-')} ({p.model.get('routed_by', '-')})",)
-        table.add_row(Path(p.source).name, p.label or "-", f"{p.score:.3f}" if p.score is not None else "-",
-                      f"[{colours[p.priority]}]{p.priority}[/]", *judged, note)
-    console.print(table)
+        cells = [Path(p.source).name, (p.label or "-").replace("|", " | "),
+                 f"{p.score:.3f}" if p.score is not None else "-", f"[{colours[p.priority]}]{p.priority}[/]"]
+        if not single:
+            cells.append(str(p.model.get("name", "-")) if p.priority not in ("error", "refused") else "-")
+        if len(t.columns) > len(cells):
+            cells.append(_note(p))
+        t.add_row(*cells)
+    console.print(t)
+    console.print("[dim]score: P(abnormal), or for a multi-label model the probability of its lead finding; "
+                  "--json gives every probability and the routing.[/]")
     console.print(f"[dim]{DISCLAIMER}[/]")
+
+
+def _note(p) -> str:
+    if p.error:
+        return p.error
+    return str((p.gate.get("reason") if p.priority == "refused" else p.gate.get("warning")) or "")
+
+
+def _exit_for(preds) -> None:
+    """Exit status for scripts: 0 every film scored, 3 some could not be read, 4 some were refused
+    by the quality gates (and none unreadable)."""
+    if any(p.error for p in preds):
+        raise typer.Exit(EXIT_UNREADABLE)
+    if any(p.priority == "refused" for p in preds):
+        raise typer.Exit(EXIT_REFUSED)
 
 
 def _bulk_predict(inputs: list[str], engine: str, out: Optional[Path], model: Optional[Path], batch_size: int,
                   threads: Optional[int], address: Optional[str], workers: Optional[int], user: Optional[str],
                   password: Optional[str], token: Optional[str], dicomweb_root: str,
                   modality: Optional[list[str]], as_json: bool) -> None:
-    from cxrtriage.bulk import BulkError, DicomwebSource, bulk_triage, is_dicomweb
+    from cxrtriage.bulk import BulkError, DicomwebArchive, bulk_triage, is_dicomweb
     from cxrtriage.infer import ModelNotFoundError
     from cxrtriage.pacs.connection import PacsConnection
 
@@ -121,7 +157,7 @@ def _bulk_predict(inputs: list[str], engine: str, out: Optional[Path], model: Op
         fail("--address is for --engine ray")
     source = inputs[0]
     try:
-        dicomweb = DicomwebSource(PacsConnection(source, user, password, token, dicomweb_root),
+        dicomweb = DicomwebArchive(PacsConnection(source, user, password, token, dicomweb_root),
                                   tuple(modality or ("CR", "DX"))) if is_dicomweb(source) else None
     except (ValueError, BulkError) as exc:
         fail(str(exc))
@@ -158,62 +194,74 @@ def _bulk_predict(inputs: list[str], engine: str, out: Optional[Path], model: Op
 def explain(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders."),
     out: Path = typer.Option(Path("explanations"), "--out", "-o", help="Folder for the overlay PNGs."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model (default: bundled). A run folder of a "
-                                         "network without an in-graph map uses Grad-CAM (needs torch)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model (default: each film routed to the "
+                                         "bundled model that can judge it, as cxr predict does). A run folder of "
+                                         "a network without an in-graph map uses Grad-CAM (needs torch)."),
     npy: bool = typer.Option(False, "--npy", help="Also save each raw heatmap as .npy."),
     opacity: float = typer.Option(0.5, min=0.0, max=1.0, help="Heatmap opacity."),
 ) -> None:
-    """Write, per image, a PNG of the heatmap over the radiograph with the call and its probability."""
+    """Write, per image, a PNG of the heatmap over the radiograph with the call and its probability.
+
+    The model is chosen as cxr predict chooses it. Exit status as cxr predict's: 0 every film
+    explained; 3 some input could not be read; 4 the quality gates refused some film."""
     import numpy as np
 
     from cxrtriage.explain import overlay_for
-    from cxrtriage.infer import Engine, ModelNotFoundError
-    from cxrtriage.io import ImageReadError, read_radiograph
+    from cxrtriage.infer import Engine, ModelNotFoundError, load_model
 
     files = _collect(inputs)
     try:
-        engine = Engine(model)
+        predictor = load_model(model)
     except ModelNotFoundError as exc:
         fail(str(exc))
-    gradcam_model = None
-    if not engine.spec.has_cam:
-        from cxrtriage.models.checkpoint import load_checkpoint
-
-        run = Path(model) if model and Path(model).is_dir() else engine.onnx_path.parent
-        try:
-            gradcam_model = load_checkpoint(run)
-        except FileNotFoundError:
-            fail(f"{engine.spec.name} has no in-graph heatmap and no checkpoint beside it for Grad-CAM")
+    gradcam_model = _gradcam_fallback(predictor, model) if isinstance(predictor, Engine) else None
     out.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    preds = []
     for f in files:
-        try:
-            rg = read_radiograph(f)
-        except ImageReadError as exc:
-            err.print(f"[red]skipped[/] {f}: {exc}")
-            failed += 1
+        scored = predictor.score([f], heatmap=True)[0]
+        pred, rg = scored.prediction, scored.radiograph
+        preds.append(pred)
+        if rg is None:
+            err.print(f"[red]unreadable[/] {f}: {pred.error}")
             continue
-        pred = engine.predict_radiographs([rg], heatmap=True)[0]
         if gradcam_model is not None and pred.ok:
-            import torch
-
-            from cxrtriage.data.preprocess import uncrop_maps
-            from cxrtriage.explain.gradcam import gradcam
-
-            net, meta = gradcam_model
-            batch, (box,) = engine.model_inputs([rg])  # the film as the graph saw it: border and intensity steps
-            x = torch.from_numpy(batch).float()[:, None] / 255.0
-            target = 1 + int(np.argmax([pred.probabilities[c] for c in engine.spec.classes[1:]]))
-            cam = gradcam(net, (x - meta["mean"]) / meta["std"], target)
-            pred.heatmap = (cam if box is None else uncrop_maps(cam, box, engine.spec.input_size))[0]
+            pred.heatmap = _gradcam(predictor, gradcam_model, rg, pred)
         png = out / f"{f.stem}.heatmap.png"
         overlay_for(rg.pixels, pred, opacity=opacity).save(png)
         if npy and pred.heatmap is not None:
             np.save(out / f"{f.stem}.heatmap.npy", pred.heatmap)
-        console.print(f"{f.name}: {pred.label or pred.priority} "
-                      f"{'' if pred.score is None else f'{pred.score:.3f} '}-> {png}")
-    if failed:
-        raise typer.Exit(1)
+        by = pred.model.get("name", "?")
+        if pred.ok:
+            console.print(f"{f.name}: {pred.label} {pred.score:.3f} ({by}) -> {png}")
+        else:
+            console.print(f"{f.name}: [magenta]refused[/] by {by}: {_note(pred)} -> {png}")
+    _exit_for(preds)
+
+
+def _gradcam_fallback(engine, model: Optional[Path]):
+    """The torch network for Grad-CAM when ``engine``'s graph has no in-graph map, else None."""
+    if engine.spec.has_cam:
+        return None
+    from cxrtriage.models.checkpoint import load_checkpoint
+
+    run = Path(model) if model and Path(model).is_dir() else engine.onnx_path.parent
+    try:
+        return load_checkpoint(run)
+    except FileNotFoundError:
+        fail(f"{engine.spec.name} has no in-graph heatmap and no checkpoint beside it for Grad-CAM")
+
+
+def _gradcam(engine, gradcam_model, rg, pred):
+    """Grad-CAM of the film as the graph saw it (border and intensity steps), put back on the film."""
+    import torch
+
+    from cxrtriage.explain.gradcam import gradcam
+
+    net, meta = gradcam_model
+    prepared = engine.prepare([rg])
+    x = torch.from_numpy(prepared.images).float()[:, None] / 255.0
+    target = engine.spec.decide([pred.probabilities[c] for c in engine.spec.classes]).finding_index
+    return prepared.restore(gradcam(net, (x - meta["mean"]) / meta["std"], target))[0]
 
 
 def _eval_samples(data: Optional[Path], manifest: Optional[Path], split: str, task: str, seed: int,

@@ -1,6 +1,8 @@
 """The model contract, torch-free: what an exported model takes and answers (:class:`ModelSpec`),
 the shared scoring rules, and the one result type (:class:`Prediction`)."""
 
+from cxrtriage.contract.decision import NO_FINDING, RULES, Call, flagged
+from cxrtriage.contract.preprocess import Prepared
 from cxrtriage.contract.result import PRIORITY_ORDER, Prediction, Priority, StrEnum
 from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, standardise, triage_score, triage_target
 from cxrtriage.contract.spec import (
@@ -18,6 +20,7 @@ from cxrtriage.contract.spec import (
 )
 
 __all__ = [
+    "Call", "NO_FINDING", "Prepared", "RULES", "flagged",
     "ADULT_AGE", "GATE_QUANTILE", "BORDERS", "INTENSITIES", "POPULATIONS", "population_of", "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
     "StrEnum", "URGENT_SPECIFICITY", "apply_temperature", "normalise", "standardise", "triage_score", "triage_target",
 ]

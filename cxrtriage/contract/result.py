@@ -37,8 +37,10 @@ PRIORITY_ORDER = {p.value: p.rank for p in Priority}
 
 @dataclass
 class Prediction:
-    """Triage of one image. ``score`` is P(abnormal); ``label`` the call at the model's threshold;
-    ``priority`` a :class:`Priority`; ``heatmap`` the class activation map (0..1) when asked for."""
+    """Triage of one image. ``score`` is compared with ``threshold`` to flag the film; ``label``,
+    ``priority`` and ``finding`` follow from them by the rule in ``rule`` (see
+    :mod:`cxrtriage.contract.decision`); ``heatmap`` is ``finding``'s activation map (0..1, on the
+    model's grid, e.g. 14 x 14) when asked for."""
 
     source: str
     label: str | None = None
@@ -53,6 +55,8 @@ class Prediction:
     error_type: str | None = None
     heatmap: np.ndarray | None = field(default=None, repr=False)
     meta: dict[str, Any] = field(default_factory=dict)
+    finding: str | None = None  # the class whose probability is the score (multi-label: the lead finding)
+    rule: str | None = None     # how label, score, threshold and priority were read from the probabilities
 
     def __post_init__(self) -> None:
         self.priority = Priority(self.priority)
@@ -60,6 +64,11 @@ class Prediction:
     @property
     def ok(self) -> bool:
         return self.error is None and self.priority not in (Priority.REFUSED, Priority.ERROR)
+
+    @property
+    def flagged(self) -> bool:
+        """Whether the call is abnormal (score at or above its threshold: review or urgent)."""
+        return self.priority in (Priority.URGENT, Priority.REVIEW)
 
     @classmethod
     def failed(cls, source: str, exc: BaseException, model: dict[str, str] | None = None) -> "Prediction":

@@ -11,34 +11,29 @@ sidecar's JSON form; export, calibration and the quality gate write through :met
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxrtriage.contract.preprocess import BORDERS, INTENSITIES, Prepared, prepare, prepare_resized
+from cxrtriage.contract.decision import Call, Decision, SpecError, decide
 from cxrtriage.contract.result import Priority
 from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, triage_score
 
 FORMAT = "cxr-triage-onnx/1"
-DEFAULT_LABEL_THRESHOLD = 0.5  # a finding with no threshold of its own (too few validation positives)
 URGENT_SPECIFICITY = 0.995     # the "urgent" threshold keeps this specificity on validation
 GATE_QUANTILE = 0.995          # the quality gate accepts this quantile of its threshold films (x a small margin)
 
 
 POPULATIONS = ("pediatric", "adult")
-INTENSITIES = ("none", "equalise", "clahe")  # per-image intensity normalisation of the model-size image
-BORDERS = ("keep", "trim")  # "trim": uniform edge rows/columns (collimation, padding) cut off the model-size image
 ADULT_AGE = 18.0  # years; below it a film is pediatric
 
 
 def population_of(age_years: float) -> str:
     return "pediatric" if age_years < ADULT_AGE else "adult"
-
-
-class SpecError(ValueError):
-    """A sidecar that does not describe a usable model."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +69,15 @@ class InputSpec:
         """The steps run on the resized image before the graph, where they are not the defaults."""
         return tuple(s for s in (self.intensity, self.border) if s not in ("none", "keep"))
 
+    def prepare(self, radiographs: Sequence[Any]) -> Prepared:
+        """Radiographs (or 2-D arrays) to the graph's input batch with this model's resize, border
+        and intensity steps; ``.restore(maps)`` on the result puts heatmaps back on the films."""
+        return prepare(radiographs, self.size, self.intensity, self.border)
+
+    def prepare_resized(self, images: np.ndarray) -> Prepared:
+        """Like :meth:`prepare` for images already resized to ``size`` (the training cache)."""
+        return prepare_resized(images, self.intensity, self.border)
+
     def normalise(self, x: Any) -> Any:
         """0..255 pixel values to what the network sees (the graph does this itself)."""
         if self.mean is None or self.std is None:
@@ -101,36 +105,6 @@ class InputSpec:
                    range=tuple(d.get("range", (0, 255))), resize=str(d.get("resize", cls.resize)),
                    normalisation=d.get("normalisation"), intensity=str(d.get("intensity", "none")),
                    border=str(d.get("border", "keep")))
-
-
-@dataclass(frozen=True)
-class Decision:
-    """From a triage score to a call: ``score >= threshold`` is abnormal, ``>= threshold_high``
-    urgent; a multi-label model also flags each finding at its own threshold."""
-
-    threshold: float
-    threshold_high: float
-    method: str = "stored with the model"
-    label_thresholds: Mapping[str, float | None] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("threshold", "threshold_high"):
-            v = getattr(self, name)
-            if not np.isfinite(v) or not 0.0 <= v <= 1.0:
-                raise SpecError(f"{name} must be a probability, got {v}")
-        if self.threshold_high < self.threshold:
-            raise SpecError(f"threshold_high {self.threshold_high} is below threshold {self.threshold}")
-
-    def priority(self, score: float) -> Priority:
-        if score >= self.threshold_high:
-            return Priority.URGENT
-        if score >= self.threshold:
-            return Priority.REVIEW
-        return Priority.ROUTINE
-
-    def label_threshold(self, label: str) -> float:
-        t = (self.label_thresholds or {}).get(label)
-        return DEFAULT_LABEL_THRESHOLD if t is None else float(t)
 
 
 @dataclass(frozen=True)
@@ -200,21 +174,13 @@ class ModelSpec:
         """P(abnormal) per row of (N, C) probabilities."""
         return triage_score(probs, self.kind)
 
-    def label_for(self, probs: np.ndarray) -> str:
-        """The call for one image's probabilities (C,): the normal class below the threshold, else
-        the most likely abnormal class; multi-label: the flagged findings joined by '|'."""
-        probs = np.asarray(probs, dtype=float)
-        if self.kind is Kind.MULTILABEL:
-            flagged = [c for c, v in zip(self.classes, probs) if v >= self.decision.label_threshold(c)]
-            return "|".join(flagged) if flagged else "no finding"
-        if float(self.triage_score(probs[None])[0]) < self.threshold:
-            return self.classes[0]
-        return self.classes[1 + int(np.argmax(probs[1:]))]
+    def decide(self, probs: np.ndarray) -> Call:
+        """The call for one image's probabilities (C,): label, score, threshold, priority and the
+        class that drove them, by the one rule of :func:`cxrtriage.contract.decision.decide`."""
+        return decide(probs, self.classes, self.kind, self.decision)
 
-    def heatmap_class(self, probs: np.ndarray) -> int:
-        """The class whose activation map is the heatmap: the most likely abnormal one."""
-        probs = np.asarray(probs)
-        return int(np.argmax(probs)) if self.kind is Kind.MULTILABEL else 1 + int(np.argmax(probs[1:]))
+    def label_for(self, probs: np.ndarray) -> str:
+        return self.decide(probs).label
 
     def priority(self, score: float) -> Priority:
         return self.decision.priority(score)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxrtriage.data.preprocess import apply_border, apply_intensity, to_model_input
+from cxrtriage.contract import InputSpec
+from cxrtriage.contract.preprocess import to_model_input
 from cxrtriage.io import read_radiograph
 
 
@@ -48,8 +49,7 @@ def load_cached(
     info_file = cache_dir / f"{key}.json"
     shape = (len(paths), size, size)
     if info_file.exists() and data_file.exists():
-        return apply_intensity(apply_border(np.memmap(data_file, dtype=np.uint8, mode="r", shape=shape), border),
-                               intensity)
+        return _model_steps(np.memmap(data_file, dtype=np.uint8, mode="r", shape=shape), intensity, border)
     tmp = data_file.with_suffix(f".tmp{os.getpid()}")
     mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
     workers = workers or min(4, os.cpu_count() or 1)
@@ -61,5 +61,9 @@ def load_cached(
     del mm
     os.replace(tmp, data_file)
     info_file.write_text(json.dumps({"n": len(paths), "size": size, "first": paths[:1]}))
-    return apply_intensity(apply_border(np.memmap(data_file, dtype=np.uint8, mode="r", shape=shape), border),
-                           intensity)
+    return _model_steps(np.memmap(data_file, dtype=np.uint8, mode="r", shape=shape), intensity, border)
+
+
+def _model_steps(images: np.ndarray, intensity: str, border: str) -> np.ndarray:
+    """The model's own border and intensity steps, by the contract (the cache holds films resized only)."""
+    return InputSpec(size=int(images.shape[-1]), intensity=intensity, border=border).prepare_resized(images).images

@@ -26,7 +26,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from cxrtriage.contract import Kind, triage_score, triage_target
+from cxrtriage.contract import Kind, flagged, triage_score, triage_target
 from cxrtriage.evaluate.thresholds import validate_binary
 
 __all__ = [
@@ -226,7 +226,7 @@ def binary_metrics(
     percentile bootstrap intervals (images resampled within each class).
     """
     y, s = _check_binary(y_true, score)
-    pred = (s >= threshold).astype(np.int64)
+    pred = flagged(s, threshold).astype(np.int64)
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
     both = n_pos > 0 and n_neg > 0
     (tn, fp), (fn, tp) = confusion_matrix(y, pred, labels=[0, 1])

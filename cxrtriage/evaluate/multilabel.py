@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, classification_report, roc_auc_score
 
 from cxrtriage.about import DISCLAIMER
-from cxrtriage.contract import Kind, triage_score, triage_target
+from cxrtriage.contract import Kind, flagged, triage_score, triage_target
 from cxrtriage.evaluate.metrics import (
     CI_LEVEL, _bootstrap, _opt, _ratio, binary_metrics, calibration_curve_data, jsonable, weighted_roc_auc,
 )
@@ -91,7 +91,7 @@ def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, labels: list[str]
             entry["roc_auc_ci"] = ci.get("auc")
         thr = entry["threshold"]
         if thr is not None:
-            pred = pj >= thr
+            pred = flagged(pj, thr)
             tp, fp = int((pred & (yj == 1)).sum()), int((pred & (yj == 0)).sum())
             fn, tn = n_pos - tp, n - n_pos - fp
             entry.update(sensitivity=_opt(_ratio(tp, tp + fn)), specificity=_opt(_ratio(tn, tn + fp)),
@@ -172,7 +172,7 @@ def evaluate_multilabel(task_name: str, labels: list[str], targets: np.ndarray, 
     binary = binary_metrics(any_pos, score, threshold, n_boot=n_boot, seed=seed)
     ml = multilabel_metrics(y, p, labels, thresholds, n_boot=n_boot, seed=seed)
     thr = np.array([np.inf if (thresholds or {}).get(c) is None else thresholds[c] for c in labels])
-    report = classification_report(y, (p >= thr[None, :]).astype(int), labels=list(range(len(labels))),
+    report = classification_report(y, flagged(p, thr[None, :]).astype(int), labels=list(range(len(labels))),
                                    target_names=list(labels), output_dict=True, zero_division=np.nan)
     result: dict[str, Any] = {
         "task": task_name, "kind": "multilabel", "classes": ["no finding", "any finding"], "labels": list(labels),

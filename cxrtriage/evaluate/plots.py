@@ -19,6 +19,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from cxrtriage.contract import flagged
 from cxrtriage.evaluate.metrics import calibration_curve_data
 
 __all__ = ["roc_plot", "pr_plot", "confusion_plot", "reliability_plot", "multiclass_roc_plot"]
@@ -117,7 +118,7 @@ def roc_plot(
     ax.fill_between(fpr, tpr, step=None, color=BLUE, alpha=0.07, lw=0)
     ax.plot(fpr, tpr, color=BLUE, lw=2.2, label=f"AUC {auc:.3f}{_ci_text(ci)}")
     if threshold is not None:
-        pred = s >= threshold
+        pred = flagged(s, threshold)
         sens = pred[y == 1].mean()
         spec = 1 - pred[y == 0].mean()
         ax.plot(
@@ -152,7 +153,7 @@ def pr_plot(
     ax.axhline(prevalence, ls="--", lw=1, color="#9ca3af", label=f"Prevalence {prevalence:.2f}")
     ax.step(recall, precision, where="post", color=BLUE, lw=2.2, label=f"AP {ap:.3f}{_ci_text(ci)}")
     if threshold is not None:
-        pred = s >= threshold
+        pred = flagged(s, threshold)
         sens = pred[y == 1].mean()
         ppv = y[pred].mean() if pred.any() else np.nan
         if np.isfinite(ppv):

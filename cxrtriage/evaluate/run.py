@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.metrics import classification_report
 
 from cxrtriage.about import DISCLAIMER
-from cxrtriage.contract import triage_score, triage_target
+from cxrtriage.contract import flagged, triage_score, triage_target
 from cxrtriage.evaluate.metrics import binary_metrics, calibration_curve_data, jsonable, multiclass_metrics
 from cxrtriage.evaluate.multilabel import evaluate_multilabel
 from cxrtriage.evaluate.plots import confusion_plot, multiclass_roc_plot, pr_plot, reliability_plot, roc_plot
@@ -108,7 +108,7 @@ def _class_level(y: np.ndarray, p: np.ndarray, classes: list[str], n_boot: int, 
 def _decision_report(y_bin: np.ndarray, score: np.ndarray, threshold: float, normal_name: str,
                      positive_name: str) -> dict[str, Any]:
     """The classification report of a two-class model: the triage decision at ``threshold``."""
-    pred = (score >= threshold).astype(np.int64)
+    pred = flagged(score, threshold).astype(np.int64)
     report = classification_report(y_bin, pred, labels=[0, 1], target_names=[normal_name, positive_name],
                                    output_dict=True, zero_division=np.nan)
     return {"classification_report": report,

@@ -2,7 +2,8 @@
 
 Its ``predict_radiographs`` is the gate -> network -> decision step of the one pipeline
 (:mod:`cxrtriage.infer.pipeline`), used by ``cxr predict``, the Python API, the HTTP service, the
-PACS bridge and bulk triage.
+PACS bridge and bulk triage. The film's preparation (resize, border, intensity) and the decision
+are the contract's (``spec.input.prepare``, ``spec.decide``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from cxrtriage.contract import ModelSpec, Prediction, Priority
-from cxrtriage.data.preprocess import apply_intensity, border_box, crop_to_box, to_model_input, uncrop_maps
+from cxrtriage.contract import ModelSpec, Prediction, Prepared, Priority
 from cxrtriage.infer.bundle import load_spec, resolve_model
 from cxrtriage.infer.gate import FeatureGate, gate_path, pixel_refusal, view_refusal
-from cxrtriage.infer.pipeline import Triager
+from cxrtriage.infer.pipeline import Predictor
 from cxrtriage.io import Radiograph
 
 OOD_REASON = ("not recognised as a frontal chest radiograph like those the model was trained on "
@@ -32,7 +32,7 @@ def _normalise_cam(cam: np.ndarray) -> np.ndarray:
     return (cam / peak if peak > 0 else cam).astype(np.float32)
 
 
-class Engine(Triager):
+class Engine(Predictor):
     """Score radiographs with an exported model. Thread-safe for concurrent ``predict*`` calls.
 
     ``model``: a bundled model's name, an ``.onnx`` path, a run folder, or None for the default."""
@@ -58,6 +58,10 @@ class Engine(Triager):
     @property
     def model_ref(self) -> dict[str, str]:
         return self.spec.ref
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.spec.classes)
 
     def describe(self) -> dict:
         """What a status page shows of the model."""
@@ -95,12 +99,11 @@ class Engine(Triager):
             else:
                 todo.append(i)
         if todo:
-            batch, boxes = self.model_inputs([rgs[i] for i in todo])
+            prepared = self.prepare([rgs[i] for i in todo])
             t1 = time.perf_counter()
-            out = self.run_tta(batch) if self.tta else self.run_arrays(batch)
-            if "cam" in out and any(boxes):  # maps of trimmed films back onto the whole film
-                size = self.spec.input_size
-                out["cam"] = np.stack([c if b is None else uncrop_maps(c, b, size) for c, b in zip(out["cam"], boxes)])
+            out = self.run_tta(prepared.images) if self.tta else self.run_arrays(prepared.images)
+            if "cam" in out:  # maps of trimmed films back onto the whole film
+                out["cam"] = prepared.restore(out["cam"])
             out["probs"] = self.spec.calibrated(out["probs"])
             per = (time.perf_counter() - t1) * 1000 / len(todo)
             self._judge([preds[i] for i in todo], out, heatmap)
@@ -118,40 +121,33 @@ class Engine(Triager):
             p.timings_ms["total"] = round(total + (dec or 0.0), 3)
         return preds
 
-    def model_inputs(self, rgs: list) -> tuple[np.ndarray, list]:
-        """The graph's input batch (uint8, after the model's border and intensity steps) and, for
-        films whose uniform frame was trimmed, the crop box (else None)."""
-        steps, size = self.spec.input, self.spec.input_size
-        resized = [to_model_input(rg, size) for rg in rgs]
-        boxes = [border_box(a) if steps.border == "trim" else None for a in resized]  # found once, used twice
-        batch = np.stack([apply_intensity(crop_to_box(a, b), steps.intensity) for a, b in zip(resized, boxes)])
-        return batch, boxes
+    def prepare(self, rgs: Sequence[Radiograph | np.ndarray]) -> Prepared:
+        """The graph's input batch for ``rgs`` (the contract's resize, border and intensity steps)."""
+        return self.spec.input.prepare(rgs)
 
     def _judge(self, preds: list[Prediction], out: dict[str, np.ndarray], heatmap: bool) -> None:
         """The gate's distance test, then the model's decision, for each scored film."""
         gate = self.feature_gate
         dist = gate.distance(out["embedding"]) if gate is not None else None
-        scores = self.spec.triage_score(out["probs"])
         for k, p in enumerate(preds):
             if dist is not None and dist[k] > gate.threshold:
                 p.priority = Priority.REFUSED
                 p.gate = {"accepted": False, "distance": float(dist[k]), "threshold": gate.threshold,
                           "reason": OOD_REASON}
                 continue
-            self._fill(p, out["probs"][k], float(scores[k]), out["cam"][k] if heatmap and "cam" in out else None)
+            self._fill(p, out["probs"][k], out["cam"][k] if heatmap and "cam" in out else None)
             p.gate = {"accepted": True}
             if dist is not None:
                 p.gate.update(distance=float(dist[k]), threshold=gate.threshold)
 
-    def _fill(self, p: Prediction, probs: np.ndarray, score: float, cam: np.ndarray | None) -> None:
-        spec = self.spec
-        p.probabilities = {c: round(float(v), 6) for c, v in zip(spec.classes, probs)}
-        p.score = round(score, 6)
-        p.threshold = spec.threshold
-        p.label = spec.label_for(probs)
-        p.priority = spec.priority(score)
+    def _fill(self, p: Prediction, probs: np.ndarray, cam: np.ndarray | None) -> None:
+        call = self.spec.decide(probs)
+        p.probabilities = {c: round(float(v), 6) for c, v in zip(self.spec.classes, probs)}
+        p.label, p.score, p.threshold, p.priority = call.label, round(call.score, 6), call.threshold, call.priority
+        p.finding, p.rule = call.finding, call.rule
         if cam is not None:
-            p.heatmap = _normalise_cam(cam[spec.heatmap_class(probs)])
+            p.heatmap = _normalise_cam(cam[call.finding_index])
+
 
 def _public_meta(meta: dict) -> dict:
     """Source facts safe to show and log (no patient identifiers)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from cxrtriage.contract import POPULATIONS, ModelSpec, Prediction, Priority, population_of
 from cxrtriage.infer.bundle import bundled_models, load_spec
 from cxrtriage.infer.engine import Engine
-from cxrtriage.infer.pipeline import Triager
+from cxrtriage.infer.pipeline import Predictor
 from cxrtriage.io import Radiograph
 
 
@@ -41,7 +41,7 @@ def routed_identities() -> set[tuple[str, str]]:
     return {(s.name, s.version) for s in specs} | {(ref["name"], ref["version"])}
 
 
-class Router(Triager):
+class Router(Predictor):
     """Triage with the bundled models, each film routed to one of them (see the module's notes)."""
 
     def __init__(self, threads: int | None = None, models: dict[str, str] | None = None):
@@ -98,11 +98,7 @@ class Router(Triager):
                 return d / t if d is not None and t else 0.0
 
             return _routed(min(accepted, key=ratio), "gate")
-        reasons = []
-        for p in candidates:
-            reason = str(p.gate.get("reason", "refused"))
-            if reason not in reasons:
-                reasons.append(reason)
+        reasons = [f"{p.model.get('name', '?')}: {p.gate.get('reason', 'refused')}" for p in candidates]
         by_model = {p.model.get("name", "?"): p.gate for p in candidates}
         refused = candidates[0]
         refused.model = dict(self.model_ref)
@@ -116,10 +112,14 @@ def _routed(p: Prediction, why: str) -> Prediction:
     return p
 
 
-def load_triager(model: str | Path | None = None, threads: int | None = None, tta: bool = False,
-                 gate: bool = True) -> Engine | Router:
-    """``model``'s engine; with no model, the router over the bundled models (which needs the
-    quality gates and does not average test-time views)."""
+def load_model(model: str | Path | None = None, *, threads: int | None = None, gate: bool = True,
+               tta: bool = False) -> Predictor:
+    """The one factory every verb and the Python API get their model from.
+
+    ``model``: a bundled model's name (:func:`~cxrtriage.infer.bundled_models`), an ``.onnx`` file
+    with its sidecar, a training run folder, or None: the bundled models with each film routed to
+    the one that can judge it (:class:`Router`; it needs the quality gates, so with ``gate=False``
+    or ``tta=True`` None means the default model alone)."""
     if model is None and gate and not tta:
         return Router(threads=threads)
     return Engine(model, threads=threads, tta=tta, gate=gate)

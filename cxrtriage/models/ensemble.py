@@ -2,7 +2,7 @@
 
 The graph takes one image at the largest member's input size; a member trained at a smaller
 size sees it through a fixed resize matrix equal to Pillow's antialiased bilinear resize (the
-one every path uses, :func:`cxrtriage.data.preprocess.to_model_input`). Probabilities are the
+one every path uses, :func:`cxrtriage.contract.preprocess.to_model_input`). Probabilities are the
 members' mean, the class activation map is the members' mean on the finest member grid (still
 in logit units), and the quality-gate embedding is the members' embeddings side by side.
 Members trained on finer classes (normal / bacterial / viral) can answer a coarser task (normal /

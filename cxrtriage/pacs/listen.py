@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from cxrtriage.infer import Triager, load_triager
+from cxrtriage.infer import Predictor, load_model
 from cxrtriage.pacs.orthanc import PacsError, PacsUnavailable
 from cxrtriage.pacs.pipeline import OutcomeStatus, log_outcome, triage_bytes
 from cxrtriage.pacs.state import FAILED, PENDING, State, backoff_delay
@@ -90,14 +90,14 @@ class Listener:
     """C-STORE SCP + a worker thread that triages the spool and forwards results."""
 
     def __init__(self, port: int, ae_title: str = "CXRTRIAGE", forward: str | Destination | None = None,
-                 model: str | Path | None = None, *, host: str = "0.0.0.0", engine: Triager | None = None,
+                 model: str | Path | None = None, *, host: str = "0.0.0.0", engine: Predictor | None = None,
                  state_path: str | Path | None = None, spool_dir: str | Path | None = None,
                  out_dir: str | Path | None = None, batch_size: int = 8, max_backoff_s: float = 60.0):
         if not ae_title or len(ae_title) > 16:
             raise ValueError("AE title must be 1-16 characters")
         self.port, self.ae_title, self.host = int(port), ae_title, host
         self.forward = parse_destination(forward) if isinstance(forward, str) else forward
-        self.engine = engine or load_triager(model)
+        self.engine = engine or load_model(model)
         self.spool = Path(spool_dir) if spool_dir else default_spool_dir()
         self.spool.mkdir(parents=True, exist_ok=True)
         self.out_dir = Path(out_dir) if out_dir else None
@@ -244,7 +244,7 @@ class Listener:
 
 def listen(port: int, ae_title: str = "CXRTRIAGE", forward: str | None = None, model: str | Path | None = None,
            *, host: str = "0.0.0.0", state_path: str | Path | None = None, spool_dir: str | Path | None = None,
-           out_dir: str | Path | None = None, engine: Triager | None = None, max_backoff_s: float = 60.0,
+           out_dir: str | Path | None = None, engine: Predictor | None = None, max_backoff_s: float = 60.0,
            block: bool = True) -> Listener:
     """Receive images with C-STORE on ``port`` as ``ae_title``; triage them; forward results.
 

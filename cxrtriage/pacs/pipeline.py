@@ -16,8 +16,8 @@ from pydicom import Dataset
 from pydicom.uid import DigitalXRayImageStorageForProcessing
 
 from cxrtriage.contract import Prediction, StrEnum
-from cxrtriage.infer import Triager, decode, load_triager
-from cxrtriage.io import ImageReadError, Radiograph
+from cxrtriage.infer import Predictor, load_model
+from cxrtriage.io import Radiograph
 from cxrtriage.pacs.results import TriageResults, build_results, is_own_output
 
 log = logging.getLogger("cxrtriage.pacs")
@@ -94,7 +94,7 @@ def _ids(header: Dataset) -> dict[str, str]:
     return {"study_uid": str(header.StudyInstanceUID), "sop_uid": str(header.SOPInstanceUID)}
 
 
-def triage_bytes(engine: Triager, items: Sequence[tuple[str, bytes]], heatmap: bool = True) -> list[Outcome]:
+def triage_bytes(engine: Predictor, items: Sequence[tuple[str, bytes]], heatmap: bool = True) -> list[Outcome]:
     """Triage DICOM files given as ``(name, bytes)``; one :class:`Outcome` each, in order.
 
     The header checks (our own output, modality, "for processing") come first; the rest is the
@@ -102,20 +102,16 @@ def triage_bytes(engine: Triager, items: Sequence[tuple[str, bytes]], heatmap: b
     :class:`Prediction` with ``error`` set. An image of another modality is skipped; a
     radiograph that cannot be read gets a report in its study saying so."""
     outcomes: list[Outcome | None] = [None] * len(items)
-    todo: list[tuple[int, Dataset, Radiograph | None, Prediction | None]] = []
+    todo: list[tuple[int, Dataset]] = []
     for i, (name, data) in enumerate(items):
         checked = _pre_check(name, data)
         if isinstance(checked, Outcome):
             outcomes[i] = checked
-            continue
-        try:
-            todo.append((i, checked, decode(data, name), None))
-        except (ImageReadError, OSError) as exc:
-            todo.append((i, checked, None, Prediction.failed(name, exc, engine.model_ref)))
-    rgs = [rg for _, _, rg, _ in todo if rg is not None]
-    scored = iter(engine.predict_batch(rgs, heatmap=heatmap, batch_size=max(1, len(rgs))) if rgs else [])
-    for i, header, rg, failed in todo:
-        outcomes[i] = _outcome(items[i][0], header, rg, failed or next(scored))
+        else:
+            todo.append((i, checked))
+    scored = engine.score([items[i][1] for i, _ in todo], [items[i][0] for i, _ in todo], heatmap=heatmap)
+    for (i, header), s in zip(todo, scored):
+        outcomes[i] = _outcome(items[i][0], header, s.radiograph, s.prediction)
     return outcomes  # type: ignore[return-value]
 
 
@@ -170,7 +166,7 @@ def encode(out: Outcome) -> Encoded:
                    [(str(ds.SOPInstanceUID), part10(ds)) for ds in out.datasets], summary)
 
 
-def triage_encode(engine: Triager, items: Sequence[tuple[str, bytes]]) -> list[Encoded]:
+def triage_encode(engine: Predictor, items: Sequence[tuple[str, bytes]]) -> list[Encoded]:
     """:func:`triage_bytes`, then encode the results (what the watcher stores)."""
     return [encode(o) for o in triage_bytes(engine, items)]
 
@@ -190,7 +186,7 @@ def log_outcome(out: Outcome | Encoded, where: str = "") -> None:
 
 
 # -- worker processes (``watch(..., workers=N)``) ------------------------------------------
-_ENGINE: Triager | None = None
+_ENGINE: Predictor | None = None
 
 
 def pool_init(model: str | None, threads: int = 1) -> None:
@@ -213,7 +209,7 @@ def pool_init(model: str | None, threads: int = 1) -> None:
                 os._exit(0)
 
     threading.Thread(target=_watch_parent, daemon=True, name="cxr-parent-watch").start()
-    _ENGINE = load_triager(model, threads=threads)
+    _ENGINE = load_model(model, threads=threads)
 
 
 def pool_triage(items: list[tuple[str, bytes]]) -> list[Encoded]:

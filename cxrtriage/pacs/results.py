@@ -193,7 +193,7 @@ def build_sr(src: Dataset, pred: Prediction, reason: str | None = None, fast: bo
     measurements: list[hd.sr.Measurement] = []
     finding = PNEUMONIA if {"pneumonia", "bacterial"} & set(pred.probabilities) or not pred.ok else ANY_FINDING
     if pred.ok and pred.score is not None:
-        present = threshold is not None and pred.score >= threshold
+        present = pred.flagged  # the prediction's own call (its label), never decided again here
         evaluation = hd.sr.QualitativeEvaluation(finding, PRESENT if present else ABSENT)
         measurements.append(hd.sr.Measurement(name=PROBABILITY, value=float(pred.score), unit=NO_UNITS))
         if threshold is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cxrtriage.infer import Engine, Triager, load_triager
+from cxrtriage.infer import Engine, Predictor, load_model
 from cxrtriage.pacs.connection import PacsConnection
 from cxrtriage.pacs.dicomweb import InstanceRef, dicomweb_client, qido_instances, stow_bytes, wado_instance
 from cxrtriage.pacs.orthanc import OrthancClient, PacsError, PacsUnavailable
@@ -67,7 +67,7 @@ class WatchStats:
         return asdict(self)
 
 
-class Source(Protocol):
+class WatchSource(Protocol):
     name: str
 
     def discover(self, state: State) -> int: ...
@@ -116,7 +116,7 @@ class ChangesSource:
         return self.client.instance_file(item.ref["orthanc_id"])
 
 
-class DicomwebSource:
+class QidoPoller:
     """QIDO-RS polling; every CR/DX instance not yet in the state is new."""
 
     name = "dicomweb"
@@ -175,7 +175,7 @@ class Watcher:
 
     def __init__(self, pacs: PacsConnection | str, mode: str = "changes", poll_s: float = 1.0,
                  state_path: str | Path | None = None, model: str | Path | None = None, *,
-                 engine: Triager | None = None, store: str = "stow", batch_size: int = 8,
+                 engine: Predictor | None = None, store: str = "stow", batch_size: int = 8,
                  max_backoff_s: float = 60.0, backfill: bool = True, lookback_days: int | None = None,
                  workers: int = 1, **connection: Any):
         if mode not in MODES:
@@ -184,11 +184,11 @@ class Watcher:
         self.url, self.mode, self.poll_s = self.pacs.url, mode, max(0.05, float(poll_s))
         self.batch_size, self.max_backoff_s = max(1, batch_size), max_backoff_s
         self.state = State(state_path, backoff_base=min(1.0, self.poll_s), backoff_cap=max_backoff_s)
-        self.engine = engine or load_triager(model)
+        self.engine = engine or load_model(model)
         if mode == "changes":
-            self.source: Source = ChangesSource(OrthancClient(self.pacs), backfill)
+            self.source: WatchSource = ChangesSource(OrthancClient(self.pacs), backfill)
         else:
-            self.source = DicomwebSource(dicomweb_client(self.pacs), backfill, lookback_days)
+            self.source = QidoPoller(dicomweb_client(self.pacs), backfill, lookback_days)
         self.storer = Storer(store, self.pacs)  # its own session: another thread
         self.stats = WatchStats()
         self._stats_lock = threading.Lock()
@@ -388,7 +388,7 @@ class Watcher:
 def watch(pacs: PacsConnection | str, mode: str = "changes", poll_s: float = 1.0,
           state_path: str | Path | None = None, model: str | Path | None = None, once: bool = False, *,
           store: str = "stow", batch_size: int = 8, max_backoff_s: float = 60.0, backfill: bool = True,
-          lookback_days: int | None = None, workers: int = 1, engine: Triager | None = None,
+          lookback_days: int | None = None, workers: int = 1, engine: Predictor | None = None,
           stop: threading.Event | None = None, **connection: Any) -> WatchStats:
     """Follow the PACS ``pacs`` and write triage results back into each study.
 

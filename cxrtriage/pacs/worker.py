@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="model (.onnx, sidecar .json or run folder); default: bundled")
     ap.add_argument("--serve", action="store_true", help="answer framed requests until stdin closes")
     args = ap.parse_args(argv)
-    from cxrtriage.infer import load_triager
+    from cxrtriage.infer import load_model
 
-    engine = load_triager(args.model, threads=1)
+    engine = load_model(args.model, threads=1)
     if not args.serve:
         answer = answer_for(engine, sys.stdin.buffer.read())
         sys.stdout.write(json.dumps(answer))

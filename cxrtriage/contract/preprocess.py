@@ -1,13 +1,24 @@
-"""The one resize, border and intensity step every path uses (training cache, evaluation,
-serving), so they agree."""
+"""The one resize, border and intensity chain every path runs (training cache, evaluation,
+calibration, serving, Grad-CAM), so they agree.
+
+:func:`prepare` turns radiographs into the graph's input batch and keeps what is needed to put a
+heatmap back on the whole film (:class:`Prepared`); ``InputSpec.prepare`` calls it with the
+model's own steps."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from cxrtriage.contract import BORDERS, INTENSITIES
 from cxrtriage.io.image import Radiograph, to_uint8
+
+INTENSITIES = ("none", "equalise", "clahe")  # per-image intensity normalisation of the model-size image
+BORDERS = ("keep", "trim")  # "trim": uniform edge rows/columns (collimation, padding) cut off the model-size image
+
+Box = tuple[int, int, int, int]
 
 
 def _each(step, images: np.ndarray) -> np.ndarray:
@@ -84,15 +95,6 @@ def uncrop_maps(maps: np.ndarray, box: tuple[int, int, int, int], size: int) -> 
     return out
 
 
-def apply_border(images: np.ndarray, border: str = "keep") -> np.ndarray:
-    """``images`` ((S, S) or (N, S, S) uint8) after the model's border step (one of ``BORDERS``)."""
-    if border == "keep":
-        return images
-    if border != "trim":
-        raise ValueError(f"unknown border step {border!r}; known: {', '.join(BORDERS)}")
-    return _each(trim_border, images)
-
-
 def apply_intensity(images: np.ndarray, intensity: str = "none") -> np.ndarray:
     """``images`` after the model's intensity normalisation (one of ``INTENSITIES``)."""
     if intensity == "none":
@@ -104,13 +106,62 @@ def apply_intensity(images: np.ndarray, intensity: str = "none") -> np.ndarray:
     raise ValueError(f"unknown intensity normalisation {intensity!r}; known: {', '.join(INTENSITIES)}")
 
 
-def to_model_input(rg: Radiograph | np.ndarray, size: int, intensity: str = "none",
-                   border: str = "keep") -> np.ndarray:
-    """Square ``size`` x ``size`` uint8 image (aspect not kept, as in the Kermany-224 set), then
-    the model's border step and intensity normalisation."""
+def to_model_input(rg: Radiograph | np.ndarray, size: int) -> np.ndarray:
+    """Square ``size`` x ``size`` uint8 image (aspect not kept, as in the Kermany-224 set): the
+    resize step of :func:`prepare`."""
     arr = rg.to_uint8() if isinstance(rg, Radiograph) else rg
     if arr.dtype != np.uint8:
         arr = to_uint8(arr)
     if arr.shape != (size, size):
         arr = np.asarray(Image.fromarray(arr, mode="L").resize((size, size), Image.BILINEAR))
-    return apply_intensity(apply_border(arr, border), intensity)
+    return arr
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch as the graph takes it, with the inverse mapping back to the films.
+
+    ``images``: (N, S, S) uint8 after resize, border and intensity steps; ``boxes``: per film the
+    crop (top, bottom, left, right) its border step cut, or None."""
+
+    images: np.ndarray
+    boxes: tuple[Box | None, ...]
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def restore(self, maps: np.ndarray) -> np.ndarray:
+        """Maps computed on the batch ((N, C, g, g) or (N, g, g)) put back where each film lay
+        (the inverse of the border step); unchanged for films with no crop."""
+        maps = np.asarray(maps)
+        if not any(self.boxes):
+            return maps
+        flat = maps.ndim == 3
+        each = maps[:, None] if flat else maps
+        out = np.stack([m if b is None else uncrop_maps(m, b, self.size) for m, b in zip(each, self.boxes)])
+        return out[:, 0] if flat else out
+
+
+def prepare_resized(images: np.ndarray, intensity: str = "none", border: str = "keep") -> Prepared:
+    """The border and intensity steps on already resized uint8 images ((N, S, S)); each film's
+    frame is found once and used for the crop and for :meth:`Prepared.restore`."""
+    arr = np.asarray(images, dtype=np.uint8)
+    if border not in BORDERS:
+        raise ValueError(f"unknown border step {border!r}; known: {', '.join(BORDERS)}")
+    if border == "keep" and intensity == "none":
+        return Prepared(arr, (None,) * len(arr))
+    boxes = tuple(border_box(a) if border == "trim" else None for a in arr)
+    if len(arr) == 0:
+        return Prepared(arr.copy(), ())
+    out = np.stack([apply_intensity(crop_to_box(a, b), intensity) for a, b in zip(arr, boxes)])
+    return Prepared(out, boxes)
+
+
+def prepare(radiographs: Sequence[Radiograph | np.ndarray], size: int, intensity: str = "none",
+            border: str = "keep") -> Prepared:
+    """Radiographs (or 2-D arrays) to the graph's input: square ``size`` resize, then the border
+    and intensity steps."""
+    resized = [to_model_input(rg, size) for rg in radiographs]
+    stack = np.stack(resized) if resized else np.zeros((0, size, size), np.uint8)
+    return prepare_resized(stack, intensity, border)

@@ -1,7 +1,7 @@
 """The per-batch work of a bulk job: source items in, result rows out, with one engine (or, with no
 model named, the router over the bundled models).
 
-Ray Data builds one :class:`Triager` per actor; the local engine uses one in-process.
+Ray Data builds one :class:`BulkScorer` per actor; the local engine uses one in-process.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from cxrtriage.bulk.results import prediction_row, result_schema, rows_table
-from cxrtriage.bulk.sources import DicomwebSource
+from cxrtriage.bulk.sources import DicomwebArchive
 from cxrtriage.contract import Prediction
-from cxrtriage.infer import Engine, Input, Router, load_triager, resolve_model
+from cxrtriage.infer import Input, Predictor, load_model, resolve_model
 from cxrtriage.infer.gate import gate_path
 
 
@@ -25,24 +25,24 @@ def model_files(model: str | Path | None) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in files if f.is_file()}
 
 
-class Triager:
+class BulkScorer:
     """Triage a batch of source items into result rows with one :class:`~cxrtriage.infer.Engine`, or
     with the :class:`~cxrtriage.infer.Router` when no model is named (and the gates are on).
 
-    Ray Data builds one per actor (``map_batches(Triager, fn_constructor_kwargs=...)``);
+    Ray Data builds one per actor (``map_batches(BulkScorer, fn_constructor_kwargs=...)``);
     ``model`` is a path, a bundled name, the bundle as bytes from :func:`model_files`, or None. Never
     raises for a bad image: every item comes back as exactly one row, with ``error`` set when it failed."""
 
     def __init__(self, model: str | Path | dict[str, bytes] | None = None, threads: int = 1, gate: bool = True,
-                 dicomweb: DicomwebSource | None = None, batch_size: int = 16, fetch_retries: int = 2):
+                 dicomweb: DicomwebArchive | None = None, batch_size: int = 16, fetch_retries: int = 2):
         self._tmp = None
         if isinstance(model, dict):  # shipped bytes: materialise the bundle in a private folder
             self._tmp = tempfile.TemporaryDirectory(prefix="cxr-model-")
             for name, data in model.items():
                 (Path(self._tmp.name) / name).write_bytes(data)
             model = next(Path(self._tmp.name) / n for n in model if n.endswith(".onnx"))
-        self.engine: Engine | Router = load_triager(model, threads=threads, gate=gate)
-        self.classes = self.engine.classes if isinstance(self.engine, Router) else tuple(self.engine.spec.classes)
+        self.engine: Predictor = load_model(model, threads=threads, gate=gate)
+        self.classes = self.engine.classes
         self.schema = result_schema(self.classes)
         self.batch_size = batch_size
         self.fetch_retries = fetch_retries
