@@ -24,7 +24,7 @@ __all__ = ["DISCLAIMER", "__version__", "list_models", "load_model"]
 
 
 def load_model(model: str | Path | None = None, *, threads: int | None = None, gate: bool = True,
-               tta: bool = False) -> "Predictor":
+               tta: bool = False) -> Predictor:
     """A model ready to triage films, chosen as ``cxr predict`` chooses: None routes each film to
     the bundled model that can judge it (by DICOM patient age, else by the models' quality gates);
     a bundled model's name (see :func:`list_models`), an ``.onnx`` file with its sidecar or a

@@ -153,9 +153,16 @@ def test_engine_scores_multilabel_model_like_torch(nih_run):
     assert not np.allclose(got.sum(axis=1), 1.0)  # independent sigmoids, not a softmax
     thr = engine.spec.decision.label_thresholds
     for p, row in zip(preds, got):
-        assert p.score == pytest.approx(row.max(), abs=1e-6)
-        flagged = [c for c, v in zip(engine.spec.classes, row) if v >= (thr[c] if thr[c] is not None else 0.5)]
+        # one rule: the lead finding has the highest probability relative to its own threshold;
+        # score and threshold are its own, the label lists the flagged findings lead first
+        t = np.array([thr[c] if thr[c] is not None else 0.5 for c in engine.spec.classes])
+        lead = int(np.argmax(row / t))
+        assert p.finding == engine.spec.classes[lead]
+        assert p.score == pytest.approx(row[lead], abs=1e-6) and p.threshold == pytest.approx(t[lead])
+        order = np.argsort(-(row / t), kind="stable")
+        flagged = [engine.spec.classes[i] for i in order if row[i] >= t[i]]
         assert p.label == ("|".join(flagged) or "no finding")
+        assert (p.priority in ("review", "urgent")) == bool(flagged) == (p.score >= p.threshold)
         assert p.heatmap is not None and p.heatmap.max() <= 1.0
 
 

@@ -38,8 +38,8 @@ Ray and pyarrow are the ``ray`` extra; importing this package needs neither.
 
 from cxrtriage.bulk.results import BASE_COLUMNS, ResultStore, class_column, prediction_row, result_schema
 from cxrtriage.bulk.runner import BulkSummary, bulk_triage
-from cxrtriage.bulk.sources import BulkError, DicomwebArchive, is_dicomweb, list_source
 from cxrtriage.bulk.scorer import BulkScorer, model_files
+from cxrtriage.bulk.sources import BulkError, DicomwebArchive, is_dicomweb, list_source
 
 __all__ = ["BASE_COLUMNS", "BulkError", "BulkSummary", "DicomwebArchive", "ResultStore", "BulkScorer", "bulk_triage",
            "class_column", "is_dicomweb", "list_source", "model_files", "prediction_row", "result_schema"]

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cxrtriage.bulk.results import ResultStore, rows_table
-from cxrtriage.bulk.sources import BulkError, DicomwebArchive, is_dicomweb, list_source
 from cxrtriage.bulk.scorer import BulkScorer, model_files
+from cxrtriage.bulk.sources import BulkError, DicomwebArchive, is_dicomweb, list_source
 from cxrtriage.infer import load_spec, routed_identities
 from cxrtriage.pacs.connection import PacsConnection
 

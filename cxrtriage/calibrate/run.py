@@ -16,8 +16,15 @@ from typing import Any
 import numpy as np
 
 from cxrtriage.about import DISCLAIMER
-from cxrtriage.calibrate.head import (DEFAULT_L2, SiteHead, cross_fitted, fit_site_head, network_engine,
-                                      without_site_head, write_graph_with_head)
+from cxrtriage.calibrate.head import (
+    DEFAULT_L2,
+    SiteHead,
+    cross_fitted,
+    fit_site_head,
+    network_engine,
+    without_site_head,
+    write_graph_with_head,
+)
 from cxrtriage.calibrate.report import write_calibration_report
 from cxrtriage.calibrate.sample import MIN_PER_CLASS, SampleError, counts_of, read_sample, sample_hash
 from cxrtriage.calibrate.temperature import fit_temperature, fit_temperature_bias

@@ -74,7 +74,7 @@ def crop_to_box(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.
         return image
     top, bottom, left, right = box
     crop = np.ascontiguousarray(image[top:bottom, left:right])
-    return np.asarray(Image.fromarray(crop, mode="L").resize(image.shape[::-1], Image.BILINEAR))
+    return np.asarray(Image.fromarray(crop, mode="L").resize(image.shape[::-1], Image.Resampling.BILINEAR))
 
 
 def trim_border(image: np.ndarray) -> np.ndarray:
@@ -90,8 +90,8 @@ def uncrop_maps(maps: np.ndarray, box: tuple[int, int, int, int], size: int) -> 
     for c, m in enumerate(np.asarray(maps, dtype=np.float32)):
         canvas = np.full((size, size), float(m.min()), dtype=np.float32)
         canvas[top:bottom, left:right] = np.asarray(
-            Image.fromarray(m, mode="F").resize((right - left, bottom - top), Image.BILINEAR))
-        out[c] = np.asarray(Image.fromarray(canvas, mode="F").resize(m.shape[::-1], Image.BILINEAR))
+            Image.fromarray(m, mode="F").resize((right - left, bottom - top), Image.Resampling.BILINEAR))
+        out[c] = np.asarray(Image.fromarray(canvas, mode="F").resize(m.shape[::-1], Image.Resampling.BILINEAR))
     return out
 
 
@@ -113,7 +113,7 @@ def to_model_input(rg: Radiograph | np.ndarray, size: int) -> np.ndarray:
     if arr.dtype != np.uint8:
         arr = to_uint8(arr)
     if arr.shape != (size, size):
-        arr = np.asarray(Image.fromarray(arr, mode="L").resize((size, size), Image.BILINEAR))
+        arr = np.asarray(Image.fromarray(arr, mode="L").resize((size, size), Image.Resampling.BILINEAR))
     return arr
 
 

@@ -15,7 +15,7 @@ class StrEnum(str, Enum):
     """An enum whose members are their own string values (in JSON, f-strings and comparisons)."""
 
     __str__ = str.__str__
-    __format__ = str.__format__
+    __format__ = str.__format__  # type: ignore[assignment]
 
 
 class Priority(StrEnum):
@@ -71,7 +71,7 @@ class Prediction:
         return self.priority in (Priority.URGENT, Priority.REVIEW)
 
     @classmethod
-    def failed(cls, source: str, exc: BaseException, model: dict[str, str] | None = None) -> "Prediction":
+    def failed(cls, source: str, exc: BaseException, model: dict[str, str] | None = None) -> Prediction:
         """The result for an input that could not be read: the error, no score."""
         return cls(source=source, model=dict(model or {}), error=str(exc), error_type=type(exc).__name__)
 

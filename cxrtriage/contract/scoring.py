@@ -3,8 +3,9 @@ triage target. They work on numpy arrays and on torch tensors alike (plain arith
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

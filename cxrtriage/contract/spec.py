@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage.contract.preprocess import BORDERS, INTENSITIES, Prepared, prepare, prepare_resized
 from cxrtriage.contract.decision import Call, Decision, SpecError, decide
+from cxrtriage.contract.preprocess import BORDERS, INTENSITIES, Prepared, prepare, prepare_resized
 from cxrtriage.contract.result import Priority
 from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, triage_score
 
@@ -99,7 +99,7 @@ class InputSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "InputSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> InputSpec:
         return cls(size=int(d["size"]), mean=_opt_float(d.get("mean")), std=_opt_float(d.get("std")),
                    name=str(d.get("name", "image")), channels=int(d.get("channels", 1)),
                    range=tuple(d.get("range", (0, 255))), resize=str(d.get("resize", cls.resize)),
@@ -213,10 +213,10 @@ class ModelSpec:
         """The name and version a result carries."""
         return {"name": self.name, "version": self.version}
 
-    def with_decision(self, **changes: Any) -> "ModelSpec":
+    def with_decision(self, **changes: Any) -> ModelSpec:
         return replace(self, decision=replace(self.decision, **changes))
 
-    def with_provenance(self, **entries: Any) -> "ModelSpec":
+    def with_provenance(self, **entries: Any) -> ModelSpec:
         return replace(self, provenance={**self.provenance, **entries})
 
     # -- the JSON form --------------------------------------------------------
@@ -239,7 +239,7 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], default_name: str = "model") -> "ModelSpec":
+    def from_dict(cls, d: Mapping[str, Any], default_name: str = "model") -> ModelSpec:
         try:
             decision = Decision(threshold=float(d["threshold"]), threshold_high=float(d["threshold_high"]),
                                 method=str(d.get("threshold_method", Decision.method)),
@@ -263,7 +263,7 @@ class ModelSpec:
             raise SpecError(f"not a cxr-triage model sidecar: {exc!r}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelSpec":
+    def load(cls, path: str | Path) -> ModelSpec:
         """Read a sidecar (``.json``; an ``.onnx`` path reads the one beside it)."""
         path = Path(path).with_suffix(".json")
         try:

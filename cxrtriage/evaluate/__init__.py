@@ -12,8 +12,8 @@ from cxrtriage.evaluate.metrics import (
     multiclass_metrics,
     triage_auc,
 )
-from cxrtriage.evaluate.plots import confusion_plot, multiclass_roc_plot, pr_plot, reliability_plot, roc_plot
 from cxrtriage.evaluate.multilabel import evaluate_multilabel, label_thresholds, multilabel_metrics
+from cxrtriage.evaluate.plots import confusion_plot, multiclass_roc_plot, pr_plot, reliability_plot, roc_plot
 from cxrtriage.evaluate.report import write_report
 from cxrtriage.evaluate.run import evaluate_predictions, triage_score
 from cxrtriage.evaluate.thresholds import choose_threshold, high_priority_threshold, operating_points

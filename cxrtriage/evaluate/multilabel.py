@@ -19,10 +19,26 @@ from sklearn.metrics import average_precision_score, classification_report, roc_
 from cxrtriage.about import DISCLAIMER
 from cxrtriage.contract import Kind, flagged, triage_score, triage_target
 from cxrtriage.evaluate.metrics import (
-    CI_LEVEL, _bootstrap, _opt, _ratio, binary_metrics, calibration_curve_data, jsonable, weighted_roc_auc,
+    CI_LEVEL,
+    _bootstrap,
+    _opt,
+    _ratio,
+    binary_metrics,
+    calibration_curve_data,
+    jsonable,
+    weighted_roc_auc,
 )
 from cxrtriage.evaluate.plots import (
-    ACCENT, BLUE, INK, MUTED, _figure, _save, _styled, pr_plot, reliability_plot, roc_plot,
+    ACCENT,
+    BLUE,
+    INK,
+    MUTED,
+    _figure,
+    _save,
+    _styled,
+    pr_plot,
+    reliability_plot,
+    roc_plot,
 )
 from cxrtriage.evaluate.report import write_report
 from cxrtriage.evaluate.thresholds import choose_threshold

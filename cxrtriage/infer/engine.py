@@ -130,15 +130,14 @@ class Engine(Predictor):
         gate = self.feature_gate
         dist = gate.distance(out["embedding"]) if gate is not None else None
         for k, p in enumerate(preds):
-            if dist is not None and dist[k] > gate.threshold:
+            measured = {} if gate is None or dist is None else {"distance": float(dist[k]),
+                                                                 "threshold": gate.threshold}
+            if measured and measured["distance"] > measured["threshold"]:
                 p.priority = Priority.REFUSED
-                p.gate = {"accepted": False, "distance": float(dist[k]), "threshold": gate.threshold,
-                          "reason": OOD_REASON}
+                p.gate = {"accepted": False, **measured, "reason": OOD_REASON}
                 continue
             self._fill(p, out["probs"][k], out["cam"][k] if heatmap and "cam" in out else None)
-            p.gate = {"accepted": True}
-            if dist is not None:
-                p.gate.update(distance=float(dist[k]), threshold=gate.threshold)
+            p.gate = {"accepted": True, **measured}
 
     def _fill(self, p: Prediction, probs: np.ndarray, cam: np.ndarray | None) -> None:
         call = self.spec.decide(probs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,12 +56,14 @@ class FeatureGate:
             return np.sqrt(np.maximum(((d @ self.precision) * d).sum(axis=1), 0.0))
 
     def save(self, path: str | Path) -> None:
-        extra = {} if self.projection is None else {"projection": self.projection.astype(np.float32)}
-        np.savez_compressed(path, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
-                            threshold=np.float64(self.threshold), quantile=np.float64(self.quantile), **extra)
+        arrays: dict[str, Any] = {"mean": self.mean.astype(np.float32), "precision": self.precision.astype(np.float32),
+                  "threshold": np.float64(self.threshold), "quantile": np.float64(self.quantile)}
+        if self.projection is not None:
+            arrays["projection"] = self.projection.astype(np.float32)
+        np.savez_compressed(path, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureGate":
+    def load(cls, path: str | Path) -> FeatureGate:
         z = np.load(path)
         proj = z["projection"].astype(np.float64) if "projection" in z.files else None
         return cls(z["mean"].astype(np.float64), z["precision"].astype(np.float64),

@@ -75,7 +75,10 @@ class Predictor:
     and :class:`~cxrtriage.infer.Router` (the bundled models, each film to the one that can judge
     it). Get one from :func:`cxrtriage.infer.load_model`."""
 
-    model_ref: dict[str, str]
+    @property
+    def model_ref(self) -> dict[str, str]:
+        """The name and version a result carries."""
+        raise NotImplementedError
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -1,14 +1,20 @@
 """Each film to the bundled model that can judge it.
 
 A DICOM Patient's Age decides first (under 18: the pediatric model, else the adult one). Without
-an age, every routable model's own quality gate looks at the film and the accepting model whose
-gate distance is smallest relative to its threshold wins. A film no model accepts is refused with
-each model's reason. Every result names its model and why (``model["routed_by"]``: age or gate).
+an age, the routable models' own quality gates decide: the accepting model whose gate distance is
+smallest relative to its threshold wins. A film no model accepts is refused with each model's
+reason. Every result names its model and why (``model["routed_by"]``: age or gate).
+
+Routing looks once where it can: the model that judged most of the recent films scores a film
+first, and when its gate distance is well inside its threshold (:data:`DECISIVE_RATIO`) no other
+model could have won, so no other runs. Only films near a gate's edge run through every model
+(``python bench/routing.py`` prints how often, and that the decisions equal a full look).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +23,13 @@ from cxrtriage.infer.bundle import bundled_models, load_spec
 from cxrtriage.infer.engine import Engine
 from cxrtriage.infer.pipeline import Predictor
 from cxrtriage.io import Radiograph
+
+#: Gate distance / threshold below which a model's acceptance settles the route. Measured on
+#: films of the other population (bench/routing.py): the pediatric gate's ratio on adult NIH and
+#: COVID-19 films is >= 0.88 (1st percentile), the adult gate's on pediatric films >= 1.14, so a
+#: film under these ratios is one the other model would not have won.
+DECISIVE_RATIO = {"pediatric": 0.85, "adult": 0.80}
+RECENT = 64  # winners remembered to choose which model looks first
 
 
 def routable_models() -> dict[str, str]:
@@ -49,7 +62,13 @@ class Router(Predictor):
         if not names:
             raise ValueError("no bundled model states its population; nothing to route to")
         self.engines = {population: Engine(name, threads=threads) for population, name in names.items()}
-        self.model_ref = routed_ref([e.spec for e in self.engines.values()])
+        self._ref = routed_ref([e.spec for e in self.engines.values()])
+        self.recent: deque[str] = deque(maxlen=RECENT)  # populations that won recent films
+        self.looks = {"films": 0, "second_looks": 0}  # how often a film needed more than one model
+
+    @property
+    def model_ref(self) -> dict[str, str]:
+        return self._ref
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -70,18 +89,51 @@ class Router(Predictor):
         for i, rg in enumerate(rgs):
             age = rg.meta.get("age_years")
             population = population_of(age) if age is not None else None
-            (by_age.setdefault(population, []) if population in self.engines else unknown).append(i)
+            if population is not None and population in self.engines:
+                by_age.setdefault(population, []).append(i)
+            else:
+                unknown.append(i)
         for population, idx in by_age.items():
             for i, p in zip(idx, self._run(self.engines[population], rgs, idx, decode_ms, heatmap)):
                 out[i] = _routed(p, "age")
         if unknown:
-            runs = [self._run(e, rgs, unknown, decode_ms, heatmap) for e in self.engines.values()]
-            for k, i in enumerate(unknown):
-                out[i] = self._by_gate([run[k] for run in runs])
+            for i, p in zip(unknown, self._route_by_gate(rgs, unknown, decode_ms, heatmap)):
+                out[i] = p
         total = (time.perf_counter() - t0) * 1000 / max(1, len(rgs))
-        for p in out:
+        done = [p for p in out if p is not None]
+        for p in done:
             p.timings_ms["total"] = round(total + p.timings_ms.get("decode", 0.0), 3)
-        return out  # type: ignore[return-value]
+        return done
+
+    def _order(self) -> list[str]:
+        """Populations in the order their models look: the most frequent recent winner first."""
+        counts = {pop: self.recent.count(pop) for pop in self.engines}
+        return sorted(self.engines, key=lambda pop: -counts[pop])
+
+    def _route_by_gate(self, rgs: Sequence[Radiograph], idx: list[int], decode_ms: Sequence[float] | None,
+                       heatmap: bool) -> list[Prediction]:
+        """Films without an age: each model in :meth:`_order` looks at the films still undecided;
+        a decisive acceptance ends a film's route, the rest are judged on every model's verdict."""
+        seen: dict[int, dict[str, Prediction]] = {i: {} for i in idx}
+        out: dict[int, Prediction] = {}
+        todo = list(idx)
+        for population in self._order():
+            if not todo:
+                break
+            for i, p in zip(todo, self._run(self.engines[population], rgs, todo, decode_ms, heatmap)):
+                seen[i][population] = p
+                if p.ok and _ratio(p) <= DECISIVE_RATIO.get(population, 0.0):
+                    out[i] = _routed(p, "gate")
+            todo = [i for i in todo if i not in out]
+        for i in idx:
+            if i not in out:  # judged on every model's verdict, in the models' own order
+                out[i] = self._by_gate([seen[i][pop] for pop in self.engines if pop in seen[i]])
+            winner = next((pop for pop, e in self.engines.items() if out[i].model.get("name") == e.spec.name), None)
+            if winner:
+                self.recent.append(winner)
+        self.looks["films"] += len(idx)
+        self.looks["second_looks"] += sum(len(v) > 1 for v in seen.values())
+        return [out[i] for i in idx]
 
     @staticmethod
     def _run(engine: Engine, rgs: Sequence[Radiograph], idx: list[int], decode_ms: Sequence[float] | None,
@@ -93,11 +145,7 @@ class Router(Predictor):
         """The accepting candidate with the smallest distance / threshold, or one refusal naming every reason."""
         accepted = [p for p in candidates if p.priority is not Priority.REFUSED]
         if accepted:
-            def ratio(p: Prediction) -> float:
-                d, t = p.gate.get("distance"), p.gate.get("threshold")
-                return d / t if d is not None and t else 0.0
-
-            return _routed(min(accepted, key=ratio), "gate")
+            return _routed(min(accepted, key=_ratio), "gate")
         reasons = [f"{p.model.get('name', '?')}: {p.gate.get('reason', 'refused')}" for p in candidates]
         by_model = {p.model.get("name", "?"): p.gate for p in candidates}
         refused = candidates[0]
@@ -105,6 +153,12 @@ class Router(Predictor):
         refused.gate = {"accepted": False, "reason": "no bundled model can judge this film: " + "; ".join(reasons),
                         "by_model": by_model}
         return _routed(refused, "gate")
+
+
+def _ratio(p: Prediction) -> float:
+    """A prediction's gate distance relative to its threshold (0 where the gate gave none)."""
+    d, t = p.gate.get("distance"), p.gate.get("threshold")
+    return float(d) / float(t) if d is not None and t else 0.0
 
 
 def _routed(p: Prediction, why: str) -> Prediction:

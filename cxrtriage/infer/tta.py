@@ -22,7 +22,7 @@ def _zoom(img: np.ndarray, zoom: float) -> np.ndarray:
     else:
         m = int(round(s * (1 / zoom - 1) / 2))
         crop = np.pad(img, m, mode="edge")
-    return np.asarray(Image.fromarray(crop).resize((s, s), Image.BILINEAR))
+    return np.asarray(Image.fromarray(crop).resize((s, s), Image.Resampling.BILINEAR))
 
 
 def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Reading radiographs: DICOM, JPEG and PNG into one canonical grayscale image."""
 
+from cxrtriage.io.dicom import age_in_years, apply_voi_lut_sequence, apply_window, header_number, modality_values
 from cxrtriage.io.errors import (
     CorruptImageError,
     ImageReadError,
@@ -9,8 +10,6 @@ from cxrtriage.io.errors import (
     UnsupportedDicomError,
     WrongModalityError,
 )
-from cxrtriage.io.dicom import apply_voi_lut_sequence, apply_window, header_number, modality_values
-from cxrtriage.io.dicom import age_in_years
 from cxrtriage.io.image import Radiograph, to_uint8
 from cxrtriage.io.limits import DEFAULT_MAX_PIXELS, check_pixel_budget, default_max_pixels
 from cxrtriage.io.reader import MIN_SIDE, read_radiograph, read_radiograph_bytes

@@ -33,14 +33,14 @@ class Radiograph:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.pixels.shape  # type: ignore[return-value]
+        return self.pixels.shape
 
     def to_uint8(self) -> np.ndarray:
         """Pixels as an 8-bit array for display or caching."""
         return to_uint8(self.pixels)
 
     @classmethod
-    def from_array(cls, array: np.ndarray, source: str = "<array>", min_side: int = MIN_SIDE) -> "Radiograph":
+    def from_array(cls, array: np.ndarray, source: str = "<array>", min_side: int = MIN_SIDE) -> Radiograph:
         """A radiograph from a 2-D array: uint8 (0..255), uint16 (0..65535) or float in [0, 1]."""
         a = np.asarray(array)
         if a.ndim != 2:

@@ -127,7 +127,7 @@ class Listener:
         self._queue.put(dest)
         return 0x0000
 
-    def start(self) -> "Listener":
+    def start(self) -> Listener:
         ae = AE(ae_title=self.ae_title)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)

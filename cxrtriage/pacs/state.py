@@ -90,7 +90,7 @@ class State:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "State":
+    def __enter__(self) -> State:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -35,7 +35,7 @@ class AugmentConfig:
         if not 0.0 < lo <= hi:
             raise ValueError(f"zoom range must be two factors 0 < low <= high (1: as acquired), got {lo}, {hi}")
 
-    def scaled(self, strength: float) -> "AugmentConfig":
+    def scaled(self, strength: float) -> AugmentConfig:
         """Every range and probability times ``strength`` (0: none, 1: these defaults); the
         zoom range shrinks towards 1 and the flip probability is kept."""
         if strength < 0:

@@ -75,7 +75,7 @@ class TrainConfig:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         saved = json.loads(Path(path).read_text())
         if saved.get("zoom") is not None:
             saved["zoom"] = tuple(saved["zoom"])
