@@ -21,6 +21,22 @@ exit status 1 when a target is missed.
 14000 x 14000 px, RLE and uncompressed DICOMs of a few hundred bytes declaring 30000 x 30000):
 every one must be refused (413) while the server's memory stays flat (its peak RSS, VmHWM, is
 printed before and after).
+
+``--scenario`` runs one hostile scenario instead (each on a fresh server; ``--server-env K=V``
+sets the server's ``CXR_*`` settings):
+
+* ``bombs``: ``--concurrency`` (32) uploads at once of distinct 7740 x 7740 16-bit PNGs (59.9 Mpx,
+  ~117 KB each, just under the 60 Mpx limit); the server's peak RSS growth, answers, results lost.
+* ``slowloris``: ``--sockets`` (5000) connections (the server's open-files limit is ``--server-nofile``,
+  4096) that send half a request header and stall, kept
+  open (reopened when the server drops them) for ``--seconds``; ``/healthz`` latency throughout.
+* ``burst``: the service's scoring rate is measured, then uploads arrive at ``--factor`` (4) times
+  it for ``--seconds``; answers (201 / 503 / 429), queue depth, accepted studies' wait, results lost.
+* ``analyze-spam``: ``POST /analyze`` on one study as fast as ``--concurrency`` threads can for
+  ``--seconds``, then a normal upload; queue depth, the upload's wait, results lost.
+
+Every scenario prints the server's RSS growth, ``/healthz`` latency (a fresh connection every
+0.2 s), the queue depth it saw and the results lost (a 2xx whose study never got a result).
 """
 
 from __future__ import annotations
@@ -47,6 +63,7 @@ from testkit.bombs import bomb_files  # noqa: E402
 SHARED = ROOT / ".." / "shared" / "data" / "kermany-224" / "train"
 SAMPLES = ROOT / "cxrtriage" / "assets" / "samples"
 MAX_SECONDS = 600
+SCENARIO_NAMES = ("analyze-spam", "bombs", "burst", "slowloris")  # bench/serve_scenarios.py
 
 
 def rss_mib(pid: int) -> float | None:
@@ -213,7 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--bombs", type=int, default=0,
                     help="threads sending decompression bombs during the run (each must get 413)")
+    ap.add_argument("--scenario", choices=SCENARIO_NAMES, default=None, help="a hostile scenario (above)")
+    ap.add_argument("--concurrency", type=int, default=32, help="bombs / analyze-spam: threads at once")
+    ap.add_argument("--sockets", type=int, default=5000, help="slowloris: half-open connections held")
+    ap.add_argument("--factor", type=float, default=4.0, help="burst: arrival rate over the scoring rate")
+    ap.add_argument("--server-nofile", type=int, default=4096,
+                    help="scenarios: the server's open-files limit (a container's typical 4096; 0: inherited)")
+    ap.add_argument("--server-env", action="append", default=[], metavar="K=V", help="server environment")
     a = ap.parse_args(argv)
+    if a.scenario:
+        from serve_scenarios import run_scenario
+
+        return run_scenario(a)
     seconds = max(1.0, min(float(a.seconds), MAX_SECONDS))
     source = a.source or (SHARED if SHARED.is_dir() else SAMPLES)
     payloads = Payloads(source.resolve(), a.images, a.dicom_fraction)
@@ -381,3 +409,4 @@ def _histogram_mean(text: str, name: str) -> float | None:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

@@ -96,7 +96,7 @@ class LiveServer:
     """``python -m cxrtriage serve`` on a free loopback port, as a real process."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, token: str | None = None,
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), nofile: int | None = None):
         self.data_dir = Path(data_dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -107,10 +107,17 @@ class LiveServer:
         if token:
             env_all["CXR_API_TOKEN"] = token
         self._log = open(self.log_path, "ab")
+
+        def limit_files() -> None:  # the open-files limit of a container (soft and hard), when asked
+            if nofile:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cxrtriage", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--no-samples", *args],
-            cwd=ROOT, env=env_all, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=env_all, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=limit_files)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
 

@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 
 from cxrtriage.contract import PRIORITY_ORDER
 from cxrtriage.io import ImageReadError, ImageTooLargeError, NotAnImageError
+from cxrtriage.serve.decode import DecodeBusyError
+from cxrtriage.serve.limits import retry_header
 from cxrtriage.serve.middleware import error_body
 from cxrtriage.serve.render import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE
 from cxrtriage.serve.responses import (
@@ -26,6 +28,7 @@ from cxrtriage.serve.responses import (
     study_json,
 )
 from cxrtriage.serve.schema import Source, StudyStatus
+from cxrtriage.serve.store import QueueFullError
 from cxrtriage.serve.service import (
     EmptyFileError,
     NotReadyError,
@@ -57,6 +60,8 @@ ERRORS = {
                  "from its header before decoding)"},
     415: {"description": "Not a DICOM, PNG or JPEG file"},
     422: {"description": "A radiograph that cannot be used (corrupt, too small, not a projection radiograph)"},
+    503: {"description": "The queue is full (or the data folder cannot be written): try again after Retry-After "
+                         "seconds"},
 }
 
 
@@ -115,10 +120,17 @@ async def upload(
                                      f"(got Content-Type {ctype.split(';')[0]})")
         raise HTTPException(400, "no file in the upload: send multipart/form-data with one or more 'files' fields")
     studies, errors = [], []
+    retry = None
     for part in parts:
         data = await part.read()
         try:
             added = await run_in_threadpool(service.add_study_from_bytes, data, part.filename, source, external_ref)
+        except (QueueFullError, DecodeBusyError) as exc:  # backpressure: this file is not taken; nothing is lost
+            retry = getattr(exc, "retry_after", 5)
+            service.metrics.uploads.labels("refused_busy").inc()
+            errors.append({"name": display_name(part.filename), "status": 503, "error": "busy",
+                           "type": type(exc).__name__, "message": f"{exc}; try again in {retry} s"})
+            continue
         except ImageReadError as exc:
             status = _status_for(exc)
             service.metrics.uploads.labels("rejected").inc()
@@ -132,7 +144,8 @@ async def upload(
     if not studies:
         first = errors[0]
         return JSONResponse({"status": first["status"], "error": first["error"], "type": first["type"],
-                             "message": first["message"], "errors": errors}, status_code=first["status"])
+                             "message": first["message"], "errors": errors}, status_code=first["status"],
+                            headers=retry_header(retry) if first["status"] == 503 and retry else None)
     body = {"id": studies[0]["id"], "studies": studies, "errors": errors}
     return JSONResponse(body, status_code=201 if any(s["created"] for s in studies) else 200)
 
@@ -187,15 +200,27 @@ async def get_result(request: Request, study_id: StudyId, wait: Wait = 0) -> Any
 
 
 @router.post("/studies/{study_id}/analyze", summary="Run the model (again) on a study", response_model=StudyOut,
-             responses={202: {"description": "Queued; not finished within `wait` seconds"}, **ERRORS})
+             responses={202: {"description": "Queued; not finished within `wait` seconds"},
+                        429: {"description": "Too many analyses asked for by this token: see Retry-After"},
+                        **ERRORS})
 async def analyze(request: Request, study_id: StudyId, wait: Wait = 30) -> Any:
     """Queues a fresh model run and waits up to ``wait`` seconds for it; answers with the study and its
-    new result, or 202 when the run has not finished yet."""
+    new result, or 202 when the run has not finished yet. Asking again while the study's run has not
+    started joins that run. Each token (without tokens, each client address) may ask
+    ``CXR_ANALYZE_PER_MINUTE`` times a minute; 429 beyond, 503 when the queue is full."""
     service = svc(request)
+    key = request.scope.get("cxr.token") or (request.client.host if request.client else "-")
+    wait_s = service.analyze_limiter.take(str(key))
+    if wait_s:
+        raise HTTPException(429, f"too many analyses asked for; try again in {max(1, round(wait_s))} s",
+                            headers=retry_header(wait_s))
     try:
         job = await run_in_threadpool(service.analyze, study_id)
     except UnknownStudyError:
         raise _not_found(study_id) from None
+    except QueueFullError as exc:
+        raise HTTPException(503, f"{exc}; try again in {exc.retry_after} s",
+                            headers=retry_header(exc.retry_after)) from None
     done = await service.wait(study_id, lambda: service.store.job_state(job) in ("done", "failed", None), wait)
     if not done:
         return JSONResponse({"id": study_id, "job": job, "status": "queued",

@@ -14,16 +14,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 
 from cxrtriage.about import DISCLAIMER, __version__
 from cxrtriage.serve.api import ops, router
+from cxrtriage.serve.decode import DecodeBusyError
 from cxrtriage.serve.middleware import BodyLimitMiddleware, ObserveMiddleware, TokenMiddleware, error_body
 from cxrtriage.serve.service import TriageService
+from cxrtriage.serve.store import QueueFullError
 from cxrtriage.serve.settings import Settings
+from cxrtriage.serve.tokens import TokenTable
 
 STATIC = Path(__file__).with_name("static")
 log = logging.getLogger("cxrtriage.serve")
@@ -70,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                                      allow_methods=["GET", "POST", "DELETE"],
                                      allow_headers=["Authorization", "X-API-Token", "Content-Type"]))
-    middleware += [Middleware(TokenMiddleware, token=settings.token),
+    middleware += [Middleware(TokenMiddleware, tokens=TokenTable.from_settings(settings)),
                    Middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)]
 
     app = FastAPI(
@@ -153,21 +157,35 @@ def _add_docs(app: FastAPI) -> None:
         return page
 
 
-def storage_failure(exc: BaseException) -> tuple[int, str, str] | None:
+def operation(method: str, path: str) -> str:
+    """What a request that failed to write did not do, for its error message."""
+    if method == "DELETE":
+        return "the study was not deleted (its record and file are both kept)"
+    if path.endswith("/analyze"):
+        return "the analysis was not queued"
+    if "/pacs/" in path:
+        return "the PACS study was not imported"
+    if method == "POST" and path.rstrip("/").endswith("/studies"):
+        return "the upload was not stored"
+    return "nothing was changed"
+
+
+def storage_failure(exc: BaseException, what: str = "the upload was not stored") -> tuple[int, str, str] | None:
     """(status, code, message) when ``exc`` is the data folder refusing a write, else None:
-    507 when the disk is full, 503 when the folder or database is read-only."""
+    507 when the disk is full, 503 when the folder or database is read-only. ``what``: the operation
+    that did not happen, named in the message."""
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return 507, "insufficient_storage", "the service's disk is full; the upload was not stored"
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return 503, "storage_unavailable", "the service's data folder is read-only; the upload was not stored"
+            return 507, "insufficient_storage", f"the service's disk is full; {what}"
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EXDEV):
+            return 503, "storage_unavailable", f"the service's data folder is read-only; {what}"
         return None
     if isinstance(exc, sqlite3.Error):
         text = str(exc).lower()
         if "full" in text:
-            return 507, "insufficient_storage", "the service's disk is full; the upload was not stored"
+            return 507, "insufficient_storage", f"the service's disk is full; {what}"
         if "readonly" in text or "read-only" in text or "locked" in text or "disk i/o" in text:
-            return 503, "storage_unavailable", f"the service's database cannot be written now ({exc})"
+            return 503, "storage_unavailable", f"the service's database cannot be written now ({exc}); {what}"
     return None
 
 
@@ -175,7 +193,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     """Every failure answers JSON: storage refusals with Retry-After, anything else as a 500."""
 
     async def storage_error(request: Request, exc: Exception) -> JSONResponse:
-        found = storage_failure(exc)
+        found = storage_failure(exc, operation(request.method, request.url.path))
         if found is None:
             return await internal_error(request, exc)
         status, code, message = found
@@ -190,6 +208,18 @@ def _add_error_handlers(app: FastAPI) -> None:
                                                               f"({type(exc).__name__}); it has been logged"),
                             status_code=500)
 
+    async def busy(request: Request, exc: Exception) -> JSONResponse:
+        retry = int(getattr(exc, "retry_after", 5))
+        return JSONResponse(error_body(503, "busy", f"{exc}; try again in {retry} s"), status_code=503,
+                            headers={"Retry-After": str(retry)})
+
+    async def gone(request: Request, exc: Exception) -> Response:
+        log.info("%s %s: the client went away before its request was complete", request.method, request.url.path)
+        return Response(status_code=400)
+
+    app.add_exception_handler(QueueFullError, busy)
+    app.add_exception_handler(DecodeBusyError, busy)
+    app.add_exception_handler(ClientDisconnect, gone)
     app.add_exception_handler(OSError, storage_error)
     app.add_exception_handler(sqlite3.Error, storage_error)
     app.add_exception_handler(Exception, internal_error)

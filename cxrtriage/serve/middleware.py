@@ -1,15 +1,18 @@
-"""Pure ASGI middleware: API token, request-size limit, metrics, security headers."""
+"""Pure ASGI middleware: API tokens and the audit log of writes, request-size limit, metrics, security headers."""
 
 from __future__ import annotations
 
-import hmac
 import json
+import logging
 import time
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cxrtriage.serve.metrics import Metrics
+from cxrtriage.serve.tokens import WRITE_METHODS, TokenTable
+
+audit = logging.getLogger("cxrtriage.serve.audit")
 
 # Paths served without the token: liveness, and the page shell and API description, which
 # hold no data (the page asks for the token before it calls the API).
@@ -81,13 +84,17 @@ class BodyLimitMiddleware:
 
 
 class TokenMiddleware:
-    """Every call but the open paths needs ``Authorization: Bearer <token>`` (or ``X-API-Token``)."""
+    """Every call but the open paths needs a token (``Authorization: Bearer <token>`` or ``X-API-Token``);
+    writes (POST, PUT, PATCH, DELETE) need a ``write`` token (403 for a read-only one). Each write is
+    logged with the token's name, the route and the answer: an audit trail with no patient data
+    (no file names, no PACS identifiers; study ids are random)."""
 
-    def __init__(self, app: ASGIApp, token: str | None):
+    def __init__(self, app: ASGIApp, tokens: TokenTable):
         self.app = app
-        self.token = token.encode() if token else None
+        self.tokens = tokens
 
-    def _given(self, scope: Scope) -> bytes | None:
+    @staticmethod
+    def _given(scope: Scope) -> bytes | None:
         for k, v in scope.get("headers", ()):
             if k == b"authorization":
                 scheme, _, value = v.partition(b" ")
@@ -98,19 +105,55 @@ class TokenMiddleware:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is None or scope["type"] != "http":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        method = scope.get("method", "GET")
+        write = method in WRITE_METHODS
+        if not self.tokens:
+            scope["cxr.token"] = None
+            return await (self._audited(scope, receive, send, "-") if write else self.app(scope, receive, send))
         path = scope.get("path", "")
-        if scope.get("method") == "OPTIONS" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        if method == "OPTIONS" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
         given = self._given(scope)
-        if given is None or not hmac.compare_digest(given, self.token):
+        token = self.tokens.find(given) if given is not None else None
+        if token is None:
             why = "missing" if given is None else "wrong"
             return await send_json(
                 send, 401,
                 error_body(401, "unauthorized", f"API token {why}: send it as 'Authorization: Bearer <token>'"),
                 [(b"www-authenticate", b'Bearer realm="cxr-triage"')])
+        scope["cxr.token"] = token.name
+        if write and not token.can_write:
+            audit.info("refused token=%s role=%s %s %s -> 403", token.name, token.role, method, _route_of(scope))
+            return await send_json(send, 403, error_body(
+                403, "forbidden", f"the token '{token.name}' is read-only: uploads, analyses, deletes and PACS "
+                                  "imports need a write token"))
+        if write:
+            return await self._audited(scope, receive, send, token.name)
         return await self.app(scope, receive, send)
+
+    async def _audited(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        status = 500
+
+        async def watched(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            sid = (scope.get("path_params") or {}).get("study_id")
+            audit.info("write token=%s %s %s%s -> %d", name, scope.get("method"), _route_of(scope),
+                       f" study={sid}" if sid and len(str(sid)) <= 64 else "", status)
+
+
+def _route_of(scope: Scope) -> str:
+    """The route template (``/api/v1/studies/{study_id}``), never the raw path (it may carry a PACS UID)."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "<unmatched>"
 
 
 class ObserveMiddleware:

@@ -24,6 +24,14 @@ MAX_ATTEMPTS = 3
 _PENDING, _RUNNING = JobState.PENDING.value, JobState.RUNNING.value
 
 
+class QueueFullError(RuntimeError):
+    """The queue holds as many jobs as the service allows; ``retry_after``: seconds worth waiting."""
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class Job:
     id: int
@@ -37,15 +45,28 @@ class Job:
 class QueueMixin:
     """The queue half of :class:`cxrtriage.serve.store.Store` (needs its ``tx`` and ``conn``)."""
 
-    def enqueue(self, study_id: str, kind: str = "analyze") -> int | None:
-        """Queue another run for a study; returns the job id (None when the study is unknown)."""
+    def enqueue(self, study_id: str, kind: str = "analyze", max_pending: int | None = None) -> int | None:
+        """Queue another run for a study; returns the job id (None when the study is unknown). A job of
+        the study still waiting is that run (requests merge into it); a new one beyond ``max_pending``
+        jobs waiting or running raises :class:`QueueFullError`."""
         now = time.time()
         with self.tx() as c:
             if c.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone() is None:
                 return None
+            waiting = c.execute("SELECT id FROM jobs WHERE study_id = ? AND state = ? ORDER BY id LIMIT 1",
+                                (study_id, _PENDING)).fetchone()
+            if waiting is not None:
+                return waiting[0]
+            check_room(c, max_pending)
             cur = c.execute("INSERT INTO jobs (study_id, kind, created_at) VALUES (?, ?, ?)", (study_id, kind, now))
             c.execute("UPDATE studies SET status = ? WHERE id = ?", (StudyStatus.QUEUED.value, study_id))
             return cur.lastrowid
+
+    def waiting_job(self, study_id: str) -> int | None:
+        """The id of a job of the study not yet started, if any."""
+        row = self.conn().execute("SELECT id FROM jobs WHERE study_id = ? AND state = ? ORDER BY id LIMIT 1",
+                                  (study_id, _PENDING)).fetchone()
+        return None if row is None else row[0]
 
     def pending_count(self) -> int:
         return self.conn().execute("SELECT COUNT(*) FROM jobs WHERE state IN (?, ?)", (_PENDING, _RUNNING)).fetchone()[0]
@@ -163,6 +184,16 @@ class QueueMixin:
 
     def job_row(self, job_id: int) -> sqlite3.Row | None:
         return self.conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+
+
+def check_room(c: sqlite3.Connection, max_pending: int | None) -> None:
+    """Raise :class:`QueueFullError` when ``max_pending`` jobs are waiting or running (inside a write
+    transaction, so concurrent requests cannot pass the bound together)."""
+    if max_pending is None:
+        return
+    n = c.execute("SELECT COUNT(*) FROM jobs WHERE state IN (?, ?)", (_PENDING, _RUNNING)).fetchone()[0]
+    if n >= max_pending:
+        raise QueueFullError(f"the queue is full ({n} studies waiting; the limit is {max_pending})")
 
 
 def judged_by(p: Prediction) -> str | None:

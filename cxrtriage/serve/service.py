@@ -26,11 +26,13 @@ import numpy as np
 
 from cxrtriage.about import DISCLAIMER, __version__
 from cxrtriage.contract import Prediction
-from cxrtriage.io import IMAGE_SUFFIXES, ImageReadError, NotAnImageError, Radiograph, read_radiograph_bytes
+from cxrtriage.io import IMAGE_SUFFIXES, ImageReadError, NotAnImageError, Radiograph
 from cxrtriage.serve import render
+from cxrtriage.serve.decode import PixelBudget, decode_bounded
+from cxrtriage.serve.limits import RateLimiter
 from cxrtriage.serve.metrics import Metrics
 from cxrtriage.serve.settings import Settings
-from cxrtriage.serve.store import Source, Store, StudyStatus, heatmap_from_row, prediction_from_row
+from cxrtriage.serve.store import QueueFullError, Source, Store, StudyStatus, heatmap_from_row, prediction_from_row
 from cxrtriage.serve.worker import Worker
 
 log = logging.getLogger("cxrtriage.serve")
@@ -165,7 +167,9 @@ class TriageService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.store = Store(settings.data_dir, fsync=settings.fsync)
-        self.worker = Worker(self.store, settings, self.metrics, on_done=self._on_done)
+        self.budget = PixelBudget(settings.decode_budget_bytes)  # decoded pixels, the whole process
+        self.worker = Worker(self.store, settings, self.metrics, on_done=self._on_done, budget=self.budget)
+        self.analyze_limiter = RateLimiter(settings.analyze_per_minute)
         self.windows = render.WindowCache()
         self.renditions = render.WindowCache(max_entries=64, max_bytes=128 * 1024 * 1024)
         self._decodes = threading.BoundedSemaphore(settings.max_decodes)  # full decodes at once
@@ -235,7 +239,13 @@ class TriageService:
         if row is not None:
             self.metrics.uploads.labels("duplicate").inc()
             return Added(row["id"], False, name=row["name"])
+        self.admit()
         rg = self.decode_bytes(data, shown or "upload")
+        with self.budget.lease(int(rg.pixels.nbytes) * 2):  # the decoded film and its rendition, until stored
+            return self._add_decoded(data, sha, rg, shown, source, external_ref)
+
+    def _add_decoded(self, data: bytes, sha: str, rg: Radiograph, shown: str | None, source: Source,
+                     external_ref: str | None) -> Added:
         meta = rg.meta
         parts = _patient_parts(rg)
         fields: dict[str, Any] = {
@@ -252,7 +262,11 @@ class TriageService:
         except Exception:  # the viewer then works the window out when first asked
             pass
         self.store.put_object(data, sha)
-        sid, created, job_id = self.store.insert_study(fields)
+        try:
+            sid, created, job_id = self.store.insert_study(fields, max_pending=self.settings.queue_max)
+        except QueueFullError as exc:  # the file stays until the next start's sweep (another upload may share it)
+            exc.retry_after = self.retry_after()
+            raise
         if created:
             self.worker.cache.put(job_id, rg)
             self.renditions.put(sid, render.rendition(rg.pixels))
@@ -265,9 +279,30 @@ class TriageService:
         return Added(sid, created, job_id, shown)
 
     def decode_bytes(self, data: bytes, name: str) -> Radiograph:
-        """Decode a file within the pixel budget, at most ``settings.max_decodes`` at once."""
+        """Decode a file within the pixel limit and the process's decode budget (reduced when it is over
+        2048 px a side), at most ``settings.max_decodes`` at once."""
         with self._decodes:
-            return read_radiograph_bytes(data, name, max_pixels=self.settings.max_pixels)
+            return decode_bounded(data, name, self.settings.max_pixels, self.budget)
+
+    # -- backpressure ------------------------------------------------------------------
+    def retry_after(self, depth: int | None = None) -> int:
+        """Seconds a refused client should wait: the time the queue takes to drain (1 to 60)."""
+        depth = self._queue_depth() if depth is None else depth
+        rate = self.worker.rate.per_s
+        return int(min(60, max(1, round(depth / rate)))) if rate else 5
+
+    def admit(self) -> None:
+        """Raise :class:`QueueFullError` when the queue is at its bound, or its estimated wait (jobs over
+        the worker's measured rate) is over ``settings.queue_max_wait_s``."""
+        depth = self.store.pending_count()
+        st = self.settings
+        if depth >= st.queue_max:
+            raise QueueFullError(f"the queue is full ({depth} studies waiting; the limit is {st.queue_max})",
+                                 self.retry_after(depth))
+        rate = self.worker.rate.per_s
+        if st.queue_max_wait_s and rate and depth / rate > st.queue_max_wait_s:
+            raise QueueFullError(f"the queue is too long: {depth} studies waiting, about {depth / rate:.0f} s of "
+                                 f"work (the limit is {st.queue_max_wait_s:g} s)", self.retry_after(depth))
 
     # -- the PACS (DICOMweb) -------------------------------------------------------------
     def _pacs_call(self, fn_name: str, *args: Any, **kw: Any) -> Any:
@@ -347,8 +382,18 @@ class TriageService:
         return PacsOpened(study_uid, added, errors)
 
     def analyze(self, study_id: str) -> int:
-        """Queue another model run for a study; returns the job id."""
-        job = self.store.enqueue(study_id, "analyze")
+        """Queue another model run for a study; returns the job id. A run of the study still waiting is
+        that run (the requests merge); a new one is refused with :class:`QueueFullError` when the queue
+        is full."""
+        job = self.store.waiting_job(study_id)
+        if job is not None:
+            return job
+        self.admit()
+        try:
+            job = self.store.enqueue(study_id, "analyze", max_pending=self.settings.queue_max)
+        except QueueFullError as exc:
+            exc.retry_after = self.retry_after()
+            raise
         if job is None:
             raise UnknownStudyError(study_id)
         self.worker.notify()

@@ -4,8 +4,13 @@ Environment variables (all optional):
 
 ``CXR_DATA_DIR``            where the database and the uploaded files live (default ``./cxr-data``)
 ``CXR_MODEL``               model to serve (an .onnx, its .json sidecar or a run folder; default: bundled)
-``CXR_API_TOKEN``           API token; when set, every call but ``/healthz`` needs it
-``CXR_API_TOKEN_FILE``      file holding the token (first line), e.g. a Docker secret
+``CXR_API_TOKEN``           API token with full access (named ``api-token`` in the audit log); when any token
+                            is set, every call but ``/healthz`` needs one
+``CXR_API_TOKEN_FILE``      file holding that token (first line), e.g. a Docker secret
+``CXR_VIEWER_TOKEN``        a read-only token (named ``viewer``): lists, results and images, no writes
+``CXR_VIEWER_TOKEN_FILE``   file holding the viewer token
+``CXR_TOKENS_FILE``         named tokens, stored hashed: one ``NAME ROLE sha256:HEX`` a line (ROLE ``read`` or
+                            ``write``); ``python -m cxrtriage.serve.tokens NAME ROLE`` makes a token and its line
 ``CXR_MAX_UPLOAD_BYTES``    largest request body accepted (default 64 MiB); 413 beyond
 ``CXR_CORS_ORIGINS``        comma-separated origins allowed by CORS (default: none, CORS closed)
 ``CXR_THREADS``             ONNX Runtime threads (default: half the cores)
@@ -13,6 +18,19 @@ Environment variables (all optional):
 ``CXR_MAX_PIXELS``          largest image accepted, in pixels, checked from the file's header before it is
                             decoded (default 60000000; real CR/DX radiographs are under 20 Mpx); 413 beyond
 ``CXR_MAX_DECODES``         most images the service decodes at once (default 2)
+``CXR_DECODE_BUDGET_MB``    most MiB of decoded pixels the whole process holds in decodes at once (default 256);
+                            images over 2048 px a side are decoded reduced
+``CXR_QUEUE_MAX``           most jobs waiting or running (default 1000); uploads and analyses beyond: 503
+                            with Retry-After
+``CXR_QUEUE_MAX_WAIT_S``    refuse new work (503, Retry-After) while the queue's estimated wait is over this
+                            many seconds (default 8; 0: no such bound)
+``CXR_ANALYZE_PER_MINUTE``  ``POST .../analyze`` calls a token (or, without tokens, a client address) may make
+                            per minute (default 30, bursts of 10; 0: unlimited); 429 with Retry-After beyond
+``CXR_HEADER_TIMEOUT_S``    seconds a client has to send a request's header (default 10); then the
+                            connection is closed
+``CXR_BODY_TIMEOUT_S``      seconds a request body may stall between two reads (default 15)
+``CXR_MAX_CONNECTIONS``     most open connections (default 1000, and below the open-files limit); a new one
+                            beyond closes the oldest still waiting for its header
 ``CXR_WORKER_DELAY_S``      artificial delay per study in the worker (tests of crash recovery only)
 ``CXR_FSYNC``               ``0`` to skip fsync of uploads (faster, not crash-proof against power loss)
 ``CXR_SAMPLES``             ``0`` not to offer the bundled sample radiographs on first start
@@ -107,7 +125,7 @@ class Settings:
 
     data_dir: Path = field(default_factory=lambda: Path("cxr-data"))
     model: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     cors_origins: tuple[str, ...] = ()
     threads: int | None = None
@@ -123,6 +141,15 @@ class Settings:
     pacs_password: str | None = field(default=None, repr=False)
     pacs_token: str | None = field(default=None, repr=False)
     pacs_dicomweb_root: str = DEFAULT_DICOMWEB_ROOT
+    viewer_token: str | None = field(default=None, repr=False)
+    tokens_file: Path | None = None
+    decode_budget_bytes: int = 256 * 1024 * 1024
+    queue_max: int = 1000
+    queue_max_wait_s: float = 8.0
+    analyze_per_minute: int = 30
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 15.0
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -139,6 +166,18 @@ class Settings:
             raise SettingsError("the number of concurrent decodes must be at least 1")
         if self.worker_delay_s < 0:
             raise SettingsError("the worker delay cannot be negative")
+        if self.viewer_token is not None and not str(self.viewer_token).strip():
+            object.__setattr__(self, "viewer_token", None)
+        if self.decode_budget_bytes < 16 * 1024 * 1024:
+            raise SettingsError("the decode budget must be at least 16 MiB")
+        if self.queue_max < 1:
+            raise SettingsError("the queue bound (CXR_QUEUE_MAX) must be at least 1")
+        if self.queue_max_wait_s < 0 or self.analyze_per_minute < 0:
+            raise SettingsError("CXR_QUEUE_MAX_WAIT_S and CXR_ANALYZE_PER_MINUTE cannot be negative")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise SettingsError("the header and body timeouts must be positive")
+        if self.max_connections < 16:
+            raise SettingsError("the connection cap (CXR_MAX_CONNECTIONS) must be at least 16")
         for name in ("pacs_url", "pacs_user", "pacs_password", "pacs_token"):
             value = getattr(self, name)
             if value is not None and not str(value).strip():
@@ -165,6 +204,9 @@ class Settings:
             token = read_token_file(token_file)
         origins = tuple(o.strip() for o in os.environ.get("CXR_CORS_ORIGINS", "").split(",") if o.strip())
         threads = _env_int("CXR_THREADS", 0) or None
+        viewer = os.environ.get("CXR_VIEWER_TOKEN") or None
+        if not viewer and os.environ.get("CXR_VIEWER_TOKEN_FILE"):
+            viewer = read_token_file(os.environ["CXR_VIEWER_TOKEN_FILE"])
         base = cls(
             data_dir=Path(os.environ.get("CXR_DATA_DIR") or "cxr-data"),
             model=os.environ.get("CXR_MODEL") or None,
@@ -183,6 +225,15 @@ class Settings:
             pacs_password=os.environ.get("CXR_PACS_PASSWORD") or None,
             pacs_token=os.environ.get("CXR_PACS_TOKEN") or None,
             pacs_dicomweb_root=os.environ.get("CXR_PACS_DICOMWEB_ROOT") or DEFAULT_DICOMWEB_ROOT,
+            viewer_token=viewer,
+            tokens_file=Path(os.environ["CXR_TOKENS_FILE"]) if os.environ.get("CXR_TOKENS_FILE") else None,
+            decode_budget_bytes=_env_int("CXR_DECODE_BUDGET_MB", 256) * 1024 * 1024,
+            queue_max=_env_int("CXR_QUEUE_MAX", 1000),
+            queue_max_wait_s=_env_float("CXR_QUEUE_MAX_WAIT_S", 8.0),
+            analyze_per_minute=_env_int("CXR_ANALYZE_PER_MINUTE", 30),
+            header_timeout_s=_env_float("CXR_HEADER_TIMEOUT_S", 10.0),
+            body_timeout_s=_env_float("CXR_BODY_TIMEOUT_S", 15.0),
+            max_connections=_env_int("CXR_MAX_CONNECTIONS", 1000),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         if "cors_origins" in given:
@@ -193,7 +244,8 @@ class Settings:
         """Settings safe to show (never the token, nor the PACS credentials)."""
         return {
             "max_upload_bytes": self.max_upload_bytes,
-            "auth": self.token is not None,
+            "auth": self.token is not None or self.viewer_token is not None or self.tokens_file is not None,
+            "queue_max": self.queue_max,
             "cors_origins": list(self.cors_origins),
             "batch_size": self.batch_size,
             "max_pixels": self.max_pixels,

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from cxrtriage.serve.queue import MAX_ATTEMPTS, Job, QueueMixin, prediction_from_row
+from cxrtriage.serve.queue import MAX_ATTEMPTS, Job, QueueFullError, QueueMixin, check_room, prediction_from_row
 from cxrtriage.serve.schema import SOURCES, JobState, Source, StudyStatus, migrate
 
 __all__ = ["DB_NAME", "MAX_ATTEMPTS", "PENDING_RANK", "SOURCES", "DataDirBusyError", "DataDirError", "Job",
-           "JobState", "Source", "Store", "StudyStatus", "heatmap_from_row", "prediction_from_row"]
+           "JobState", "QueueFullError", "Source", "Store", "StudyStatus", "heatmap_from_row", "prediction_from_row"]
 
 DB_NAME = "cxr.sqlite3"
 # Rank used to sort the worklist: results by PRIORITY_ORDER, studies still waiting between
@@ -258,10 +258,11 @@ class Store(QueueMixin):
     def find_by_sha(self, sha256: str) -> sqlite3.Row | None:
         return self.conn().execute("SELECT * FROM studies WHERE sha256 = ?", (sha256,)).fetchone()
 
-    def insert_study(self, fields: dict[str, Any]) -> tuple[str, bool, int | None]:
+    def insert_study(self, fields: dict[str, Any], max_pending: int | None = None) -> tuple[str, bool, int | None]:
         """Insert a study and queue its first job. Returns (id, created, job id).
 
-        When a study with the same sha256 exists, nothing is written and its id is returned.
+        When a study with the same sha256 exists, nothing is written and its id is returned. When
+        ``max_pending`` jobs are already waiting or running, :class:`QueueFullError` (nothing written).
         """
         now = time.time()
         sid = secrets.token_hex(8)
@@ -272,6 +273,7 @@ class Store(QueueMixin):
         marks = ", ".join("?" for _ in cols)
         try:
             with self.tx() as c:
+                check_room(c, max_pending)
                 c.execute(f"INSERT INTO studies ({names}) VALUES ({marks})", tuple(cols.values()))
                 cur = c.execute("INSERT INTO jobs (study_id, kind, created_at) VALUES (?, 'upload', ?)", (sid, now))
                 job_id = cur.lastrowid
@@ -316,13 +318,38 @@ class Store(QueueMixin):
         return total, rows
 
     def delete_study(self, study_id: str) -> str | None:
-        """Delete a study, its jobs and results; returns its sha256 (None when unknown)."""
-        with self.tx() as c:
-            row = c.execute("SELECT sha256 FROM studies WHERE id = ?", (study_id,)).fetchone()
-            if row is None:
-                return None
-            c.execute("DELETE FROM studies WHERE id = ?", (study_id,))
-        self.delete_object(row["sha256"])
+        """Delete a study, its jobs, results and file, all or nothing; returns its sha256 (None when unknown).
+
+        The file is first renamed aside in its own folder, inside the database transaction: when the
+        folder refuses (read-only, full), the transaction rolls back and the study stays whole; when
+        the commit fails, the file is put back. Only then is the renamed file removed (a leftover
+        from a crash there is swept at the next start)."""
+        aside: Path | None = None
+        path: Path | None = None
+        try:
+            with self.tx() as c:
+                row = c.execute("SELECT sha256 FROM studies WHERE id = ?", (study_id,)).fetchone()
+                if row is None:
+                    return None
+                c.execute("DELETE FROM studies WHERE id = ?", (study_id,))
+                path = self.object_path(row["sha256"])
+                aside = path.with_name(f".del-{path.name}-{secrets.token_hex(4)}")
+                try:
+                    os.rename(path, aside)
+                except FileNotFoundError:  # the file was already gone: the rows go all the same
+                    aside = None
+        except BaseException:
+            if aside is not None and path is not None:
+                try:
+                    os.rename(aside, path)
+                except OSError:
+                    pass
+            raise
+        if aside is not None:
+            try:
+                aside.unlink()
+            except OSError:  # removed at the next start (sweep)
+                pass
         return row["sha256"]
 
     def counts(self) -> dict[str, int]:

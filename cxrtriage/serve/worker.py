@@ -18,11 +18,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
 
 from cxrtriage.contract import Prediction, Priority
-from cxrtriage.infer import Triager, load_triager
-from cxrtriage.io import ImageReadError, Radiograph, read_radiograph_bytes
+from cxrtriage.infer import Predictor, load_model
+from cxrtriage.io import ImageReadError, Radiograph
+from cxrtriage.serve.decode import DecodeBusyError, PixelBudget, decode_bounded, model_copy
 from cxrtriage.serve.metrics import Metrics
 from cxrtriage.serve.settings import Settings
 from cxrtriage.serve.store import Job, Store
@@ -30,19 +30,22 @@ from cxrtriage.serve.store import Job, Store
 log = logging.getLogger("cxrtriage.serve.worker")
 RECLAIM_EVERY_S = 5.0  # how often the worker looks for 'running' jobs nobody holds
 MAX_BACKOFF_S = 10.0   # longest pause after a failed write before the next try
+#: Most bytes of decoded pixels one scoring step holds: a batch of larger films is scored in parts.
+CHUNK_BYTES = 64 * 1024 * 1024
 
 
 class DecodedCache:
-    """Radiographs decoded at upload, kept for the worker so it does not decode them again (bounded)."""
+    """Radiographs decoded at upload (their :func:`~cxrtriage.serve.decode.model_copy`), kept for the
+    worker so it does not decode them again (bounded in bytes; the oldest go first)."""
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024):
+    def __init__(self, max_bytes: int = 96 * 1024 * 1024):
         self.max_bytes = max_bytes
         self._items: OrderedDict[int, Radiograph] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def put(self, job_id: int, rg: Radiograph) -> None:
-        rg = replace(rg, dicom=None)  # pixels and meta are all the model needs; drop the dataset
+        rg = model_copy(rg)  # pixels and meta are all the model needs; no dataset, no more pixels than needed
         size = int(rg.pixels.nbytes)
         with self._lock:
             while self._items and self._bytes + size > self.max_bytes:
@@ -60,6 +63,20 @@ class DecodedCache:
             return rg
 
 
+class Throughput:
+    """Studies scored per second of the worker's busy time (a moving average), for the queue's wait estimate."""
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha
+        self.per_s: float | None = None
+
+    def add(self, n: int, seconds: float) -> None:
+        if n <= 0 or seconds <= 0:
+            return
+        now = n / seconds
+        self.per_s = now if self.per_s is None else (1 - self.alpha) * self.per_s + self.alpha * now
+
+
 def default_threads() -> int:
     """ONNX Runtime threads for the service: half the cores. The web side needs CPU too, and idle
     intra-op threads spin; on 2 cores one thread gave the lowest latency under load."""
@@ -70,11 +87,13 @@ class Worker:
     """Runs inference in a daemon thread. ``notify()`` wakes it after a job was queued."""
 
     def __init__(self, store: Store, settings: Settings, metrics: Metrics,
-                 on_done: Callable[[list[str]], None] | None = None):
+                 on_done: Callable[[list[str]], None] | None = None, budget: PixelBudget | None = None):
         self.store, self.settings, self.metrics = store, settings, metrics
         self.on_done = on_done or (lambda ids: None)
+        self.budget = budget or PixelBudget(settings.decode_budget_bytes)
         self.cache = DecodedCache()
-        self.engine: Triager | None = None
+        self.rate = Throughput()
+        self.engine: Predictor | None = None
         self.engine_error: str | None = None
         self.ready = threading.Event()
         self._wake = threading.Event()
@@ -105,7 +124,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self.engine = load_triager(self.settings.model, threads=self.settings.threads or default_threads())
+            self.engine = load_model(self.settings.model, threads=self.settings.threads or default_threads())
         except Exception as exc:  # a missing or broken model: readyz reports it
             self.engine_error = f"{type(exc).__name__}: {exc}"
             log.error("model could not be loaded: %s", self.engine_error)
@@ -149,28 +168,50 @@ class Worker:
             log.warning("%d job(s) left 'running' put back in the queue", n)
             self.notify()
 
+    def _load(self, job: Job, name: str) -> Radiograph | Prediction:
+        """The job's radiograph: decoded at upload (cached), else its stored file decoded again under the
+        service's pixel limit and decode budget, as at upload; a file that cannot be read: its result."""
+        rg = self.cache.pop(job.id)
+        if rg is not None:
+            return rg
+        try:
+            return model_copy(decode_bounded(self.store.read_object(job.sha256), name, self.settings.max_pixels,
+                                             self.budget))
+        except (ImageReadError, OSError) as exc:  # the stored file is gone or unreadable: this job's result
+            return Prediction.failed(name, exc, self.engine.model_ref)
+
     def _score(self, jobs: list[Job]) -> list[Prediction]:
-        """The engine's pipeline over the jobs' radiographs (decoded at upload) or stored files."""
-        items: list[Radiograph | None] = []
-        failed: dict[int, Prediction] = {}
-        names = [f"study {job.study_id}" for job in jobs]
-        for k, job in enumerate(jobs):
-            rg = self.cache.pop(job.id)
-            if rg is not None:
-                items.append(rg)
-                continue
-            try:  # decoded again under the service's own pixel limit, as at upload
-                items.append(read_radiograph_bytes(self.store.read_object(job.sha256), names[k],
-                                                   max_pixels=self.settings.max_pixels))
-            except (ImageReadError, OSError) as exc:  # the stored file is gone or unreadable: this job's result
-                failed[k] = Prediction.failed(names[k], exc, self.engine.model_ref)
-                items.append(None)
-        todo = [k for k in range(len(jobs)) if k not in failed]
+        """The engine's pipeline over the jobs' radiographs, in parts of at most CHUNK_BYTES of pixels
+        (a batch of large films is never all in memory at once)."""
+        out: list[Prediction] = []
+        chunk: list[Radiograph | Prediction] = []
+        names: list[str] = []
+        held = 0
+        for job in jobs:
+            name = f"study {job.study_id}"
+            while True:
+                try:
+                    item = self._load(job, name)
+                    break
+                except DecodeBusyError:  # uploads hold the budget: wait for it rather than fail the job
+                    if self._stop.wait(0.5):
+                        raise
+            size = int(item.pixels.nbytes) if isinstance(item, Radiograph) else 0
+            if chunk and held + size > CHUNK_BYTES:
+                out += self._predict(chunk, names)
+                chunk, names, held = [], [], 0
+            chunk.append(item)
+            names.append(name)
+            held += size
+        return out + (self._predict(chunk, names) if chunk else [])
+
+    def _predict(self, items: list[Radiograph | Prediction], names: list[str]) -> list[Prediction]:
+        todo = [k for k, it in enumerate(items) if isinstance(it, Radiograph)]
         preds = self.engine.predict_batch([items[k] for k in todo], [names[k] for k in todo],
                                           heatmap=True) if todo else []
-        out = dict(failed)
+        out: dict[int, Prediction] = {k: it for k, it in enumerate(items) if isinstance(it, Prediction)}
         out.update(zip(todo, preds))
-        return [out[k] for k in range(len(jobs))]
+        return [out[k] for k in range(len(items))]
 
     def _process(self, jobs: list[Job]) -> None:
         if self.settings.worker_delay_s:
@@ -201,6 +242,7 @@ class Worker:
                 self.metrics.refusals.inc()
             self.metrics.turnaround.observe(max(0.0, now - job.created_at))
         self.processed += len(written)
+        self.rate.add(len(jobs), time.perf_counter() - t0)
         self.on_done([j.study_id for j, _ in written] or [j.study_id for j in jobs])
 
     def _batch_failed(self, jobs: list[Job], exc: Exception) -> None:
