@@ -45,7 +45,8 @@ def _image_files(folder: Path) -> list[str]:
     from cxrtriage.io import IMAGE_SUFFIXES
 
     return sorted(str(f) for f in folder.rglob("*")
-                  if f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in IMAGE_SUFFIXES or not f.suffix))
+                  if f.is_file() and not f.name.startswith(".")
+                  and (f.suffix.lower() in IMAGE_SUFFIXES or not f.suffix))
 
 
 def _csv_paths(path: Path) -> list[str]:

@@ -13,14 +13,25 @@ from cxrtriage.cli.common import fail
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all interfaces: set a token)."),
     port: int = typer.Option(8000, help="TCP port."),
-    model: Optional[Path] = typer.Option(None, help="Model (.onnx, its .json or a run folder); default: the bundled one."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Database and uploads (default: $CXR_DATA_DIR or ./cxr-data)."),
-    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the API token (or set CXR_API_TOKEN)."),
-    max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", help="Request size limit in MiB (default 64)."),
-    cors_origin: Optional[list[str]] = typer.Option(None, "--cors-origin", help="Allow this browser origin (repeatable; default: none)."),
-    samples: Optional[bool] = typer.Option(None, "--samples/--no-samples", help="Offer the bundled sample radiographs on first start (default: yes, or $CXR_SAMPLES)."),
-    pacs_url: Optional[str] = typer.Option(None, "--pacs-url", help="DICOMweb PACS whose studies the worklist lists and opens (or $CXR_PACS_URL; credentials: $CXR_PACS_USER/$CXR_PACS_PASSWORD or $CXR_PACS_TOKEN)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads (default: $CXR_THREADS or half the cores)."),
+    model: Optional[Path] = typer.Option(
+        None, help="Model (.onnx, its .json or a run folder); default: the bundled one."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Database and uploads (default: $CXR_DATA_DIR or ./cxr-data)."),
+    token_file: Optional[Path] = typer.Option(
+        None, "--token-file", help="File holding the API token (or set CXR_API_TOKEN)."),
+    max_upload_mb: Optional[float] = typer.Option(
+        None, "--max-upload-mb", help="Request size limit in MiB (default 64)."),
+    cors_origin: Optional[list[str]] = typer.Option(
+        None, "--cors-origin", help="Allow this browser origin (repeatable; default: none)."),
+    samples: Optional[bool] = typer.Option(
+        None, "--samples/--no-samples",
+        help="Offer the bundled sample radiographs on first start (default: yes, or $CXR_SAMPLES)."),
+    pacs_url: Optional[str] = typer.Option(
+        None, "--pacs-url",
+        help="DICOMweb PACS whose studies the worklist lists and opens (or $CXR_PACS_URL; "
+             "credentials: $CXR_PACS_USER/$CXR_PACS_PASSWORD or $CXR_PACS_TOKEN)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="ONNX Runtime threads (default: $CXR_THREADS or half the cores)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
 ) -> None:
@@ -40,19 +51,26 @@ def serve(
 def pacs_watch(
     url: str = typer.Option(..., "--url", help="PACS base URL, e.g. http://orthanc:8042"),
     user: Optional[str] = typer.Option(None, "--user", help="HTTP Basic user."),
-    password: Optional[str] = typer.Option(None, "--password", envvar="CXR_PACS_PASSWORD", help="HTTP Basic password."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="CXR_PACS_TOKEN", help="Bearer token (instead of user/password)."),
-    mode: str = typer.Option("changes", "--mode", help="changes (Orthanc's change feed) or dicomweb (QIDO-RS polling)."),
+    password: Optional[str] = typer.Option(
+        None, "--password", envvar="CXR_PACS_PASSWORD", help="HTTP Basic password."),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="CXR_PACS_TOKEN", help="Bearer token (instead of user/password)."),
+    mode: str = typer.Option(
+        "changes", "--mode", help="changes (Orthanc's change feed) or dicomweb (QIDO-RS polling)."),
     poll: float = typer.Option(1.0, "--poll", help="Seconds between polls."),
-    state: Optional[Path] = typer.Option(None, "--state", help="SQLite state file (default ~/.cache/cxr-triage/pacs-state.sqlite)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model (.onnx, sidecar .json or run folder); default: bundled."),
+    state: Optional[Path] = typer.Option(
+        None, "--state", help="SQLite state file (default ~/.cache/cxr-triage/pacs-state.sqlite)."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m", help="Model (.onnx, sidecar .json or run folder); default: bundled."),
     once: bool = typer.Option(False, "--once", help="One pass over what is new, then exit."),
     dicomweb_root: str = typer.Option("/dicom-web", "--dicomweb-root", help="DICOMweb path under --url."),
     store: str = typer.Option("stow", "--store", help="stow (STOW-RS) or rest (Orthanc POST /instances)."),
     workers: int = typer.Option(1, "--workers", help="Triage processes (each loads the model)."),
     batch_size: int = typer.Option(8, "--batch-size"),
-    no_backfill: bool = typer.Option(False, "--no-backfill", help="On the first run, ignore what is already in the PACS."),
-    lookback_days: Optional[int] = typer.Option(None, "--lookback-days", help="dicomweb mode: only studies of the last N days."),
+    no_backfill: bool = typer.Option(
+        False, "--no-backfill", help="On the first run, ignore what is already in the PACS."),
+    lookback_days: Optional[int] = typer.Option(
+        None, "--lookback-days", help="dicomweb mode: only studies of the last N days."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every instance."),
 ) -> None:
     """Follow a PACS; triage each new CR/DX radiograph; store an overlay (SC) and a TID 1500 SR in its study."""
@@ -84,7 +102,8 @@ def pacs_listen(
     forward: Optional[str] = typer.Option(None, "--forward", help="Send results with C-STORE to AE@host:port."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model; default: bundled."),
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
-    spool: Optional[Path] = typer.Option(None, "--spool", help="Spool folder (default ~/.cache/cxr-triage/listen-spool)."),
+    spool: Optional[Path] = typer.Option(
+        None, "--spool", help="Spool folder (default ~/.cache/cxr-triage/listen-spool)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Also write the results as DICOM files here."),
 ) -> None:
     """Receive images with C-STORE, triage them, and forward the SC + SR with C-STORE."""

@@ -11,7 +11,6 @@ import typer
 from cxrtriage.cli.common import console, fail
 from cxrtriage.contract import GATE_QUANTILE
 
-
 # options defined apart, so the command's signature stays readable
 _INTENSITY = typer.Option("none", help="Intensity normalisation of every image, the same in serving: none, "
     "equalise (histogram equalisation: removes exposure and processing differences) or clahe (the same, "
@@ -123,7 +122,8 @@ def train(
         optimizer=optimizer, seed=seed, patience=patience,
         time_budget_s=time_budget * 60 if time_budget else None, target_sensitivity=target_sensitivity,
         threshold_method=threshold_method,
-        augment=not no_augment, augment_strength=augment_strength, zoom=zoom, hflip=hflip, mixup=mixup, ema_decay=ema_decay,
+        augment=not no_augment, augment_strength=augment_strength, zoom=zoom, hflip=hflip, mixup=mixup,
+        ema_decay=ema_decay,
         class_weights=class_weights, dropout=dropout, intensity=intensity, border=border,
         stop_after=stop_after, device=device, cache_dir=str(cache_dir) if cache_dir else None,
         pretrained=pretrained, weights=str(weights) if weights else None, freeze_epochs=freeze_epochs,

@@ -7,8 +7,8 @@ from cxrtriage.contract.result import PRIORITY_ORDER, Prediction, Priority, StrE
 from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, standardise, triage_score, triage_target
 from cxrtriage.contract.spec import (
     ADULT_AGE,
-    GATE_QUANTILE,
     BORDERS,
+    GATE_QUANTILE,
     INTENSITIES,
     POPULATIONS,
     URGENT_SPECIFICITY,
@@ -21,6 +21,7 @@ from cxrtriage.contract.spec import (
 
 __all__ = [
     "Call", "NO_FINDING", "Prepared", "RULES", "flagged",
-    "ADULT_AGE", "GATE_QUANTILE", "BORDERS", "INTENSITIES", "POPULATIONS", "population_of", "Decision", "InputSpec", "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
+    "ADULT_AGE", "GATE_QUANTILE", "BORDERS", "INTENSITIES", "POPULATIONS", "population_of", "Decision", "InputSpec",
+    "Kind", "ModelSpec", "PRIORITY_ORDER", "Prediction", "Priority", "SpecError",
     "StrEnum", "URGENT_SPECIFICITY", "apply_temperature", "normalise", "standardise", "triage_score", "triage_target",
 ]

@@ -136,7 +136,8 @@ def _triage_errors(b: dict[str, Any], normal: str, abnormal: str) -> list[dict[s
     missed = _pct(fn / (fn + tp) if fn + tp else None)
     alarms = _pct(fp / (fp + tn) if fp + tn else None)
     return [
-        {"kind": "miss", "count": fn, "text": f"{abnormal} images not flagged (false negatives, {missed} of {abnormal})"},
+        {"kind": "miss", "count": fn,
+         "text": f"{abnormal} images not flagged (false negatives, {missed} of {abnormal})"},
         {"kind": "alarm", "count": fp, "text": f"{normal} images flagged (false positives, {alarms} of {normal})"},
     ]
 

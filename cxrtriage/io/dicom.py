@@ -209,7 +209,8 @@ def read_dicom(data: bytes, name: str, max_pixels: int | None = None) -> tuple[n
         raise CorruptImageError(f"{name}: DICOM header is damaged ({exc})") from exc
 
 
-def _read_dataset(ds: pydicom.Dataset, name: str, max_pixels: int | None = None) -> tuple[np.ndarray, dict, pydicom.Dataset]:
+def _read_dataset(ds: pydicom.Dataset, name: str,
+                  max_pixels: int | None = None) -> tuple[np.ndarray, dict, pydicom.Dataset]:
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
         raise WrongModalityError(

@@ -64,7 +64,8 @@ class ExportedGraph:
         The version is the graph's hash, plus the steps applied before the graph when there are any."""
         return ModelSpec(
             name=name, task=task, classes=tuple(classes), input=self.input, decision=decision, kind=kind,
-            outputs=self.outputs, version="-".join([self.sha256[:12], *self.input.steps]), arch=arch, sha256=self.sha256,
+            outputs=self.outputs, version="-".join([self.sha256[:12], *self.input.steps]), arch=arch,
+            sha256=self.sha256,
             onnx_file=self.path.name, weights_storage=self.weights_storage,
             heatmap="cam" if "cam" in self.outputs else "gradcam", score=score, provenance=dict(provenance),
         )

@@ -54,7 +54,7 @@ def fetch_pretrained(arch: str) -> dict[str, torch.Tensor]:
         return read_state_dict(lite_weights_file(LITE_ARCHS[arch]))
     try:
         sd = torch.hub.load_state_dict_from_url(b.url, map_location="cpu", progress=False, check_hash=True)
-    except Exception as exc:  # offline, proxy, HTTP error
+    except Exception as exc:  # noqa: BLE001 - offline, proxy, HTTP or hash error: re-raised with the offline hint
         cache = Path(torch.hub.get_dir()) / "checkpoints" / b.url.rsplit("/", 1)[-1]
         raise RuntimeError(
             f"could not fetch ImageNet weights for {arch} from {b.url} ({type(exc).__name__}: {exc}). "

@@ -42,7 +42,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 def _settings() -> dict:
     try:
         cfg = json.loads(orthanc.GetConfiguration()).get("CxrTriage", {}) or {}
-    except Exception:
+    except Exception:  # noqa: BLE001 - plugin must load; unreadable configuration means defaults
         cfg = {}
     python = cfg.get("Python") or os.environ.get("CXR_TRIAGE_PYTHON") or str(_ROOT / ".venv" / "bin" / "python")
     return {"python": python, "model": cfg.get("Model"), "timeout": float(cfg.get("Timeout", 120)),
@@ -130,12 +130,12 @@ def triage_instance(output, uri, **request) -> None:
     instance_id = request["groups"][0]
     try:
         dicom = orthanc.GetDicomForInstance(instance_id)
-    except Exception:
+    except Exception:  # noqa: BLE001 - plugin callback: any lookup failure answers 404
         _answer(output, 404, {"error": f"unknown instance {instance_id}"})
         return
     try:
         result = WORKER.call(dicom)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - plugin callback: any worker failure answers 500
         orthanc.LogError(f"cxr-triage: triage worker ({SETTINGS['python']}) failed: {exc}")
         _answer(output, 500, {"error": f"triage worker failed ({type(exc).__name__}: {exc}); "
                                        "check CxrTriage.Python in Orthanc's configuration"})

@@ -74,7 +74,7 @@ def skip_reason(modality: str | None, sop_class_uid: str | None = None, manufact
 def _header(data: bytes) -> Dataset | None:
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any unparseable header means "not DICOM", skipped
         return None
 
 
@@ -123,7 +123,7 @@ def _outcome(name: str, header: Dataset, rg: Radiograph | None, pred: Prediction
     if rg is None:  # a radiograph we cannot read: say so in the study rather than stay silent
         try:
             res = build_results(header, None, pred, reason=f"the image could not be read ({pred.error})")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - best-effort report; a failure is a skip, not a crash
             return Outcome(name, OutcomeStatus.SKIPPED, f"unreadable ({pred.error}) and no report possible ({exc})",
                            **ids)
         return Outcome(name, OutcomeStatus.RESULTS, pred.error, results=res, **ids)

@@ -37,8 +37,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
 from cxrtriage.about import DISCLAIMER, __version__
-from cxrtriage.explain.overlay import BANNER, overlay_for
 from cxrtriage.contract import Prediction
+from cxrtriage.explain.overlay import BANNER, overlay_for
 
 SERIES_DESCRIPTION = BANNER
 MANUFACTURER = "cxr-triage"
@@ -318,7 +318,7 @@ def _sr_document(src: Dataset, root: Dataset, series_uid: str, sop_uid: str, num
     equipment: list[Dataset] = []
     try:
         equipment.append(hd.ContributingEquipment.for_image_acquisition(src))
-    except Exception:
+    except Exception:  # noqa: BLE001 - best-effort: the acquisition entry is optional
         pass
     equipment.append(hd.ContributingEquipment.for_highdicom())
     sr.ContributingEquipmentSequence = equipment

@@ -26,7 +26,7 @@ def answer_for(engine: Any, data: bytes) -> dict:
 
     try:
         out = triage_bytes(engine, [("instance", data)])[0]
-    except Exception as exc:  # report, do not leave the plugin guessing
+    except Exception as exc:  # noqa: BLE001 - worker must answer, not die: report, do not leave the plugin guessing
         return {"status": OutcomeStatus.ERROR.value, "reason": f"{type(exc).__name__}: {exc}", "prediction": None,
                 "outputs": []}
     answer: dict = {"status": out.status.value, "reason": out.reason, "prediction": None, "outputs": []}

@@ -137,8 +137,8 @@ def gate_from_embeddings(onnx_path: Path, tr: np.ndarray, va: np.ndarray, quanti
                              "n_fit": int(len(fit)), "n_threshold": int(len(thr_rows)), "n_heldout": int(len(held))}
     if extra is not None:
         other = extra[1][1::2]
-        stats["extra_films"] = {"source": extra[2], "n_fit": int(len(extra[0])), "n_threshold": int(len(extra[1][0::2])),
-                                "n_heldout": int(len(other)),
+        stats["extra_films"] = {"source": extra[2], "n_fit": int(len(extra[0])),
+                                "n_threshold": int(len(extra[1][0::2])), "n_heldout": int(len(other)),
                                 "false_refusal_rate": float((gate.distance(other) > gate.threshold).mean())}
     return attach_gate(onnx_path, gate, stats)
 

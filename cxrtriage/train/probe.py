@@ -87,7 +87,8 @@ def fold_head(model: CamNet, clf: LogisticRegression | OneVsRestClassifier, scal
         icpt = np.concatenate([e.intercept_ for e in clf.estimators_])
     else:
         coef, icpt = clf.coef_, clf.intercept_
-    if num_classes == 2 and not isinstance(clf, OneVsRestClassifier):  # one logit z for class 1; softmax([0, z]) = sigmoid(z)
+    # one logit z for class 1; softmax([0, z]) = sigmoid(z)
+    if num_classes == 2 and not isinstance(clf, OneVsRestClassifier):
         coef = np.vstack([np.zeros_like(coef), coef])
         icpt = np.array([0.0, icpt[0]])
     w = coef / scaler.scale_
@@ -114,7 +115,8 @@ def train_probe(cfg: TrainConfig, samples: list[Sample], progress: bool = True) 
     x_train, x_val = split_images(samples, size, cfg.cache_dir, progress=progress, intensity=cfg.intensity,
                                   border=cfg.border)
     y_train, y_val = targets(task, of_split(samples, "train")), targets(task, of_split(samples, "val"))
-    present = y_train.any(axis=0) if task.kind == "multilabel" else [(y_train == i).any() for i in range(task.num_classes)]
+    present = (y_train.any(axis=0) if task.kind == "multilabel"
+               else [(y_train == i).any() for i in range(task.num_classes)])
     missing = [c for c, ok in zip(task.classes, present) if not ok]
     if missing:
         raise ValueError(f"no training images of class(es) {missing}")
@@ -209,7 +211,10 @@ def _plot_path(rows: list[dict], path: Path) -> None:
     if rows[0].get("val_macro_auc") is not None:
         ax.semilogx(c, [r["val_macro_auc"] for r in rows], "o-", label="validation macro AUC", color="C3")
     ax.semilogx(c, [r["val_acc"] for r in rows], "o-", label="validation accuracy", color="C1")
-    ax.set_xlabel("C (inverse L2 strength)"); ax.set_title("Linear probe"); ax.grid(alpha=0.3); ax.legend()
+    ax.set_xlabel("C (inverse L2 strength)")
+    ax.set_title("Linear probe")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

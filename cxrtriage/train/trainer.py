@@ -36,8 +36,8 @@ from cxrtriage.train import distributed as dist
 from cxrtriage.train.augment import AugmentConfig, augment_batch, sample_seeds
 from cxrtriage.train.config import TrainConfig
 from cxrtriage.train.dataset import load_samples, of_split, pixel_stats, split_images, targets
-from cxrtriage.train.export import export_run
 from cxrtriage.train.distill import distill_loss, teacher_probs
+from cxrtriage.train.export import export_run
 from cxrtriage.train.losses import multilabel_loss, positive_weights, weighted_cross_entropy
 from cxrtriage.train.mixup import check_alpha, mix_draw, mix_images, mix_targets
 from cxrtriage.train.probe import train_probe
@@ -510,12 +510,18 @@ def _plot_curves(rows: list[dict], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(ep, [r["train_loss"] for r in rows], label="train loss")
     a.plot(ep, [r["val_loss"] for r in rows], label="validation loss")
-    a.set_xlabel("epoch"); a.legend(); a.set_title("Loss"); a.grid(alpha=0.3)
+    a.set_xlabel("epoch")
+    a.legend()
+    a.set_title("Loss")
+    a.grid(alpha=0.3)
     b.plot(ep, [r["val_auc"] for r in rows], label="validation ROC AUC", color="C2")
     if rows and rows[0].get("val_macro_auc") is not None:
         b.plot(ep, [r["val_macro_auc"] for r in rows], label="validation macro AUC", color="C3")
     b.plot(ep, [r["val_acc"] for r in rows], label="validation accuracy", color="C1")
-    b.set_xlabel("epoch"); b.legend(); b.set_title("Validation"); b.grid(alpha=0.3)
+    b.set_xlabel("epoch")
+    b.legend()
+    b.set_title("Validation")
+    b.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -26,7 +26,7 @@ class _Branches(nn.Module):
         self.order: list[str] = []
         for name, convs in branches.items():
             c = cin
-            for i, (sub, cout, k, *rest) in enumerate(convs):
+            for _, (sub, cout, k, *rest) in enumerate(convs):
                 setattr(self, f"{name}{sub}", BasicConv(c, cout, k, *rest))
                 c = cout
             self.order.append(name)
