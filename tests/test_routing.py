@@ -110,3 +110,20 @@ def test_the_sr_says_how_the_film_was_routed(router, pediatric_pixels):
     sr = read_result_sr(build_results(rg.dicom, rg.pixels, pred).datasets[-1])
     assert sr.routed_by == "age" and sr.model_name == "cxr-pneumonia"
     assert sr.finding in ("present", "absent") and sr.probability == pytest.approx(pred.score, abs=1e-6)
+
+
+def test_one_look_settles_clear_films_and_agrees_with_the_full_look(samples_dir):
+    """Routing without an age scores a clear film with one model only, and picks the model the
+    full look (every model scores, the smallest gate distance / threshold wins) would pick."""
+    from cxrtriage.io import read_radiograph
+
+    router = Router()
+    rgs = [read_radiograph(f) for f in sorted(samples_dir.glob("*.jpeg"))]
+    full = {pop: e.predict_radiographs(rgs, heatmap=False) for pop, e in router.engines.items()}
+    preds = router.predict_radiographs(rgs, heatmap=False)
+    for k, p in enumerate(preds):
+        accepted = [ps[k] for ps in full.values() if ps[k].ok]
+        best = min(accepted, key=lambda q: q.gate["distance"] / q.gate["threshold"])
+        assert p.model["name"] == best.model["name"]
+        assert p.score == pytest.approx(best.score)
+    assert router.looks["films"] == len(rgs) and router.looks["second_looks"] < len(rgs)
