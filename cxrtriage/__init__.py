@@ -3,10 +3,10 @@
 A decision aid that sorts a reading queue; it is not a diagnostic device.
 
     >>> import cxrtriage
-    >>> model = cxrtriage.load_model("cxr-pneumonia")
+    >>> model = cxrtriage.load_model()               # each film to the bundled model that can judge it
     >>> result = model.predict("film.dcm")          # a path, bytes, a 2-D array or a Radiograph
-    >>> result.label, result.score, result.priority  # ('pneumonia', 0.97, 'urgent')
-    >>> result.heatmap                               # where it looked (h, w), 0..1
+    >>> result.label, result.score, result.priority  # e.g. ('pneumonia', 0.97, 'review')
+    >>> result.heatmap                               # where it looked: the network's grid (14 x 14), 0..1
     >>> model.predict_batch(["a.dcm", "b.png"])      # a list, in order; bad files give results with .error
 """
 

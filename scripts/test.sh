@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need (Python packages into .venv; Debian's chromium and Orthanc
-# when running as root; the OHIF viewer from npm), then run the whole test suite.
+# when running as root; the OHIF viewer from npm), then ruff, mypy and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh all
@@ -14,4 +14,7 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
 fi
 # The OHIF viewer for tests/test_ohif_viewer.py (npm, into .cache/ohif/; that test skips without it).
 scripts/install_ohif.sh || echo "test.sh: OHIF viewer not installed; tests/test_ohif_viewer.py will skip" >&2
+# Lint and type checks first (configured in pyproject.toml), then the suite.
+.venv/bin/ruff check cxrtriage scripts
+.venv/bin/mypy
 exec .venv/bin/pytest -q -p no:cacheprovider "$@"
