@@ -32,7 +32,9 @@ def _collect(inputs: list[Path]) -> list[Path]:
 def predict(
     inputs: list[str] = typer.Argument(..., help="Image files (DICOM, JPEG, PNG) and/or folders. With --engine: "
                                        "one SOURCE, a folder, a CSV of paths or a DICOMweb server URL."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model (.onnx, sidecar .json or run folder); default: bundled."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A bundled model's name, an .onnx file, its "
+                                         "sidecar .json or a run folder; default: each film routed to the bundled "
+                                         "model that can judge it."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per line instead of a table."),
     batch_size: int = typer.Option(32),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (with --engine: per worker, default 1)."),
