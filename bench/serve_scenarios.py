@@ -196,10 +196,10 @@ def scenario_slowloris(a, server: Server) -> dict:
         except OSError:
             pass
         alive = []
-        for s in socks:  # a socket the server closed reads as EOF (or an error): reopen it
+        for s in socks:  # a socket the server answered (408/503) or closed: reopen it
             try:
                 s.setblocking(False)
-                gone = s.recv(1) == b""
+                gone = len(s.recv(4096)) >= 0
             except BlockingIOError:
                 gone = False
             except OSError:

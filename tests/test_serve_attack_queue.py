@@ -112,10 +112,11 @@ def test_viewer_token_reads_only_tokens_are_hashed_and_writes_are_audited(tmp_pa
     """Three tokens: the single API token of old (full access, 'api-token'), a read-only viewer token,
     and a named one from a file that holds only its SHA-256. The viewer reads but cannot write (403);
     each write is logged with its token's name, and neither tokens nor file names reach the log."""
-    from cxrtriage.serve.tokens import hashed_line
+    import hashlib
 
     tokens = tmp_path / "tokens.txt"
-    tokens.write_text("# name role digest\n" + hashed_line("pacs-bridge", "write", "bridge-secret-0123456789") + "\n")
+    digest = hashlib.sha256(b"bridge-secret-0123456789").hexdigest()
+    tokens.write_text(f"# name role digest\npacs-bridge write sha256:{digest}\n")
     assert "bridge-secret" not in tokens.read_text()
     env = {"CXR_VIEWER_TOKEN": "viewer-secret-0123456789", "CXR_TOKENS_FILE": str(tokens)}
     srv = LiveServer(tmp_path / "data", env=env, token="admin-secret-0123456789").wait_ready()
@@ -155,6 +156,6 @@ def test_a_tokens_file_with_a_plain_token_is_refused_at_start(tmp_path):
     bad = tmp_path / "tokens.txt"
     bad.write_text("viewer read my-plain-token\n")
     out = subprocess.run([sys.executable, "-m", "cxrtriage", "serve", "--data-dir", str(tmp_path / "d"),
-                          "--no-samples", "--port", "0"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          "--no-samples", "--port", "0"], capture_output=True, text=True, timeout=30, cwd=ROOT,
                          env={**__import__("os").environ, "CXR_TOKENS_FILE": str(bad)})
     assert out.returncode != 0 and "sha256:HEX" in out.stderr and "my-plain-token" not in out.stderr, out.stderr

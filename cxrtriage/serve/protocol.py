@@ -55,7 +55,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     header_timeout = 10.0
     body_timeout = 15.0
-    max_connections = 1000
+    max_connections = 8192
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

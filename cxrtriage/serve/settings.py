@@ -23,13 +23,13 @@ Environment variables (all optional):
 ``CXR_QUEUE_MAX``           most jobs waiting or running (default 1000); uploads and analyses beyond: 503
                             with Retry-After
 ``CXR_QUEUE_MAX_WAIT_S``    refuse new work (503, Retry-After) while the queue's estimated wait is over this
-                            many seconds (default 8; 0: no such bound)
+                            many seconds (default 6; 0: no such bound)
 ``CXR_ANALYZE_PER_MINUTE``  ``POST .../analyze`` calls a token (or, without tokens, a client address) may make
                             per minute (default 30, bursts of 10; 0: unlimited); 429 with Retry-After beyond
 ``CXR_HEADER_TIMEOUT_S``    seconds a client has to send a request's header (default 10); then the
                             connection is closed
 ``CXR_BODY_TIMEOUT_S``      seconds a request body may stall between two reads (default 15)
-``CXR_MAX_CONNECTIONS``     most open connections (default 1000, and below the open-files limit); a new one
+``CXR_MAX_CONNECTIONS``     most open connections (default 8192, and below the open-files limit); a new one
                             beyond closes the oldest still waiting for its header
 ``CXR_WORKER_DELAY_S``      artificial delay per study in the worker (tests of crash recovery only)
 ``CXR_FSYNC``               ``0`` to skip fsync of uploads (faster, not crash-proof against power loss)
@@ -145,11 +145,11 @@ class Settings:
     tokens_file: Path | None = None
     decode_budget_bytes: int = 256 * 1024 * 1024
     queue_max: int = 1000
-    queue_max_wait_s: float = 8.0
+    queue_max_wait_s: float = 6.0
     analyze_per_minute: int = 30
     header_timeout_s: float = 10.0
     body_timeout_s: float = 15.0
-    max_connections: int = 1000
+    max_connections: int = 8192
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -229,11 +229,11 @@ class Settings:
             tokens_file=Path(os.environ["CXR_TOKENS_FILE"]) if os.environ.get("CXR_TOKENS_FILE") else None,
             decode_budget_bytes=_env_int("CXR_DECODE_BUDGET_MB", 256) * 1024 * 1024,
             queue_max=_env_int("CXR_QUEUE_MAX", 1000),
-            queue_max_wait_s=_env_float("CXR_QUEUE_MAX_WAIT_S", 8.0),
+            queue_max_wait_s=_env_float("CXR_QUEUE_MAX_WAIT_S", 6.0),
             analyze_per_minute=_env_int("CXR_ANALYZE_PER_MINUTE", 30),
             header_timeout_s=_env_float("CXR_HEADER_TIMEOUT_S", 10.0),
             body_timeout_s=_env_float("CXR_BODY_TIMEOUT_S", 15.0),
-            max_connections=_env_int("CXR_MAX_CONNECTIONS", 1000),
+            max_connections=_env_int("CXR_MAX_CONNECTIONS", 8192),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         if "cors_origins" in given:
