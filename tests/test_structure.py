@@ -156,3 +156,14 @@ def test_module_and_function_sizes(path: Path):
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
             and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
+
+
+def test_every_class_name_is_unique_in_the_package():
+    """One name, one thing: a reader (and an import) never has to ask which ``Triager`` is meant."""
+    seen: dict[str, list[str]] = {}
+    for path in _modules():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef):
+                seen.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
+    dupes = {name: where for name, where in seen.items() if len(where) > 1}
+    assert not dupes, f"class names defined more than once: {dupes}"
