@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import httpx
-
 from serve_load import MAX_SECONDS, ROOT, SAMPLES, SHARED, Payloads, _r, free_port, peak_rss_mib, percentile
+
+
 class Server:
     """``python -m cxrtriage serve`` on a fresh data folder, for one scenario."""
 

@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-
 from serve_fixtures import LiveServer, peak_rss_mb, samples, unique_jpeg  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -73,7 +72,7 @@ def _closed_within(s: socket.socket, seconds: float) -> float | None:
     while time.monotonic() - t0 < seconds:
         try:
             data = s.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             return time.monotonic() - t0

@@ -10,14 +10,19 @@ import time
 
 import httpx
 import pytest
-
-from serve_fixtures import LiveServer, read_only_bind, samples, undo_bind, unique_jpeg  # noqa: F401
+from serve_fixtures import (
+    LiveServer,
+    read_only_bind,
+    samples,  # noqa: F401  (the fixture)
+    undo_bind,
+    unique_jpeg,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 API = "/api/v1"
 
 
-def _film(samples, tag: str) -> bytes:
+def _film(samples, tag: str) -> bytes:  # noqa: F811
     return unique_jpeg(samples["raster"][0].read_bytes(), tag)
 
 
@@ -27,7 +32,7 @@ def _done(client: httpx.Client, sid: str, wait: float = 60) -> dict:
     return body
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_every_2xx_ends_in_a_result(tmp_path, samples):
+def test_a_full_queue_answers_503_with_retry_after_and_every_2xx_ends_in_a_result(tmp_path, samples):  # noqa: F811
     """A slow worker and a queue bound of 4: of 14 uploads at once, those over the bound are refused
     with 503 and Retry-After (nothing stored for them), the queue never passes its bound, and every
     accepted study gets its result (before: every upload accepted, the queue without bound)."""
@@ -55,7 +60,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_every_2xx_ends_in_a_resul
         srv.stop()
 
 
-def test_analyze_requests_merge_and_are_rate_limited_per_token(tmp_path, samples):
+def test_analyze_requests_merge_and_are_rate_limited_per_token(tmp_path, samples):  # noqa: F811
     """Twenty POST /analyze on one study while its run waits: one job, not twenty; past the per-token
     rate 429 with Retry-After; the study still ends with a result (before: one job per request)."""
     env = {"CXR_WORKER_DELAY_S": "1.0", "CXR_ANALYZE_PER_MINUTE": "12"}
@@ -80,7 +85,7 @@ def test_analyze_requests_merge_and_are_rate_limited_per_token(tmp_path, samples
         srv.stop()
 
 
-def test_delete_on_a_read_only_folder_keeps_the_study_whole(tmp_path, samples):
+def test_delete_on_a_read_only_folder_keeps_the_study_whole(tmp_path, samples):  # noqa: F811
     """DELETE while the file store is read-only: 503 naming the delete, and the study is still there
     with its file and result; once writable, DELETE removes row and file (before: the row went, the
     file stayed, unreachable)."""
@@ -108,7 +113,7 @@ def test_delete_on_a_read_only_folder_keeps_the_study_whole(tmp_path, samples):
         srv.stop()
 
 
-def test_viewer_token_reads_only_tokens_are_hashed_and_writes_are_audited(tmp_path, samples):
+def test_viewer_token_reads_only_tokens_are_hashed_and_writes_are_audited(tmp_path, samples):  # noqa: F811
     """Three tokens: the single API token of old (full access, 'api-token'), a read-only viewer token,
     and a named one from a file that holds only its SHA-256. The viewer reads but cannot write (403);
     each write is logged with its token's name, and neither tokens nor file names reach the log."""

@@ -28,7 +28,6 @@ from cxrtriage.serve.responses import (
     study_json,
 )
 from cxrtriage.serve.schema import Source, StudyStatus
-from cxrtriage.serve.store import QueueFullError
 from cxrtriage.serve.service import (
     EmptyFileError,
     NotReadyError,
@@ -39,6 +38,7 @@ from cxrtriage.serve.service import (
     UnknownStudyError,
     display_name,
 )
+from cxrtriage.serve.store import QueueFullError
 
 log = logging.getLogger("cxrtriage.serve.api")
 

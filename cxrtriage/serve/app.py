@@ -25,8 +25,8 @@ from cxrtriage.serve.api import ops, router
 from cxrtriage.serve.decode import DecodeBusyError
 from cxrtriage.serve.middleware import BodyLimitMiddleware, ObserveMiddleware, TokenMiddleware, error_body
 from cxrtriage.serve.service import TriageService
-from cxrtriage.serve.store import QueueFullError
 from cxrtriage.serve.settings import Settings
+from cxrtriage.serve.store import QueueFullError
 from cxrtriage.serve.tokens import TokenTable
 
 STATIC = Path(__file__).with_name("static")

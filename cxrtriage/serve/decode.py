@@ -104,7 +104,7 @@ def decode_bounded(data: bytes, name: str, max_pixels: int, budget: PixelBudget,
                 rg = _dicom_reduced(data, name, max_pixels, budget, side)
     except (ImageReadError, DecodeBusyError):
         raise
-    except Exception as exc:  # the reduced path could not handle this file: the exact reader judges it
+    except Exception as exc:  # noqa: BLE001  the reduced path could not handle this file: the exact reader judges it
         log.debug("reduced decode of %s not possible (%s); full decode", name, type(exc).__name__)
         rg = None
     if rg is not None:
@@ -119,7 +119,7 @@ def _declared_pixels(data: bytes) -> int:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.size[0] * img.size[1]
-    except Exception:
+    except Exception:  # noqa: BLE001  not a raster Pillow reads: the guess below
         pass
     return max(len(data), 1 << 20)  # DICOM and unknown files: at least their own size
 
@@ -141,7 +141,7 @@ def _raster_reduced(data: bytes, name: str, max_pixels: int, budget: PixelBudget
     """A raster larger than ``side`` decoded reduced (None: not a raster this path handles, or small)."""
     try:
         img = Image.open(io.BytesIO(data))
-    except Exception:
+    except Exception:  # noqa: BLE001  not a raster Pillow reads: another path judges it
         return None
     w, h = img.size
     if max(w, h) <= side:

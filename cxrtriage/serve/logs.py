@@ -38,7 +38,8 @@ class RepeatFilter(logging.Filter):
                     self._state.pop(next(iter(self._state)))
                 self._state[key] = [now, 1, 0]
                 if dropped:
-                    record.msg = f"{record.msg} [and {dropped} more like this in the previous {self.window:g} s, not logged]"
+                    record.msg = (f"{record.msg} [and {dropped} more like this in the previous "
+                                  f"{self.window:g} s, not logged]")
                 return True
             st[1] += 1
             if st[1] <= self.burst:

@@ -69,7 +69,8 @@ class QueueMixin:
         return None if row is None else row[0]
 
     def pending_count(self) -> int:
-        return self.conn().execute("SELECT COUNT(*) FROM jobs WHERE state IN (?, ?)", (_PENDING, _RUNNING)).fetchone()[0]
+        return self.conn().execute("SELECT COUNT(*) FROM jobs WHERE state IN (?, ?)",
+                                   (_PENDING, _RUNNING)).fetchone()[0]
 
     def recover(self) -> dict[str, int]:
         """After a restart: jobs that were running when the process died go back to the queue, one

@@ -80,7 +80,7 @@ class TokenTable:
         self.tokens = tuple(tokens)
 
     @classmethod
-    def from_settings(cls, settings) -> "TokenTable":
+    def from_settings(cls, settings) -> TokenTable:
         tokens = []
         if settings.token:
             tokens.append(Token("api-token", "write", digest(settings.token)))
