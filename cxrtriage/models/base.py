@@ -3,8 +3,8 @@ entry describing how an architecture is built and trained by default (:class:`Ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

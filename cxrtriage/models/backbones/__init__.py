@@ -26,8 +26,8 @@ of the ImageNet classifier is dropped so the network ends in pooling + one linea
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 

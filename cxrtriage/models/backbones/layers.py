@@ -3,7 +3,7 @@ conv + norm + activation."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
