@@ -21,7 +21,8 @@ that resamples patients.
    and resized; scored by the heads fitted on the films as they are, and refitted on the variant.
 
     python bench/covid.py [--data ../shared/data] [--arch lite0_probe] [--size 320] [--intensity clahe]
-                          [--C 0.003] [--sources balanced|nulled|"as is"] [--compare [--trunks lite0_probe:clahe]] [--json out.json]
+                          [--C 0.003] [--sources balanced|nulled|"as is"] [--json out.json]
+    python bench/covid.py --compare [--trunks lite0_probe:clahe,lite1_probe:clahe]
 """
 
 from __future__ import annotations
@@ -37,9 +38,19 @@ import numpy as np
 from cxrtriage.data.covid_sources import HANNOVER_SITE, Film, covid3_films, describe
 from cxrtriage.evaluate.metrics import macro_auc
 from cxrtriage.train.covid_checks import (
-    CLASSES, COVID, SOURCE_HANDLING, Trunk, held_out_groups, internal_cv, labels_of, patient_auc, predict, source_probe,
+    CLASSES,
+    COVID,
+    SOURCE_HANDLING,
+    Trunk,
+    held_out_groups,
+    internal_cv,
+    labels_of,
+    patient_auc,
+    predict,
+    source_probe,
     trunk_features,
 )
+from cxrtriage.train.covid_report import format_report, three_class_report
 
 FEATURES = Path("runs/bench-covid")
 SHIP_AUC = 0.75  # leave-one-source-out COVID-vs-rest AUC a model must reach to ship
@@ -75,6 +86,10 @@ def by_source(films: list[Film]) -> dict[str, np.ndarray]:
     return {s: np.array([i for i, f in enumerate(films) if f.source == s]) for s in sorted({f.source for f in films})}
 
 
+def nan_if_none(v: float | None) -> float:
+    return float("nan") if v is None else v
+
+
 def fmt_auc(auc: float | None, ci: list[float] | None) -> str:
     if auc is None:
         return "-"
@@ -105,13 +120,22 @@ def group_table(title: str, films: list[Film], p: np.ndarray, members: dict[str,
               f" {cr[0]:>12.2f} / {cr[1]:<9.2f}")
         rows[name] = {"contents": describe(fl), "auc": auc, "ci": ci, "mean_p_covid": mp, "called_covid": cr}
     auc, ci = covid_auc(films, p)
-    print(f"{'pooled (each film held out once)':42} {describe([films[i] for i in np.flatnonzero(np.isfinite(p[:, 0]))])[:54]:54} "
+    scored = describe([films[i] for i in np.flatnonzero(np.isfinite(p[:, 0]))])
+    print(f"{'pooled (each film held out once)':42} {scored[:54]:54} "
           f"{fmt_auc(auc, ci):24}")
     rows["pooled"] = {"auc": auc, "ci": ci}
     return rows
 
 
 TRUNKS = (("lite0_probe", "none"), ("lite0_probe", "clahe"), ("lite1_probe", "clahe"), ("lite2_probe", "clahe"))
+
+
+def three_classes(title: str, films: list[Film], p: np.ndarray) -> dict:
+    """The three-class report (patient-grouped CIs) of the films ``p`` scores."""
+    keep = np.flatnonzero(np.isfinite(p[:, 0]))
+    r = three_class_report(labels_of([films[i] for i in keep]), p[keep], [films[i].patient_id for i in keep], CLASSES)
+    print(f"\nThree classes, {title} (arg-max class; CIs resample patients)\n{format_report(r)}")
+    return r
 
 
 def compare(films: list[Film], args: argparse.Namespace) -> None:
@@ -125,7 +149,8 @@ def compare(films: list[Film], args: argparse.Namespace) -> None:
             for bal in SOURCE_HANDLING:
                 p, _ = internal_cv(films, f, c, sources=bal)
                 lp, members = held_out_groups(films, f, source_groups(), c, sources=bal)
-                per = {g: covid_auc(films, lp, members[g], n_boot=0)[0] for g in ("ieee8023", "hospitals: nih + hannover", "figure1")}
+                per = {g: covid_auc(films, lp, members[g], n_boot=0)[0]
+                       for g in ("ieee8023", "hospitals: nih + hannover", "figure1")}
                 print(f"{arch + ' ' + intensity:28} {c:>6g} {bal:9} "
                       f"{fmt_auc(*covid_auc(films, p)):24} {macro_auc(labels_of(films), p):>9.3f} "
                       f"{fmt_auc(*covid_auc(films, lp)):24} {per['ieee8023']:>9.3f} "
@@ -135,7 +160,7 @@ def compare(films: list[Film], args: argparse.Namespace) -> None:
 def probes(films: list[Film], f: np.ndarray, p_oof: np.ndarray) -> dict:
     """The source probe on the trunk's features and on the head's outputs, per label."""
     print("\nSource probe among films of one label (patient-wise 5-fold; sources with >= 8 films)")
-    print(f"{'label':16} {'features':26} {'sources (films)':52} {'balanced acc (chance)':>22} {'mean AUC':>9}")
+    print(f"{'label':16} {'features':27} {'sources (films)':58} {'balanced acc (chance)':>22} {'mean AUC':>9}")
     out = {}
     logp = np.log(np.clip(p_oof, 1e-6, 1.0))
     for label in CLASSES:
@@ -144,7 +169,7 @@ def probes(films: list[Film], f: np.ndarray, p_oof: np.ndarray) -> dict:
             if r is None:
                 continue
             src = ", ".join(f"{k} {v}" for k, v in r["sources"].items())
-            print(f"{label:16} {what:26} {src[:52]:52} {r['balanced_accuracy']:>14.3f} ({r['chance']:.2f}) "
+            print(f"{label:16} {what:27} {src[:58]:58} {r['balanced_accuracy']:>14.3f} ({r['chance']:.2f}) "
                   f"{r['mean_auc']:>9.3f}")
             out[f"{label}|{what}"] = r
     return out
@@ -154,8 +179,8 @@ def shortcuts(films: list[Film], trunk: Trunk, heads: list, args: argparse.Names
     """The internal-CV heads on held-out films with lungs blanked, border blanked, re-encoded."""
     paths = [x.path for x in films]
     y = labels_of(films)
-    print(f"\nInput variants, scored by the internal-CV heads fitted on the films as they are "
-          f"(refit: heads fitted and scored on the variant)")
+    print("\nInput variants, scored by the internal-CV heads fitted on the films as they are "
+          "(refit: heads fitted and scored on the variant)")
     print(f"{'input':16} {'AUC [95% CI]':24} {'P(COVID) covid / rest':>22} {'called COVID covid / rest':>26} "
           f"{'refit internal':>15} {'refit LOSO':>11}")
     out = {}
@@ -174,7 +199,7 @@ def shortcuts(films: list[Film], trunk: Trunk, heads: list, args: argparse.Names
             loso = covid_auc(films, held_out_groups(films, fv, source_groups(), args.C, args.sources)[0],
                              n_boot=0)[0]
         print(f"{variant:16} {fmt_auc(auc, ci):24} {mp[0]:>10.2f} / {mp[1]:<9.2f} {cr[0]:>12.2f} / {cr[1]:<9.2f}"
-              f" {refit if refit is not None else float('nan'):>15.3f} {loso if loso is not None else float('nan'):>11.3f}")
+              f" {nan_if_none(refit):>15.3f} {nan_if_none(loso):>11.3f}")
         out[variant] = {"auc": auc, "ci": ci, "mean_p_covid": mp, "called_covid": cr, "refit_internal": refit,
                         "refit_loso": loso}
     return out
@@ -210,10 +235,10 @@ def main() -> None:
     p, heads = internal_cv(films, f, args.C, sources=args.sources)
     report["internal"] = group_table("Internal: patient-wise 5-fold CV (held-out folds; rows: films by source)",
                                      films, p, by_source(films))
-    report["internal"]["macro_auc"] = macro_auc(labels_of(films), p)
-    print(f"macro AUC (three classes, one-vs-rest): {report['internal']['macro_auc']:.3f}")
+    report["internal"]["three_class"] = three_classes("internal CV", films, p)
     lp, members = held_out_groups(films, f, source_groups(), args.C, args.sources)
     report["leave_one_source_out"] = group_table("Leave-one-source-out", films, lp, members)
+    report["leave_one_source_out"]["three_class"] = three_classes("leave-one-source-out", films, lp)
     sp, smembers = held_out_groups(films, f, site_groups(films), args.C, args.sources)
     report["leave_one_site_out"] = group_table("Leave-one-site-out (sites with >= 20 films alone)", films, sp, smembers)
     report["source_probe"] = probes(films, f, p)
