@@ -18,12 +18,16 @@ import numpy as np
 from cxrtriage.contract import Prediction
 from cxrtriage.io import ImageReadError, Radiograph, read_radiograph, read_radiograph_bytes
 
-#: What the pipeline takes: a file path, a file's bytes, a 2-D array or a decoded radiograph.
-Input = Union[str, Path, bytes, np.ndarray, Radiograph]
+#: What the pipeline takes: a file path, a file's bytes, a 2-D array or a decoded radiograph (or,
+#: from a caller that decoded under its own limits, the failed :class:`Prediction` of an input it
+#: could not read, which passes through in its place).
+Input = Union[str, Path, bytes, np.ndarray, Radiograph, Prediction]
 
 
 def decode(item: Input, name: str | None = None, max_pixels: int | None = None) -> Radiograph:
     """Any :data:`Input` to a radiograph; raises :class:`ImageReadError` or ``OSError``."""
+    if isinstance(item, Prediction):
+        raise ImageReadError(item.error or "the input could not be read")
     if isinstance(item, Radiograph):
         return item
     if isinstance(item, (bytes, bytearray, memoryview)):
@@ -53,6 +57,9 @@ def decode_each(items: Sequence[Input], names: Sequence[str | None] | None = Non
     names = list(names) if names is not None else [None] * len(items)
     out: list[tuple[Radiograph | Prediction, float]] = []
     for item, name in zip(items, names):
+        if isinstance(item, Prediction):  # already failed upstream: its result as it is
+            out.append((item, 0.0))
+            continue
         t0 = time.perf_counter()
         try:
             out.append((decode(item, name, max_pixels), (time.perf_counter() - t0) * 1000))

@@ -209,10 +209,10 @@ def _insert_result(c: sqlite3.Connection, job: Job, p: Prediction, now: float) -
     hm = p.heatmap
     cur = c.execute(
         "INSERT INTO results (study_id, job_id, created_at, model_name, model_version, routed_by, label, score,"
-        " priority, threshold, probabilities, gate, timings, error, error_type, heatmap, heatmap_h,"
-        " heatmap_w) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " finding, rule, priority, threshold, probabilities, gate, timings, error, error_type, heatmap, heatmap_h,"
+        " heatmap_w) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (job.study_id, job.id, now, p.model.get("name"), p.model.get("version"), p.model.get("routed_by"),
-         p.label, p.score,
+         p.label, p.score, p.finding, p.rule,
          p.priority.value, p.threshold, json.dumps(p.probabilities or {}), json.dumps(p.gate or {}),
          json.dumps(p.timings_ms or {}), p.error, p.error_type,
          None if hm is None else np.asarray(hm, dtype=np.float32).tobytes(),
@@ -231,4 +231,5 @@ def prediction_from_row(row: sqlite3.Row) -> Prediction:
         priority=row["priority"], gate=json.loads(row["gate"] or "{}"),
         model={"name": row["model_name"], "version": row["model_version"],
                **({"routed_by": row["routed_by"]} if row["routed_by"] else {})},
-        timings_ms=json.loads(row["timings"] or "{}"), error=row["error"], error_type=row["error_type"], heatmap=hm)
+        timings_ms=json.loads(row["timings"] or "{}"), error=row["error"], error_type=row["error_type"], heatmap=hm,
+        finding=row["finding"], rule=row["rule"])

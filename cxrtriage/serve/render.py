@@ -9,8 +9,8 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image
 
-from cxrtriage.explain.overlay import heatmap_rgba, overlay_for
 from cxrtriage.contract import Prediction
+from cxrtriage.explain.overlay import heatmap_rgba, overlay_for
 from cxrtriage.io import Radiograph, apply_window, header_number, modality_values, read_radiograph_bytes
 
 DEFAULT_MAX_SIDE = 1024

@@ -40,9 +40,12 @@ class ResultOut(BaseModel):
     created_at: str | None
     source: str
     label: str | None = None
-    score: float | None = Field(None, description="P(abnormal)")
+    score: float | None = Field(None, description="P(abnormal); for a multi-label model the probability of "
+                                "its lead finding (see rule)")
     probabilities: dict[str, float] = {}
-    threshold: float | None = None
+    threshold: float | None = Field(None, description="the film is flagged (review or urgent) when score >= threshold")
+    finding: str | None = Field(None, description="the class whose probability is the score; its map is the heatmap")
+    rule: str | None = Field(None, description="how label, score, threshold and priority were read")
     priority: Priority
     gate: dict[str, Any] = {}
     model: dict[str, str | None] = {}

@@ -6,7 +6,7 @@ import sqlite3
 
 from cxrtriage.contract import StrEnum
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Source(StrEnum):
@@ -112,7 +112,8 @@ CREATE INDEX IF NOT EXISTS results_by_study ON results (study_id);
 
 # Columns added since the first schema: (table, column, definition).
 _ADDED = (("jobs", "retries", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "solo", "INTEGER NOT NULL DEFAULT 0"),
-          ("studies", "judged_by", "TEXT"), ("results", "routed_by", "TEXT"))
+          ("studies", "judged_by", "TEXT"), ("results", "routed_by", "TEXT"), ("results", "finding", "TEXT"),
+          ("results", "rule", "TEXT"))
 
 
 def migrate(c: sqlite3.Connection) -> None:

@@ -102,7 +102,7 @@ def _pacs_name(data: bytes, sop_uid: str, index: int, count: int) -> str:
         acc = str(ds.get("AccessionNumber", "") or "").strip()
         if acc:
             parts.append(f"Acc {acc}")
-    except Exception:  # the name is cosmetic; the image is read (and judged) when it is added
+    except Exception:  # noqa: BLE001 - the name is cosmetic; the image is read (and judged) when it is added
         pass
     if not parts:
         parts.append(f"PACS image …{sop_uid[-10:]}")
@@ -209,7 +209,7 @@ class TriageService:
                 try:
                     if self.add_study_from_bytes(p.read_bytes(), p.name, source="sample").created:
                         n += 1
-                except Exception as exc:  # a broken sample must not stop the service
+                except Exception as exc:  # noqa: BLE001 - a broken sample must not stop the service
                     log.warning("sample %s not added: %s", p.name, type(exc).__name__)
         self.store.meta_set("samples_offered", str(n))
         if n:
@@ -219,7 +219,7 @@ class TriageService:
     def _queue_depth(self) -> int:
         try:
             return self.store.pending_count()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a status figure: never fail the page for it
             return -1
 
     # -- adding studies ----------------------------------------------------------
@@ -259,7 +259,7 @@ class TriageService:
             win = render.window_defaults(rg)
             fields.update(win_center=win["center"], win_width=win["width"], value_min=win["min"],
                           value_max=win["max"])
-        except Exception:  # the viewer then works the window out when first asked
+        except Exception:  # noqa: BLE001 - the viewer then works the window out when first asked
             pass
         self.store.put_object(data, sha)
         try:

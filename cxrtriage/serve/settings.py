@@ -196,7 +196,7 @@ class Settings:
         return self.pacs_url is not None
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         """Settings from ``CXR_*`` environment variables; keyword arguments that are not None win."""
         token = os.environ.get("CXR_API_TOKEN") or None
         token_file = overrides.pop("token_file", None) or os.environ.get("CXR_API_TOKEN_FILE")

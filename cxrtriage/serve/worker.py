@@ -125,7 +125,7 @@ class Worker:
     def _run(self) -> None:
         try:
             self.engine = load_model(self.settings.model, threads=self.settings.threads or default_threads())
-        except Exception as exc:  # a missing or broken model: readyz reports it
+        except Exception as exc:  # noqa: BLE001 - a missing or broken model: readyz reports it
             self.engine_error = f"{type(exc).__name__}: {exc}"
             log.error("model could not be loaded: %s", self.engine_error)
             return
@@ -149,7 +149,7 @@ class Worker:
                 log.warning("cannot take jobs from the queue: %s", _why(exc))
                 self._stop.wait(2.0)
                 continue
-            except Exception:
+            except Exception:  # noqa: BLE001 - the worker loop must outlive any queue error
                 log.exception("cannot read the queue")
                 self._stop.wait(1.0)
                 continue
@@ -206,12 +206,9 @@ class Worker:
         return out + (self._predict(chunk, names) if chunk else [])
 
     def _predict(self, items: list[Radiograph | Prediction], names: list[str]) -> list[Prediction]:
-        todo = [k for k, it in enumerate(items) if isinstance(it, Radiograph)]
-        preds = self.engine.predict_batch([items[k] for k in todo], [names[k] for k in todo],
-                                          heatmap=True) if todo else []
-        out: dict[int, Prediction] = {k: it for k, it in enumerate(items) if isinstance(it, Prediction)}
-        out.update(zip(todo, preds))
-        return [out[k] for k in range(len(items))]
+        """The one batch-scoring step over decoded films; a film that could not be read keeps its result."""
+        assert self.engine is not None
+        return [s.prediction for s in self.engine.score(items, names, heatmap=True)]
 
     def _process(self, jobs: list[Job]) -> None:
         if self.settings.worker_delay_s:
@@ -222,7 +219,7 @@ class Worker:
         try:
             try:
                 preds = self._score(jobs)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure of a batch becomes its jobs' failure, never a dead worker
                 self._batch_failed(jobs, exc)
                 return
             self.metrics.inference_seconds.observe(time.perf_counter() - t0)
@@ -256,7 +253,7 @@ class Worker:
                 return
             self.metrics.inference_errors.inc(len(jobs))
             self.store.fail(jobs, f"inference failed: {type(exc).__name__}")
-        except Exception:
+        except Exception:  # noqa: BLE001 - the jobs stay running and are reclaimed
             log.exception("cannot record the failure; the jobs are reclaimed later")
         self.on_done([j.study_id for j in jobs])
 
@@ -268,7 +265,7 @@ class Worker:
         log.warning("%d job(s) put back in the queue: %s", len(jobs), reason)
         try:
             self.store.requeue(jobs, reason)
-        except Exception as again:
+        except Exception as again:  # noqa: BLE001 - the store may refuse any write; the jobs are reclaimed later
             log.warning("cannot put the jobs back yet (%s); they are reclaimed when the store takes writes",
                         _why(again))
         self._stop.wait(min(MAX_BACKOFF_S, 0.25 * 2 ** self._write_failures))
