@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrtriage.data import to_model_input
 from cxrtriage.explain.overlay import upsample
 from cxrtriage.infer import Engine, bundled_models
 from cxrtriage.io import read_radiograph_bytes
@@ -88,7 +87,7 @@ def bench_model(model: str | None, blobs: list[bytes], checkpoint: Path, threads
 
     engine = Engine(model, threads=threads)
     info = engine.spec
-    size = info.input_size
+    size, steps = info.input_size, info.input
     print(f"\n== {info.name} {info.version} ({size} px, {len(info.classes)} classes); {len(blobs)} images; "
           f"threads {threads}; gate {'on' if engine.feature_gate is not None else 'off'}")
     graph, flops = torch_graph(info, checkpoint)
@@ -100,7 +99,7 @@ def bench_model(model: str | None, blobs: list[bytes], checkpoint: Path, threads
 
     def torch_one(b: bytes) -> None:
         rg = read_radiograph_bytes(b, "x.jpeg")
-        x = torch.from_numpy(to_model_input(rg, size)).float()[None, None]
+        x = torch.from_numpy(steps.prepare([rg]).images).float()[:, None]  # the contract's steps, as served
         with torch.inference_mode():
             probs, cam, emb = graph(x)
         upsample(np.maximum(cam[0, 1].numpy(), 0) / max(1e-6, float(cam[0, 1].max())), 224, 224)
@@ -118,7 +117,7 @@ def bench_model(model: str | None, blobs: list[bytes], checkpoint: Path, threads
 
     # batch-32 throughput: decode + preprocess + model, and model alone
     batches = [blobs[i:i + 32] for i in range(0, len(blobs) - 31, 32)]
-    arrays = [np.stack([to_model_input(read_radiograph_bytes(b, "x"), size) for b in bt]) for bt in batches]
+    arrays = [steps.prepare([read_radiograph_bytes(b, "x") for b in bt]).images for bt in batches]
     t = time.perf_counter()
     for bt in batches:
         engine.predict_radiographs([read_radiograph_bytes(b, "x") for b in bt], heatmap=True)
@@ -131,7 +130,7 @@ def bench_model(model: str | None, blobs: list[bytes], checkpoint: Path, threads
     results["onnxruntime engine"]["model_ips"] = 32 * len(arrays) / (time.perf_counter() - t)
     t = time.perf_counter()
     for bt in batches:
-        x = torch.from_numpy(np.stack([to_model_input(read_radiograph_bytes(b, "x"), size) for b in bt]))
+        x = torch.from_numpy(steps.prepare([read_radiograph_bytes(b, "x") for b in bt]).images)
         with torch.inference_mode():
             graph(x.float()[:, None])
     results["torch eager"]["e2e_ips"] = 32 * len(batches) / (time.perf_counter() - t)
