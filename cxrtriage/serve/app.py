@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from cxrtriage.about import DISCLAIMER, __version__
 from cxrtriage.serve.api import ops, router
+from cxrtriage.serve.api_site import site_router
 from cxrtriage.serve.decode import DecodeBusyError
 from cxrtriage.serve.middleware import BodyLimitMiddleware, ObserveMiddleware, TokenMiddleware, error_body
 from cxrtriage.serve.service import TriageService
@@ -43,8 +44,8 @@ DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 's
             "object-src 'none'; frame-ancestors 'none'; base-uri 'none'")
 
 
-def _index_html() -> str:
-    page = (STATIC / "index.html").read_text(encoding="utf-8")
+def _index_html(name: str = "index.html") -> str:
+    page = (STATIC / name).read_text(encoding="utf-8")
     return page.replace("{{DISCLAIMER}}", html.escape(DISCLAIMER)).replace("{{VERSION}}", html.escape(__version__))
 
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.settings = settings
     app.include_router(router)
+    app.include_router(site_router)
     app.include_router(ops)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_docs(app)
@@ -97,6 +99,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"cache-control": "no-cache"})
+
+    monitor_page = _index_html("monitor.html")
+
+    @app.get("/monitor", include_in_schema=False)
+    def monitor_html() -> HTMLResponse:
+        return HTMLResponse(monitor_page, headers={"cache-control": "no-cache"})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -163,6 +171,10 @@ def operation(method: str, path: str) -> str:
         return "the study was not deleted (its record and file are both kept)"
     if path.endswith("/analyze"):
         return "the analysis was not queued"
+    if path.endswith("/read") or "/reads" in path:
+        return "the read was not stored"
+    if path.endswith("/model") or path.endswith("/rollback"):
+        return "the model in use was not changed"
     if "/pacs/" in path:
         return "the PACS study was not imported"
     if method == "POST" and path.rstrip("/").endswith("/studies"):

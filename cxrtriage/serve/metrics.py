@@ -38,6 +38,21 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.model_loaded = Gauge("cxr_model_loaded", "1 once the model is loaded", registry=r)
         self.queue_depth = Gauge("cxr_queue_depth", "Jobs waiting or running", registry=r)
+        self.model_info = Gauge("cxr_model_info", "1 for each model version loaded now", ["name", "version"],
+                                registry=r)
+        self.model_swaps = Gauge("cxr_model_swaps", "Models loaded without a restart since the start", registry=r)
+        self.reads = Counter("cxr_reads_total", "Readers' labels stored, by how they came", ["source"], registry=r)
+        self.drift_alarm = Gauge("cxr_drift_alarm", "1 while the drift watch alarms for a model version",
+                                 ["model", "version"], registry=r)
+        self.drift_statistic = Gauge("cxr_drift_ks_statistic", "KS statistic of the recent window against the "
+                                     "model's reference", ["model", "version", "distribution"], registry=r)
+        self.drift_pvalue = Gauge("cxr_drift_p_value", "p-value of the drift tests of the recent window",
+                                  ["model", "version", "test"], registry=r)
+        self.performance = Gauge("cxr_reads_performance", "Sensitivity, specificity and PPV of the calls against "
+                                 "readers' labels (value and 95% CI bounds)", ["model", "version", "metric", "bound"],
+                                 registry=r)
+        self.performance_alarm = Gauge("cxr_performance_alarm", "1 when the sensitivity CI's upper bound is below "
+                                       "the model's promise", ["model", "version"], registry=r)
         self.started = Gauge("cxr_start_time_seconds", "Unix time the service started", registry=r)
         self.started.set(time.time())
 

@@ -94,6 +94,7 @@ class StudyOut(BaseModel):
     judged_by: str | None = Field(None, description="The model that judged the film, and why it was chosen "
                                   "when the bundled models are routed (e.g. 'cxr-adult14 (age)')")
     patient_ref: str | None = Field(None, description="Pseudonymous patient reference (keyed hash)")
+    read_label: str | None = Field(None, description="The reader's label (current read), when there is one")
     image: ImageOut
     urls: dict[str, str]
     result: ResultOut | None = None
@@ -161,6 +162,7 @@ def study_json(row, res=None, pred: Prediction | None = None, window: dict | Non
         "status": row["status"], "created_at": iso(row["created_at"]), "completed_at": iso(row["completed_at"]),
         "priority": row["priority"] or ("pending" if pending else None), "label": row["label"], "score": row["score"],
         "judged_by": row["judged_by"], "patient_ref": row["patient_ref"],
+        "read_label": row["read_label"] if "read_label" in row.keys() else None,
         "image": {"format": row["format"], "modality": row["modality"], "view_position": row["view_position"],
                   "photometric": row["photometric"], "bits": row["bits"], "width": row["width"],
                   "height": row["height"], "bytes": row["size"], "sha256": row["sha256"]},

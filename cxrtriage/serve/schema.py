@@ -6,7 +6,7 @@ import sqlite3
 
 from cxrtriage.contract import StrEnum
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Source(StrEnum):
@@ -36,6 +36,14 @@ class JobState(StrEnum):
 
 
 SOURCES = tuple(s.value for s in Source)
+
+
+class ReadSource(StrEnum):
+    """How a reader's label reached the service."""
+
+    VIEWER = "viewer"
+    API = "api"
+    IMPORT = "import"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -108,12 +116,40 @@ CREATE TABLE IF NOT EXISTS results (
     heatmap_w     INTEGER
 );
 CREATE INDEX IF NOT EXISTS results_by_study ON results (study_id);
+CREATE TABLE IF NOT EXISTS reads (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id      TEXT NOT NULL REFERENCES studies (id) ON DELETE CASCADE,
+    label         TEXT NOT NULL,
+    findings      TEXT,
+    agree         INTEGER,
+    reader        TEXT NOT NULL,
+    source        TEXT NOT NULL DEFAULT 'api',
+    created_at    REAL NOT NULL,
+    result_id     INTEGER,
+    model_name    TEXT,
+    model_version TEXT,
+    ai_label      TEXT,
+    ai_priority   TEXT,
+    replaces      INTEGER,
+    current       INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS reads_by_study ON reads (study_id, id);
+CREATE INDEX IF NOT EXISTS reads_current ON reads (current, id);
+CREATE TABLE IF NOT EXISTS alarms (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_name    TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    started_at    REAL NOT NULL,
+    ended_at      REAL,
+    detail        TEXT
+);
 """
 
 # Columns added since the first schema: (table, column, definition).
 _ADDED = (("jobs", "retries", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "solo", "INTEGER NOT NULL DEFAULT 0"),
           ("studies", "judged_by", "TEXT"), ("results", "routed_by", "TEXT"), ("results", "finding", "TEXT"),
-          ("results", "rule", "TEXT"))
+          ("results", "rule", "TEXT"), ("studies", "read_label", "TEXT"))
 
 
 def migrate(c: sqlite3.Connection) -> None:

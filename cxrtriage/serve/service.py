@@ -32,8 +32,9 @@ from cxrtriage.serve.decode import PixelBudget, decode_bounded
 from cxrtriage.serve.limits import RateLimiter
 from cxrtriage.serve.metrics import Metrics
 from cxrtriage.serve.settings import Settings
+from cxrtriage.serve.site import ModelVersions, SiteLoop
 from cxrtriage.serve.store import QueueFullError, Source, Store, StudyStatus, heatmap_from_row, prediction_from_row
-from cxrtriage.serve.worker import Worker
+from cxrtriage.serve.worker import Worker, default_threads
 
 log = logging.getLogger("cxrtriage.serve")
 
@@ -168,7 +169,10 @@ class TriageService:
         self.metrics = metrics or Metrics()
         self.store = Store(settings.data_dir, fsync=settings.fsync)
         self.budget = PixelBudget(settings.decode_budget_bytes)  # decoded pixels, the whole process
-        self.worker = Worker(self.store, settings, self.metrics, on_done=self._on_done, budget=self.budget)
+        self.site = SiteLoop(self.store, self.metrics)
+        self.versions = ModelVersions(self.site, settings.model, settings.threads or default_threads())
+        self.worker = Worker(self.store, settings, self.metrics, on_done=self._on_done, budget=self.budget,
+                             load=self.versions.load_active, on_scored=self.site.observe)
         self.analyze_limiter = RateLimiter(settings.analyze_per_minute)
         self.windows = render.WindowCache()
         self.renditions = render.WindowCache(max_entries=64, max_bytes=128 * 1024 * 1024)
@@ -519,6 +523,8 @@ class TriageService:
         model = None
         if eng is not None:
             model = eng.describe()
+            prev = self.worker.previous
+            model["previous"] = prev.model_ref if prev is not None else None
         return {"service": "cxr-triage", "version": __version__, "disclaimer": DISCLAIMER, "model": model,
                 "ready": self.worker.ready.is_set(), "settings": self.settings.public(),
                 "pacs": {"configured": self.settings.pacs, "url": self.settings.pacs_url}}

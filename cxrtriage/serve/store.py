@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from cxrtriage.serve.queue import MAX_ATTEMPTS, Job, QueueFullError, QueueMixin, check_room, prediction_from_row
+from cxrtriage.serve.reads import ReadsMixin
 from cxrtriage.serve.schema import SOURCES, JobState, Source, StudyStatus, migrate
 
 __all__ = ["DB_NAME", "MAX_ATTEMPTS", "PENDING_RANK", "SOURCES", "DataDirBusyError", "DataDirError", "Job",
@@ -56,7 +57,7 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class Store(QueueMixin):
+class Store(QueueMixin, ReadsMixin):
     """SQLite + file store of one data directory, and its work queue. Safe to use from many threads."""
 
     def __init__(self, data_dir: str | Path, fsync: bool = True):

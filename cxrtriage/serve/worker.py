@@ -87,9 +87,14 @@ class Worker:
     """Runs inference in a daemon thread. ``notify()`` wakes it after a job was queued."""
 
     def __init__(self, store: Store, settings: Settings, metrics: Metrics,
-                 on_done: Callable[[list[str]], None] | None = None, budget: PixelBudget | None = None):
+                 on_done: Callable[[list[str]], None] | None = None, budget: PixelBudget | None = None,
+                 load: Callable[[], Predictor] | None = None,
+                 on_scored: Callable[[list[Prediction]], None] | None = None):
         self.store, self.settings, self.metrics = store, settings, metrics
         self.on_done = on_done or (lambda ids: None)
+        self.on_scored = on_scored or (lambda preds: None)
+        self._load_model = load or (lambda: load_model(settings.model, threads=settings.threads or default_threads()))
+        self.previous: Predictor | None = None  # the model before the last swap (for rollback)
         self.budget = budget or PixelBudget(settings.decode_budget_bytes)
         self.cache = DecodedCache()
         self.rate = Throughput()
@@ -124,7 +129,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------
     def _run(self) -> None:
         try:
-            self.engine = load_model(self.settings.model, threads=self.settings.threads or default_threads())
+            self.engine = self._load_model()
         except Exception as exc:  # noqa: BLE001 - a missing or broken model: readyz reports it
             self.engine_error = f"{type(exc).__name__}: {exc}"
             log.error("model could not be loaded: %s", self.engine_error)
@@ -240,6 +245,10 @@ class Worker:
             self.metrics.turnaround.observe(max(0.0, now - job.created_at))
         self.processed += len(written)
         self.rate.add(len(jobs), time.perf_counter() - t0)
+        try:
+            self.on_scored([p for (job, p) in zip(jobs, preds) if any(j.id == job.id for j, _ in written)])
+        except Exception:  # noqa: BLE001 - the watch must never stop the worker
+            log.exception("the drift watch failed on a batch")
         self.on_done([j.study_id for j, _ in written] or [j.study_id for j in jobs])
 
     def _batch_failed(self, jobs: list[Job], exc: Exception) -> None:

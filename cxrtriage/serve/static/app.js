@@ -153,7 +153,7 @@
       const body = await res.json();
       ok = res.ok;
       text = ok ? "ready" : (body.checks && body.checks.model && body.checks.model.error) || "not ready";
-      if (ok && !state.info?.model) loadInfo();
+      if (ok) loadInfo();  // the model in use can change without a restart
     } catch (e) {
       text = e.status === 401 ? "token needed" : "offline";
     }
@@ -200,6 +200,7 @@
       const info = [s.patient_ref, describeImage(s), s.source !== "upload" ? s.source : null].filter(Boolean);
       st.append(name, el("div", "study-info", info.join(" · ")));
       const ai = el("td", "ai");
+      if (s.read_label) st.append(el("div", "study-read", `read: ${s.read_label}`));
       if (s.label) {
         ai.append(el("span", "ai-label", s.label), el("span", "ai-score", `P ${fmtNum(s.score)}`));
         if (s.judged_by) ai.append(el("span", "ai-model", s.judged_by));
@@ -539,7 +540,9 @@
     $("study-meta").replaceChildren();
     $("result").replaceChildren(el("p", "muted", "The model's call, its probabilities and where it looked appear here."));
     for (const b of ["analyze", "delete", "save-overlay", "wl-center", "wl-width", "wl-reset"]) $(b).disabled = true;
+    document.dispatchEvent(new CustomEvent("cxr:study", { detail: null }));
   }
+  document.addEventListener("cxr:refresh", () => refreshList());
 
   function renderDetails(s, fresh) {
     $("study-title").textContent = studyTitle(s);
@@ -559,6 +562,7 @@
     $("delete").disabled = false;
     $("save-overlay").disabled = !s.result;
     renderResult(s, fresh);
+    document.dispatchEvent(new CustomEvent("cxr:study", { detail: s }));
   }
 
   function renderResult(s, fresh) {
