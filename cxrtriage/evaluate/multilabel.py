@@ -43,7 +43,8 @@ from cxrtriage.evaluate.plots import (
 from cxrtriage.evaluate.report import write_report
 from cxrtriage.evaluate.thresholds import choose_threshold
 
-__all__ = ["evaluate_multilabel", "label_auc_plot", "label_thresholds", "multilabel_metrics", "validation_summary"]
+__all__ = ["evaluate_multilabel", "label_auc_plot", "label_thresholds", "multilabel_metrics", "specificity_thresholds",
+           "validation_summary"]
 
 
 def _check(y: np.ndarray, p: np.ndarray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +77,44 @@ def label_thresholds(targets: np.ndarray, probs: np.ndarray, labels: list[str], 
                                                target_sensitivity=target_sensitivity))
         else:
             out[name] = None
+    return out
+
+
+MIN_SPECIFICITY_NEGATIVES = 20
+
+
+def specificity_threshold(negative_scores: np.ndarray, specificity: float) -> float:
+    """The lowest threshold that leaves at least ``specificity`` of ``negative_scores`` unflagged
+    (flagged = score >= threshold), midway between two score levels; ties are never split."""
+    if not 0.0 < specificity < 1.0:
+        raise ValueError(f"specificity must be in (0, 1), got {specificity}")
+    s = np.asarray(negative_scores, dtype=float)
+    if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)):
+        raise ValueError("negative_scores must be a non-empty 1-D array of finite numbers")
+    levels, counts = np.unique(s, return_counts=True)
+    levels, counts = levels[::-1], counts[::-1]            # highest first
+    allowed = (1.0 - specificity) * s.size + 1e-9          # negatives that may be flagged
+    k = int(np.searchsorted(np.cumsum(counts), allowed, side="right"))  # levels flagged
+    if k == 0:
+        return float(min(1.0, (levels[0] + 1.0) / 2.0)) if levels[0] < 1.0 else 1.0
+    if k >= levels.size:
+        return float(levels[-1] / 2.0)
+    return float((levels[k - 1] + levels[k]) / 2.0)
+
+
+def specificity_thresholds(targets: np.ndarray, probs: np.ndarray, labels: list[str],
+                           specificity: float) -> dict[str, float | None]:
+    """Per finding, the lowest threshold keeping ``specificity`` among the films without that finding
+    (NaN targets, unknown labels, are left out). It needs negatives only, so rare findings get one
+    too; None where fewer than ``MIN_SPECIFICITY_NEGATIVES`` negatives are known."""
+    y = np.asarray(targets, dtype=float)
+    p = np.asarray(probs, dtype=float)
+    if y.ndim != 2 or p.shape != y.shape or y.shape[1] != len(labels):
+        raise ValueError(f"targets and probs must both have shape (N, {len(labels)}); got {y.shape} and {p.shape}")
+    out: dict[str, float | None] = {}
+    for j, name in enumerate(labels):
+        neg = p[y[:, j] == 0, j]
+        out[name] = specificity_threshold(neg, specificity) if neg.size >= MIN_SPECIFICITY_NEGATIVES else None
     return out
 
 

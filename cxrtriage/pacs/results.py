@@ -6,9 +6,13 @@ For each triaged radiograph two objects go back into the source study:
   whose Series Description is ``AI TRIAGE - NOT FOR DIAGNOSIS`` (the banner is also
   burnt into the picture);
 * a Comprehensive 3D SR holding a TID 1500 Measurement Report: one TID 1501 measurement
-  group with the finding (pneumonia present/absent at the model's threshold), the
-  probability, the threshold and the algorithm (TID 4019: model name and version), in the
-  style of IHE AI Results, referencing the source image by its SOP Instance UID.
+  group with the triage call (present/absent at the model's threshold), the probability, the
+  threshold and the algorithm (TID 4019: model name and version), in the style of IHE AI
+  Results, referencing the source image by its SOP Instance UID. For a single-label model the
+  group is the model's finding (pneumonia); for a multi-label model it is "any finding" (the lead
+  finding's probability and threshold), followed by one group per finding with the finding's
+  own code (SNOMED CT where one exists), its probability, its threshold and present/absent as the
+  result's label lists it.
 
 A refused input (lateral view, blank image, out of distribution, unreadable pixels) gets
 only the SR: the finding is "indeterminate", there is no probability, and the reason is
@@ -24,7 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -37,7 +41,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
 from cxrtriage.about import DISCLAIMER, __version__
-from cxrtriage.contract import Prediction
+from cxrtriage.contract import Kind, Prediction
+from cxrtriage.contract.decision import RULES
 from cxrtriage.explain.overlay import BANNER, overlay_for
 
 SERIES_DESCRIPTION = BANNER
@@ -63,10 +68,32 @@ NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 
+# The findings of the NIH ChestX-ray14 set, coded: SNOMED CT where a concept exists, DICOM's
+# "Infiltrate" (CID 6104), and a local code (99CXRT) for pleural thickening.
+FINDING_CODES: dict[str, hd.sr.CodedConcept] = {
+    "Atelectasis": hd.sr.CodedConcept("46621007", "SCT", "Atelectasis"),
+    "Cardiomegaly": hd.sr.CodedConcept("8186001", "SCT", "Cardiomegaly"),
+    "Effusion": hd.sr.CodedConcept("60046008", "SCT", "Pleural effusion"),
+    "Infiltration": hd.sr.CodedConcept("112121", "DCM", "Infiltrate"),
+    "Mass": hd.sr.CodedConcept("4147007", "SCT", "Mass"),
+    "Nodule": hd.sr.CodedConcept("27925004", "SCT", "Nodule"),
+    "Pneumonia": PNEUMONIA,
+    "Pneumothorax": hd.sr.CodedConcept("36118008", "SCT", "Pneumothorax"),
+    "Consolidation": hd.sr.CodedConcept("95436008", "SCT", "Consolidation of lung"),
+    "Edema": hd.sr.CodedConcept("19242006", "SCT", "Pulmonary edema"),
+    "Emphysema": hd.sr.CodedConcept("87433001", "SCT", "Pulmonary emphysema"),
+    "Fibrosis": hd.sr.CodedConcept("51615001", "SCT", "Pulmonary fibrosis"),
+    "Pleural_Thickening": hd.sr.CodedConcept("PLTHICK", "99CXRT", "Pleural thickening"),
+    "Hernia": hd.sr.CodedConcept("414403008", "SCT", "Hernia of abdominal cavity"),
+}
+TRIAGE_TRACKING = "AI triage: "
+FINDING_TRACKING = "AI finding: "
+
 _REFUSED_PREFIX = "Not assessed: "
 _PRIORITY_PREFIX = "Triage priority: "
 _LABEL_PREFIX = "Model label: "
 _ROUTED_PREFIX = "Routed by: "
+_LEAD_PREFIX = "Lead finding: "
 
 
 def derived_uid(*parts: str) -> UID:
@@ -176,9 +203,71 @@ def _device_context(pred: Prediction) -> hd.sr.ObservationContext:
             observer_type=codes.DCM.Device, observer_identifying_attributes=device))
 
 
-def build_sr(src: Dataset, pred: Prediction, reason: str | None = None, fast: bool = True) -> Dataset:
+def _group(src: Dataset, key: str, tracking: str, finding: hd.sr.CodedConcept, value: hd.sr.CodedConcept,
+           algorithm: hd.sr.AlgorithmIdentification, probability: float | None = None,
+           threshold: float | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """One TID 1501 measurement group: a finding, present/absent/indeterminate, probability and threshold."""
+    measurements = []
+    if probability is not None:
+        measurements.append(hd.sr.Measurement(name=PROBABILITY, value=float(probability), unit=NO_UNITS))
+    if threshold is not None:
+        measurements.append(hd.sr.Measurement(name=THRESHOLD, value=float(threshold), unit=NO_UNITS))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(str(src.SOPInstanceUID), key, "tracking",
+                            *(() if tracking.startswith(TRIAGE_TRACKING) else (tracking,))),
+            identifier=tracking),
+        finding_type=finding,
+        algorithm_id=algorithm,
+        measurements=measurements or None,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(finding, value)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=src.SOPClassUID, referenced_sop_instance_uid=src.SOPInstanceUID)],
+    )
+
+
+def is_multilabel(pred: Prediction) -> bool:
+    """Whether ``pred`` was decided by the multi-label rule (one threshold per finding)."""
+    return pred.rule == RULES[Kind.MULTILABEL]
+
+
+@lru_cache(maxsize=16)
+def _bundled_label_thresholds(name: str, version: str) -> dict[str, float] | None:
+    """Per-finding thresholds of a bundled model of that name and version (None if there is none)."""
+    from cxrtriage.infer.bundle import bundled_models, load_spec
+
+    if name not in bundled_models():
+        return None
+    spec = load_spec(name)
+    if spec.version != version:
+        return None
+    return {c: spec.decision.label_threshold(c) for c in spec.classes}
+
+
+def _finding_groups(src: Dataset, pred: Prediction, key: str, algorithm: hd.sr.AlgorithmIdentification,
+                    thresholds: Mapping[str, float] | None) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One group per finding of a multi-label result, in the model's class order. Present/absent is
+    read from the result's label (the findings it lists), never decided again here."""
+    if thresholds is None:
+        thresholds = _bundled_label_thresholds(str(pred.model.get("name", "")), str(pred.model.get("version", "")))
+    listed = set(str(pred.label).split("|")) if pred.flagged else set()
+    groups = []
+    for name, p in pred.probabilities.items():
+        code = FINDING_CODES.get(name) or hd.sr.CodedConcept(name[:16], "99CXRT", name.replace("_", " ")[:64])
+        t = (thresholds or {}).get(name)
+        if t is None and name == pred.finding:
+            t = pred.threshold
+        groups.append(_group(src, key, FINDING_TRACKING + name, code, PRESENT if name in listed else ABSENT,
+                             algorithm, p, t))
+    return groups
+
+
+def build_sr(src: Dataset, pred: Prediction, reason: str | None = None, fast: bool = True,
+             label_thresholds: Mapping[str, float] | None = None) -> Dataset:
     """TID 1500 Measurement Report for ``pred``; a refusal (no score) when it is not ``ok``.
 
+    A multi-label result gets the "any finding" group and one group per finding (thresholds from
+    ``label_thresholds``, else from the bundled model of the result's name and version).
     The content tree is highdicom's ``MeasurementReport``. ``fast=False`` wraps it with
     ``highdicom.sr.Comprehensive3DSR`` (the reference); the default builds the same
     document directly, about twice as fast.
@@ -190,17 +279,19 @@ def build_sr(src: Dataset, pred: Prediction, reason: str | None = None, fast: bo
         name=str(pred.model.get("name", "unknown")), version=str(pred.model.get("version", "unknown")),
         parameters=params, manufacturer=MANUFACTURER)
     texts: list[str] = []
-    measurements: list[hd.sr.Measurement] = []
-    finding = PNEUMONIA if {"pneumonia", "bacterial"} & set(pred.probabilities) or not pred.ok else ANY_FINDING
+    multi = is_multilabel(pred)
+    pneumonia = not multi and ({"pneumonia", "bacterial"} & set(pred.probabilities) or not pred.ok)
+    finding, what = (PNEUMONIA, "pneumonia") if pneumonia else (ANY_FINDING, "any finding")
     if pred.ok and pred.score is not None:
-        present = pred.flagged  # the prediction's own call (its label), never decided again here
-        evaluation = hd.sr.QualitativeEvaluation(finding, PRESENT if present else ABSENT)
-        measurements.append(hd.sr.Measurement(name=PROBABILITY, value=float(pred.score), unit=NO_UNITS))
-        if threshold is not None:
-            measurements.append(hd.sr.Measurement(name=THRESHOLD, value=float(threshold), unit=NO_UNITS))
+        # the prediction's own call (its label), never decided again here
+        groups = [_group(src, key, TRIAGE_TRACKING + what, finding, PRESENT if pred.flagged else ABSENT,
+                         algorithm, pred.score, threshold)]
+        if multi:
+            groups += _finding_groups(src, pred, key, algorithm, label_thresholds)
+            texts.append(f"{_LEAD_PREFIX}{pred.finding}")
         texts += [_PRIORITY_PREFIX + pred.priority, _LABEL_PREFIX + str(pred.label)]
     else:
-        evaluation = hd.sr.QualitativeEvaluation(PNEUMONIA, INDETERMINATE)
+        groups = [_group(src, key, TRIAGE_TRACKING + what, finding, INDETERMINATE, algorithm)]
         why = reason or pred.gate.get("reason") or pred.error or "refused by the quality gate"
         texts.append(_REFUSED_PREFIX + str(why))
     if pred.gate.get("warning"):
@@ -208,20 +299,10 @@ def build_sr(src: Dataset, pred: Prediction, reason: str | None = None, fast: bo
     if pred.model.get("routed_by"):
         texts.append(f"{_ROUTED_PREFIX}{pred.model['routed_by']} (model {pred.model.get('name')})")
     texts.append(DISCLAIMER)
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(str(src.SOPInstanceUID), key, "tracking"), identifier="AI triage: pneumonia"),
-        finding_type=finding,
-        algorithm_id=algorithm,
-        measurements=measurements or None,
-        qualitative_evaluations=[evaluation],
-        source_images=[hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=src.SOPClassUID, referenced_sop_instance_uid=src.SOPInstanceUID)],
-    )
     report = hd.sr.MeasurementReport(
         observation_context=_device_context(pred),
         procedure_reported=CHEST_XRAY,
-        imaging_measurements=[group],
+        imaging_measurements=groups,
     )
     # TID 1500 row 12: free-text qualitative evaluations (refusal reason, priority, disclaimer).
     container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS,
@@ -349,8 +430,20 @@ def _code(item: Dataset, attr: str) -> tuple[str, str] | None:
 
 
 @dataclass
+class FindingResult:
+    """One finding's measurement group of a multi-label triage SR."""
+
+    code: tuple[str, str]           # (code value, coding scheme)
+    meaning: str
+    probability: float | None = None
+    threshold: float | None = None
+    finding: str | None = None      # present / absent / indeterminate
+
+
+@dataclass
 class ResultSummary:
-    """What a triage SR says, decoded with plain pydicom."""
+    """What a triage SR says, decoded with plain pydicom. ``triage`` names the overall group ("pneumonia"
+    or "any finding"); ``findings`` holds the per-finding groups of a multi-label model, by class name."""
 
     sop_instance_uid: str
     study_instance_uid: str
@@ -366,6 +459,9 @@ class ResultSummary:
     model_name: str | None = None
     model_version: str | None = None
     texts: list[str] = field(default_factory=list)
+    triage: str | None = None
+    lead_finding: str | None = None
+    findings: dict[str, FindingResult] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -373,23 +469,37 @@ class ResultSummary:
         return asdict(self)
 
 
-def read_result_sr(ds: Dataset) -> ResultSummary:
-    """Decode a triage SR (ours, or any TID 1500 report using the same codes)."""
-    out = ResultSummary(sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=str(ds.StudyInstanceUID))
-    meanings = {PRESENT.value: "present", ABSENT.value: "absent", INDETERMINATE.value: "indeterminate"}
-    for item in _walk(ds.get("ContentSequence")):
-        vt = item.get("ValueType")
-        name = _code(item, "ConceptNameCodeSequence")
-        if vt == "NUM" and item.get("MeasuredValueSequence"):
+_MEANINGS = {PRESENT.value: "present", ABSENT.value: "absent", INDETERMINATE.value: "indeterminate"}
+
+
+def _read_group(group: Dataset) -> tuple[str | None, FindingResult | None]:
+    """(tracking identifier, the group's finding, values) of one TID 1501 measurement group."""
+    tracking, out = None, None
+    values: dict[str, Any] = {}
+    for item in _walk(group.get("ContentSequence")):
+        vt, name = item.get("ValueType"), _code(item, "ConceptNameCodeSequence")
+        if vt == "TEXT" and name == ("112039", "DCM"):
+            tracking = str(item.get("TextValue", ""))
+        elif vt == "NUM" and item.get("MeasuredValueSequence"):
             value = float(item.MeasuredValueSequence[0].NumericValue)
             if name == (PROBABILITY.value, "DCM"):
-                out.probability = value
+                values["probability"] = value
             elif name == (THRESHOLD.value, "DCM"):
-                out.threshold = value
-        elif vt == "CODE" and name in ((PNEUMONIA.value, "SCT"), (ANY_FINDING.value, "SCT")):
+                values["threshold"] = value
+        elif vt == "CODE" and name is not None:
             val = _code(item, "ConceptCodeSequence")
-            out.finding = meanings.get(val[0], val[0]) if val else None
-        elif vt == "TEXT":
+            if val is not None and val[0] in _MEANINGS:
+                out = FindingResult(name, str(item.ConceptNameCodeSequence[0].CodeMeaning),
+                                    finding=_MEANINGS[val[0]])
+    if out is not None:
+        out.probability, out.threshold = values.get("probability"), values.get("threshold")
+    return tracking, out
+
+
+def _read_texts(ds: Dataset, out: ResultSummary) -> None:
+    for item in _walk(ds.get("ContentSequence")):
+        vt, name = item.get("ValueType"), _code(item, "ConceptNameCodeSequence")
+        if vt == "TEXT":
             text = str(item.get("TextValue", ""))
             if name == ("111001", "DCM"):
                 out.model_name = text
@@ -397,18 +507,37 @@ def read_result_sr(ds: Dataset) -> ResultSummary:
                 out.model_version = text
             elif name == (COMMENT.value, "DCM"):
                 out.texts.append(text)
+                for prefix, attr in ((_PRIORITY_PREFIX, "priority"), (_LABEL_PREFIX, "label"),
+                                     (_LEAD_PREFIX, "lead_finding")):
+                    if text.startswith(prefix):
+                        setattr(out, attr, text[len(prefix):])
                 if text.startswith(_REFUSED_PREFIX):
                     out.refused, out.reason = True, text[len(_REFUSED_PREFIX):]
-                elif text.startswith(_PRIORITY_PREFIX):
-                    out.priority = text[len(_PRIORITY_PREFIX):]
-                elif text.startswith(_LABEL_PREFIX):
-                    out.label = text[len(_LABEL_PREFIX):]
                 elif text.startswith(_ROUTED_PREFIX):
                     out.routed_by = text[len(_ROUTED_PREFIX):].split(" ", 1)[0]
         elif vt == "IMAGE" and item.get("ReferencedSOPSequence"):
             uid = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
             if uid not in out.source_sop_instance_uids:
                 out.source_sop_instance_uids.append(uid)
+
+
+def read_result_sr(ds: Dataset) -> ResultSummary:
+    """Decode a triage SR (ours, or any TID 1500 report using the same codes), group by group: the
+    triage group fills ``probability``/``threshold``/``finding``, finding groups fill ``findings``."""
+    out = ResultSummary(sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=str(ds.StudyInstanceUID))
+    for item in _walk(ds.get("ContentSequence")):
+        if item.get("ValueType") != "CONTAINER" or _code(item, "ConceptNameCodeSequence") != ("125007", "DCM"):
+            continue
+        tracking, group = _read_group(item)
+        if group is None:
+            continue
+        if tracking and tracking.startswith(FINDING_TRACKING):
+            out.findings[tracking[len(FINDING_TRACKING):]] = group
+        elif out.finding is None and (tracking is None or tracking.startswith(TRIAGE_TRACKING)
+                                      or group.code in ((PNEUMONIA.value, "SCT"), (ANY_FINDING.value, "SCT"))):
+            out.triage = tracking[len(TRIAGE_TRACKING):] if tracking else group.meaning
+            out.probability, out.threshold, out.finding = group.probability, group.threshold, group.finding
+    _read_texts(ds, out)
     if out.finding == "indeterminate" and out.probability is None:
         out.refused = True
     return out
