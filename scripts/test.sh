@@ -14,6 +14,8 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
 fi
 # The OHIF viewer for tests/test_ohif_viewer.py (npm, into .cache/ohif/; that test skips without it).
 scripts/install_ohif.sh || echo "test.sh: OHIF viewer not installed; tests/test_ohif_viewer.py will skip" >&2
+# TorchXRayVision in its own venv (.venv-xrv) for tests/test_xrv_import.py (that test skips without it).
+scripts/bootstrap_xrv.sh || echo "test.sh: .venv-xrv not made; tests/test_xrv_import.py will skip" >&2
 # Lint and type checks first (configured in pyproject.toml), then the suite.
 .venv/bin/ruff check cxrtriage scripts
 .venv/bin/mypy

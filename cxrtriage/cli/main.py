@@ -5,8 +5,16 @@ from __future__ import annotations
 import typer
 
 from cxrtriage.about import DISCLAIMER, __version__
-from cxrtriage.cli import data_commands, model_commands, predict_commands, service_commands, train_commands
+from cxrtriage.cli import (
+    data_commands,
+    import_commands,
+    model_commands,
+    predict_commands,
+    service_commands,
+    train_commands,
+)
 from cxrtriage.cli.common import console
+from cxrtriage.cli.reads_commands import reads_app
 
 app = typer.Typer(
     name="cxr",
@@ -21,6 +29,7 @@ app.add_typer(data_app, name="data")
 pacs_app = typer.Typer(help="PACS: triage radiographs arriving in a PACS and write results back as DICOM.",
                        no_args_is_help=True)
 app.add_typer(pacs_app, name="pacs")
+app.add_typer(reads_app, name="reads")
 
 
 @app.callback(invoke_without_command=True)
@@ -42,3 +51,4 @@ pacs_app.command("watch")(service_commands.pacs_watch)
 pacs_app.command("listen")(service_commands.pacs_listen)
 app.command("models")(model_commands.models)
 app.command("calibrate")(model_commands.calibrate)
+app.add_typer(import_commands.app, name="import")

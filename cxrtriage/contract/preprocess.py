@@ -17,6 +17,12 @@ from cxrtriage.io.image import Radiograph, to_uint8
 
 INTENSITIES = ("none", "equalise", "clahe")  # per-image intensity normalisation of the model-size image
 BORDERS = ("keep", "trim")  # "trim": uniform edge rows/columns (collimation, padding) cut off the model-size image
+# "center": the film's central square (side = its shorter side) taken before the resize, so the aspect
+# is kept (TorchXRayVision's XRayCenterCrop); "none": the whole film, squashed to a square
+CROPS = ("none", "center")
+# the resize: "bilinear" (Pillow's); "skimage" (scikit-image's anti-aliased bilinear resize, as TorchXRayVision's
+# XRayResizer), rounded to 8 bits
+RESAMPLES = ("bilinear", "skimage")
 
 Box = tuple[int, int, int, int]
 
@@ -106,15 +112,22 @@ def apply_intensity(images: np.ndarray, intensity: str = "none") -> np.ndarray:
     raise ValueError(f"unknown intensity normalisation {intensity!r}; known: {', '.join(INTENSITIES)}")
 
 
-def to_model_input(rg: Radiograph | np.ndarray, size: int) -> np.ndarray:
+def to_model_input(rg: Radiograph | np.ndarray, size: int, resample: str = "bilinear") -> np.ndarray:
     """Square ``size`` x ``size`` uint8 image (aspect not kept, as in the Kermany-224 set): the
-    resize step of :func:`prepare`."""
+    resize step of :func:`prepare` (``resample``: one of ``RESAMPLES``)."""
     arr = rg.to_uint8() if isinstance(rg, Radiograph) else rg
     if arr.dtype != np.uint8:
         arr = to_uint8(arr)
-    if arr.shape != (size, size):
-        arr = np.asarray(Image.fromarray(arr, mode="L").resize((size, size), Image.Resampling.BILINEAR))
-    return arr
+    if arr.shape == (size, size):
+        return arr
+    if resample == "skimage":
+        from skimage.transform import resize
+
+        out = resize(arr.astype(np.float32), (size, size), mode="constant", preserve_range=True)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if resample != "bilinear":
+        raise ValueError(f"unknown resize {resample!r}; known: {', '.join(RESAMPLES)}")
+    return np.asarray(Image.fromarray(arr, mode="L").resize((size, size), Image.Resampling.BILINEAR))
 
 
 @dataclass(frozen=True)
@@ -158,10 +171,47 @@ def prepare_resized(images: np.ndarray, intensity: str = "none", border: str = "
     return Prepared(out, boxes)
 
 
+def center_square(image: np.ndarray) -> np.ndarray:
+    """The central square of a 2-D image, its side the shorter side (TorchXRayVision's crop_center)."""
+    h, w = image.shape
+    side = min(h, w)
+    top, left = h // 2 - side // 2, w // 2 - side // 2
+    return image[top:top + side, left:left + side]
+
+
+def center_box(shape: tuple[int, int], size: int) -> Box | None:
+    """Where :func:`center_square` of a film of ``shape`` lies on that film squashed to ``size`` x
+    ``size`` (top, bottom, left, right), for :meth:`Prepared.restore`; None for a square film."""
+    h, w = shape
+    if h == w:
+        return None
+    side = min(h, w)
+    top, left = h // 2 - side // 2, w // 2 - side // 2
+    return (round(top * size / h), round((top + side) * size / h),
+            round(left * size / w), round((left + side) * size / w))
+
+
+def _prepare_center(radiographs: Sequence[Radiograph | np.ndarray], size: int, intensity: str,
+                    border: str, resample: str) -> Prepared:
+    """:func:`prepare` with the center crop: each film's central square, resized, then the intensity step."""
+    if border != "keep":
+        raise ValueError("the center crop and the border trim do not combine")
+    films = [rg.to_uint8() if isinstance(rg, Radiograph) else np.asarray(rg) for rg in radiographs]
+    films = [f if f.dtype == np.uint8 else to_uint8(f) for f in films]
+    resized = [to_model_input(np.ascontiguousarray(center_square(f)), size, resample) for f in films]
+    stack = np.stack(resized) if resized else np.zeros((0, size, size), np.uint8)
+    return Prepared(apply_intensity(stack, intensity) if len(stack) else stack,
+                    tuple(center_box(f.shape, size) for f in films))
+
+
 def prepare(radiographs: Sequence[Radiograph | np.ndarray], size: int, intensity: str = "none",
-            border: str = "keep") -> Prepared:
-    """Radiographs (or 2-D arrays) to the graph's input: square ``size`` resize, then the border
-    and intensity steps."""
-    resized = [to_model_input(rg, size) for rg in radiographs]
+            border: str = "keep", crop: str = "none", resample: str = "bilinear") -> Prepared:
+    """Radiographs (or 2-D arrays) to the graph's input: the crop step (none or the central
+    square), square ``size`` resize (``resample``), then the border and intensity steps."""
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop step {crop!r}; known: {', '.join(CROPS)}")
+    if crop == "center":
+        return _prepare_center(radiographs, size, intensity, border, resample)
+    resized = [to_model_input(rg, size, resample) for rg in radiographs]
     stack = np.stack(resized) if resized else np.zeros((0, size, size), np.uint8)
     return prepare_resized(stack, intensity, border)

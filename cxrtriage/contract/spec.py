@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cxrtriage.contract.decision import Call, Decision, SpecError, decide
-from cxrtriage.contract.preprocess import BORDERS, INTENSITIES, Prepared, prepare, prepare_resized
+from cxrtriage.contract.preprocess import BORDERS, CROPS, INTENSITIES, RESAMPLES, Prepared, prepare, prepare_resized
 from cxrtriage.contract.result import Priority
 from cxrtriage.contract.scoring import Kind, apply_temperature, normalise, triage_score
 
@@ -53,6 +53,8 @@ class InputSpec:
     normalisation: str | None = None
     intensity: str = "none"  # applied to the resized uint8 image before the graph (see INTENSITIES)
     border: str = "keep"  # applied to the resized uint8 image before the intensity step (see BORDERS)
+    crop: str = "none"  # applied to the film before the resize (see CROPS)
+    resample: str = "bilinear"  # how the film is resized (see RESAMPLES)
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -61,6 +63,12 @@ class InputSpec:
             raise SpecError(f"unknown intensity normalisation {self.intensity!r}; known: {', '.join(INTENSITIES)}")
         if self.border not in BORDERS:
             raise SpecError(f"unknown border step {self.border!r}; known: {', '.join(BORDERS)}")
+        if self.crop not in CROPS:
+            raise SpecError(f"unknown crop step {self.crop!r}; known: {', '.join(CROPS)}")
+        if self.resample not in RESAMPLES:
+            raise SpecError(f"unknown resize {self.resample!r}; known: {', '.join(RESAMPLES)}")
+        if self.crop != "none" and self.border != "keep":
+            raise SpecError("the center crop and the border trim do not combine")
         if (self.mean is None) != (self.std is None) or (self.std is not None and self.std <= 0):
             raise SpecError("input normalisation needs both mean and a positive std")
 
@@ -72,10 +80,13 @@ class InputSpec:
     def prepare(self, radiographs: Sequence[Any]) -> Prepared:
         """Radiographs (or 2-D arrays) to the graph's input batch with this model's resize, border
         and intensity steps; ``.restore(maps)`` on the result puts heatmaps back on the films."""
-        return prepare(radiographs, self.size, self.intensity, self.border)
+        return prepare(radiographs, self.size, self.intensity, self.border, self.crop, self.resample)
 
     def prepare_resized(self, images: np.ndarray) -> Prepared:
         """Like :meth:`prepare` for images already resized to ``size`` (the training cache)."""
+        if self.crop != "none" or self.resample != "bilinear":
+            raise SpecError(f"an input with crop {self.crop!r} and resize {self.resample!r} cannot be prepared "
+                            "from films already resized by the cache; prepare the films themselves")
         return prepare_resized(images, self.intensity, self.border)
 
     def normalise(self, x: Any) -> Any:
@@ -96,6 +107,10 @@ class InputSpec:
             d["intensity"] = self.intensity
         if self.border != "keep":
             d["border"] = self.border
+        if self.crop != "none":
+            d["crop"] = self.crop
+        if self.resample != "bilinear":
+            d["resample"] = self.resample
         return d
 
     @classmethod
@@ -104,7 +119,8 @@ class InputSpec:
                    name=str(d.get("name", "image")), channels=int(d.get("channels", 1)),
                    range=tuple(d.get("range", (0, 255))), resize=str(d.get("resize", cls.resize)),
                    normalisation=d.get("normalisation"), intensity=str(d.get("intensity", "none")),
-                   border=str(d.get("border", "keep")))
+                   border=str(d.get("border", "keep")), crop=str(d.get("crop", "none")),
+                   resample=str(d.get("resample", "bilinear")))
 
 
 @dataclass(frozen=True)
