@@ -34,6 +34,7 @@ from cxrtriage.evaluate.metrics import binary_metrics, jsonable
 from cxrtriage.evaluate.thresholds import operating_points
 from cxrtriage.infer import Engine, decode_each
 from cxrtriage.infer.gate import gate_path
+from cxrtriage.monitor.reference import reference_from_scores, reference_path
 
 
 class CalibrationError(ValueError):
@@ -119,6 +120,14 @@ def _fit_head(network: dict[str, np.ndarray], kept: list, y: np.ndarray, l2: flo
     return head, oof, {"l2": l2, "folds": folds, "patients": len(set(groups)), **head.summary()}
 
 
+def _save_reference(out: dict[str, np.ndarray], scores: np.ndarray, onnx: Path, version: str, facts: dict) -> None:
+    """The calibrated model's reference for the drift watch: the sample's calibrated scores and
+    gate distances, beside the model."""
+    ref = reference_from_scores(scores, out.get("embedding"), gate_path(onnx),
+                                f"calibration sample ({facts['films']} films)", version)
+    ref.save(reference_path(onnx))
+
+
 def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, target_sensitivity: float = 0.95,
               n_boot: int = 1000, seed: int = 0, batch_size: int = 32, class_bias: bool = True,
               head: bool = False, head_l2: float = DEFAULT_L2) -> dict[str, Any]:
@@ -190,6 +199,7 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
     if gate_path(engine.onnx_path).exists():
         _link_or_copy(gate_path(engine.onnx_path), gate_path(onnx))
     new.save(onnx)
+    _save_reference(outs[0], after, onnx, new.version, facts)
     summary = jsonable({"model": new.name, "version": new.version, "onnx": str(onnx), **calibration,
                         "before": m_before, "after": m_after, "disclaimer": DISCLAIMER})
     (out / "calibration.json").write_text(json.dumps(summary, indent=2, allow_nan=False))

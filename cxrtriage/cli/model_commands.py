@@ -44,9 +44,31 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     console.print(t)
 
 
+def _service_sample(data_dir: Path, out: Path, model: Optional[str]) -> tuple[str, Path]:
+    """The sample CSV of a service's reads (under ``out``) and the model to calibrate."""
+    from cxrtriage.calibrate.from_service import ServiceSampleError, service_sample
+    from cxrtriage.infer import ModelNotFoundError
+
+    csv_path = out / "service-sample.csv"
+    try:
+        model, facts = service_sample(data_dir, csv_path, model)
+    except (ServiceSampleError, ModelNotFoundError) as exc:
+        fail(str(exc))
+    skipped = ", ".join(f"{n} {why}" for why, n in facts["skipped"].items())
+    err.print(f"{facts['reads']} read(s) in {data_dir}: {facts['taken']} taken for {model} "
+              f"({', '.join(f'{c} {n}' for c, n in facts['per_class'].items()) or 'none'}; "
+              f"{facts['patients']} patients)" + (f"; left out: {skipped}" if skipped else ""))
+    return str(model), csv_path
+
+
 def calibrate(
-    data: Path = typer.Option(..., "--data", help="The site's labelled sample: a Kermany-layout folder "
-                              "(NORMAL/, PNEUMONIA/), one folder per class, or a path,label[,patient_id] CSV."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The site's labelled sample: a Kermany-layout folder "
+                                        "(NORMAL/, PNEUMONIA/), one folder per class, or a path,label[,patient_id] "
+                                        "CSV."),
+    from_service: Optional[Path] = typer.Option(None, "--from-service", metavar="DATA_DIR",
+                                                help="Instead of --data: the studies readers have labelled in a "
+                                                "service's data folder (patient-wise by its patient references); "
+                                                "the sample is written to OUT/service-sample.csv."),
     out: Path = typer.Option(..., "--out", help="Folder for the recalibrated model, calibration.json and "
                              "calibration.html."),
     model: Optional[str] = typer.Option(None, "--model", help="Bundled model name, .onnx file or run folder "
@@ -71,6 +93,10 @@ def calibrate(
     from cxrtriage.calibrate import calibrate as run_calibration
     from cxrtriage.infer import ModelNotFoundError
 
+    if (data is None) == (from_service is None):
+        fail("give either --data SAMPLE or --from-service DATA_DIR")
+    if from_service is not None:
+        model, data = _service_sample(from_service, out, model)
     try:
         s = run_calibration(model, data, out, target_sensitivity=target_sensitivity, n_boot=n_boot,
                             class_bias=class_bias, head=head, head_l2=head_l2)

@@ -71,3 +71,18 @@ def reference_from_predictions(preds: Sequence[Prediction], source: str, version
     refused = sum(p.priority is Priority.REFUSED for p in judged)
     return Reference(np.asarray(scores, dtype=np.float64), np.asarray(distances, dtype=np.float64),
                      refused / max(1, len(judged)), source, version)
+
+
+def reference_from_scores(scores: np.ndarray, embeddings: np.ndarray | None, gate_file: str | Path | None,
+                          source: str, version: str) -> Reference:
+    """The reference of a sample scored without the gate (calibration): its triage scores, and the
+    gate's distances of its embeddings when the model has a gate."""
+    distances = np.zeros(0)
+    refused = 0.0
+    if embeddings is not None and gate_file is not None and Path(gate_file).is_file():
+        from cxrtriage.infer.gate import FeatureGate
+
+        gate = FeatureGate.load(gate_file)
+        distances = gate.distance(np.asarray(embeddings))
+        refused = float((distances > gate.threshold).mean()) if len(distances) else 0.0
+    return Reference(np.asarray(scores, dtype=np.float64), distances.astype(np.float64), refused, source, version)
