@@ -17,7 +17,8 @@ source: the NORMAL images of a Kermany-layout folder (:func:`covid3_samples`). P
 are prefixed with their source so the two never collide, and splits are made by patient.
 Beware: the two sources differ in more than disease (adult vs. paediatric patients,
 hospitals, devices), so a model can learn the source instead of the finding; judge such a
-model on external data before trusting it.
+model on external data before trusting it. For COVID-19 / other pneumonia / normal on adult films from
+several collections, with each film's source and site, see :mod:`cxrtriage.data.covid_sources`.
 
 Data: Cohen J.P. et al., "COVID-19 image data collection", arXiv:2006.11988,
 github.com/ieee8023/covid-chestxray-dataset (licences per image, see its metadata).
