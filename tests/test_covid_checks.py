@@ -15,6 +15,7 @@ from cxrtriage.train.covid_checks import (
     COVID,
     blank,
     border_mask,
+    fit_head,
     held_out_groups,
     internal_cv,
     lung_mask,
@@ -24,7 +25,6 @@ from cxrtriage.train.covid_checks import (
     source_directions,
     source_probe,
     source_weights,
-    fit_head,
 )
 from cxrtriage.train.covid_report import format_report, three_class_report
 

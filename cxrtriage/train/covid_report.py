@@ -88,7 +88,8 @@ def format_report(r: dict) -> str:
     def ci(v: float, band: list[float] | None) -> str:
         return f"{v:.3f}" + (f" [{band[0]:.2f}, {band[1]:.2f}]" if band else "") if np.isfinite(v) else "-"
 
-    lines.append(f"{'class':<{width}} {'n':>5} {'sensitivity':>20} {'specificity':>20} {'PPV':>20} {'AUC (vs rest)':>20}")
+    lines.append(f"{'class':<{width}} {'n':>5} " + " ".join(f"{h:>20}" for h in
+                                                         ("sensitivity", "specificity", "PPV", "AUC (vs rest)")))
     for x in c:
         e = r["per_class"][x]
         lines.append(f"{x:<{width}} {e['n']:>5} {ci(e['sensitivity'], e['sensitivity_ci']):>20} "
