@@ -32,7 +32,7 @@ from cxrtriage.contract import Kind, ModelSpec, Prediction, apply_temperature, t
 from cxrtriage.data import get_task
 from cxrtriage.evaluate.metrics import binary_metrics, jsonable
 from cxrtriage.evaluate.thresholds import operating_points
-from cxrtriage.infer import Engine, decode_each
+from cxrtriage.infer import Engine, decode_each, load_engine
 from cxrtriage.infer.gate import gate_path
 from cxrtriage.monitor.reference import reference_from_scores, reference_path
 
@@ -141,7 +141,7 @@ def calibrate(model: str | Path | None, sample: str | Path, out: str | Path, tar
     from a head fitted without its patient), and the graph written is the model's with the head."""
     if not 0.0 < target_sensitivity <= 1.0:
         raise CalibrationError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
-    engine = Engine(model, gate=False)
+    engine = load_engine(model, gate=False)
     before_spec: ModelSpec = engine.spec
     if head:
         _check_head(engine, Path(out))

@@ -300,10 +300,10 @@ def evaluate(
 
     from cxrtriage.data import get_task
     from cxrtriage.evaluate import evaluate_predictions
-    from cxrtriage.infer import Engine, ModelNotFoundError
+    from cxrtriage.infer import ModelNotFoundError, load_engine
 
     try:
-        engine = Engine(model, gate=False, tta=tta)
+        engine = load_engine(model, gate=False, tta=tta)
     except ModelNotFoundError as exc:
         fail(str(exc))
     info = engine.spec

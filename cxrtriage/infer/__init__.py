@@ -11,8 +11,8 @@ from cxrtriage.infer.bundle import (
 )
 from cxrtriage.infer.engine import Engine
 from cxrtriage.infer.pipeline import Input, Predictor, Scored, decode, decode_each
-from cxrtriage.infer.router import Router, load_model, routable_models, routed_identities
+from cxrtriage.infer.router import Router, load_engine, load_model, routable_models, routed_identities
 
 __all__ = ["DEFAULT_MODEL", "Engine", "Input", "ModelNotFoundError", "PRIORITY_ORDER", "Prediction", "Predictor",
-           "Priority", "Router", "Scored", "bundled_models", "decode", "decode_each", "load_model", "load_spec",
-           "resolve_model", "routable_models", "routed_identities"]
+           "Priority", "Router", "Scored", "bundled_models", "decode", "decode_each", "load_engine", "load_model",
+           "load_spec", "resolve_model", "routable_models", "routed_identities"]

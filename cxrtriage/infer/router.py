@@ -176,4 +176,11 @@ def load_model(model: str | Path | None = None, *, threads: int | None = None, g
     or ``tta=True`` None means the default model alone)."""
     if model is None and gate and not tta:
         return Router(threads=threads)
+    return load_engine(model, threads=threads, tta=tta, gate=gate)
+
+
+def load_engine(model: str | Path | None = None, *, threads: int | None = None, gate: bool = True,
+                tta: bool = False) -> Engine:
+    """One model's engine, never routed (None: the default model), for the verbs that work on a
+    model's own graph and contract: evaluation, calibration, distillation."""
     return Engine(model, threads=threads, tta=tta, gate=gate)

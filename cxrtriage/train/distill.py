@@ -20,10 +20,10 @@ from cxrtriage.data import load_cached
 def teacher_probs(teacher: str, paths: list[str], classes: tuple[str, ...], cache_dir: str | None,
                   batch: int = 64, progress: bool = False) -> np.ndarray:
     """The teacher's class probabilities (N, C) on ``paths``; refuses a teacher of other classes."""
-    from cxrtriage.infer import Engine
+    from cxrtriage.infer import load_engine
     from cxrtriage.models.export import run_onnx
 
-    engine = Engine(teacher, gate=False)
+    engine = load_engine(teacher, gate=False)
     if tuple(engine.spec.classes) != tuple(classes):
         raise ValueError(f"the teacher {teacher} answers {list(engine.spec.classes)}, the task needs {list(classes)}")
     if engine.spec.kind != "single":
