@@ -436,3 +436,25 @@ def test_evaluate_does_not_import_torch():
                 parts = name.split(".")
                 todo.extend(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     assert "cxrtriage.evaluate.metrics" in seen and "cxrtriage" in seen
+
+
+def test_patient_resampled_cis_do_not_shrink_when_a_patient_has_many_films():
+    """Five copies of every film of one patient are still one patient: resampling images would
+    narrow the AUC interval as if there were five times the evidence; resampling patients does not."""
+    from cxrtriage.evaluate.metrics import binary_metrics
+
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(40), np.zeros(40)].astype(int)
+    s = np.clip(0.5 + 0.25 * (y - 0.5) + rng.normal(0, 0.25, y.size), 0, 1)
+    ids = np.array([f"p{i}" for i in range(y.size)])
+    width = lambda m: m["ci"]["roc_auc"][1] - m["ci"]["roc_auc"][0]  # noqa: E731
+    one = binary_metrics(y, s, 0.5, n_boot=2000, groups=ids)
+    y5, s5, ids5 = np.repeat(y, 5), np.repeat(s, 5), np.repeat(ids, 5)
+    by_patient = binary_metrics(y5, s5, 0.5, n_boot=2000, groups=ids5)
+    by_image = binary_metrics(y5, s5, 0.5, n_boot=2000)
+    assert by_patient["roc_auc"] == pytest.approx(one["roc_auc"])
+    assert width(by_patient) == pytest.approx(width(one), rel=0.2)
+    assert width(by_image) < 0.6 * width(by_patient)
+    assert by_patient["ci_resampling"].startswith("patients (80)")
+    with pytest.raises(ValueError, match="groups"):
+        binary_metrics(y, s, 0.5, n_boot=10, groups=ids[:-1])

@@ -325,8 +325,10 @@ def evaluate(
     meta = {"model": info.name, "model_version": info.version, "data": str(manifest or data), "split": split,
             "threshold_method": info.decision.method,
             "task_description": task.description, "unreadable": len(bad), "tta": tta}
+    ids = [s.patient_id for s, k in zip(samples, keep) if k]
+    groups = np.array(ids) if all(ids) else None  # CIs resample whole patients when every film names one
     result = evaluate_predictions(task.name, list(info.classes), y[keep], probs, info.threshold, out, meta,
-                                  n_boot=n_boot, label_thresholds=info.decision.label_thresholds)
+                                  n_boot=n_boot, label_thresholds=info.decision.label_thresholds, groups=groups)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
@@ -335,6 +337,8 @@ def evaluate(
                   f"[{ci[0]:.4f}, {ci[1]:.4f}]  accuracy {result['accuracy']:.4f}  "
                   f"sensitivity {result['sensitivity']:.4f}  specificity {result['specificity']:.4f}  "
                   f"threshold {result['threshold']:.3f}")
+    if result.get("ci_resampling"):
+        console.print(f"[dim]95% CIs: bootstrap over {result['ci_resampling']}[/]")
     if result.get("macro_auc") is not None:
         console.print(f"macro one-vs-rest AUC {result['macro_auc']:.4f}")
     if result.get("multilabel"):

@@ -124,6 +124,20 @@ def _weights(strata: list[np.ndarray], n: int, n_boot: int, seed: int) -> Iterat
         done += b
 
 
+def _group_weights(groups: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield (chunk, n) arrays of multiplicities from a cluster bootstrap: whole groups (patients)
+    are drawn with replacement, each image weighted by its group's draws."""
+    codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].ravel()
+    n_groups = int(codes.max()) + 1 if codes.size else 0
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_boot:
+        b = min(_CHUNK, n_boot - done)
+        drawn = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=b).astype(float)
+        yield drawn[:, codes]
+        done += b
+
+
 def _percentile_ci(reps: np.ndarray) -> list[float] | None:
     finite = reps[np.isfinite(reps)]
     if finite.size == 0:
@@ -139,12 +153,18 @@ def _bootstrap(
     n_boot: int,
     seed: int,
     stats: Callable[[np.ndarray], dict[str, np.ndarray]],
+    groups: np.ndarray | None = None,
 ) -> dict[str, list[float] | None]:
-    """Percentile CIs of each statistic that ``stats`` computes from a (chunk, n) weight array."""
+    """Percentile CIs of each statistic that ``stats`` computes from a (chunk, n) weight array:
+    images resampled within each stratum, or, with ``groups`` (one patient id per image), whole
+    patients resampled, so several films of one patient count as the one patient they are."""
     if n_boot <= 0:
         return {}
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} images")
     parts: dict[str, list[np.ndarray]] = {}
-    for w in _weights(strata, n, n_boot, seed):
+    draws = _weights(strata, n, n_boot, seed) if groups is None else _group_weights(groups, n_boot, seed)
+    for w in draws:
         for name, values in stats(w).items():
             parts.setdefault(name, []).append(np.asarray(values, dtype=float))
     return {name: _percentile_ci(np.concatenate(chunks)) for name, chunks in parts.items()}
@@ -218,12 +238,14 @@ def calibration_curve_data(y_true: np.ndarray, score: np.ndarray, n_bins: int = 
 
 
 def binary_metrics(
-    y_true: np.ndarray, score: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0
+    y_true: np.ndarray, score: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Metrics of a probability score against 0/1 labels; a case is positive when score >= threshold.
 
     Returns point estimates, the confusion matrix ``[[tn, fp], [fn, tp]]`` and, under ``ci``, 95%
-    percentile bootstrap intervals (images resampled within each class).
+    percentile bootstrap intervals (images resampled within each class; with ``groups``, one
+    patient id per image, whole patients resampled).
     """
     y, s = _check_binary(y_true, score)
     pred = flagged(s, threshold).astype(np.int64)
@@ -273,10 +295,17 @@ def binary_metrics(
         return res
 
     strata = [np.flatnonzero(y == 1), np.flatnonzero(y == 0)]
-    ci = _bootstrap(strata, y.size, n_boot, seed, stats)
+    ci = _bootstrap(strata, y.size, n_boot, seed, stats, groups)
     out["ci"] = {m: (ci.get(m) if out[m] is not None else None) for m in BINARY_CI_METRICS}
     out["n_boot"], out["ci_level"], out["seed"] = int(n_boot), CI_LEVEL, int(seed)
+    out["ci_resampling"] = _resampling(groups)
     return jsonable(out)
+
+
+def _resampling(groups: np.ndarray | None) -> str:
+    if groups is None:
+        return "images, within each class"
+    return f"patients ({len(np.unique(np.asarray(groups).astype(str)))}), whole"
 
 
 def multiclass_metrics(
@@ -285,10 +314,12 @@ def multiclass_metrics(
     classes: list[str],
     n_boot: int = 1000,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Arg-max accuracy, one-vs-rest ROC AUC (macro and per class, with CIs), C x C confusion
     matrix and scikit-learn's classification report. AUCs of classes absent from ``y_true_idx``
-    are None, and so is the macro AUC then."""
+    are None, and so is the macro AUC then. ``groups``: one patient id per image, to resample
+    whole patients for the CIs."""
     y = np.asarray(y_true_idx).ravel().astype(np.int64)
     p = np.asarray(probs, dtype=float)
     n_cls = len(classes)
@@ -337,10 +368,11 @@ def multiclass_metrics(
         return res
 
     strata = [np.flatnonzero(y == c) for c in labels]
-    ci = _bootstrap(strata, y.size, n_boot, seed, stats)
+    ci = _bootstrap(strata, y.size, n_boot, seed, stats, groups)
     out["ci"] = {"accuracy": ci.get("accuracy"), "macro_auc": ci.get("macro_auc")}
     out["per_class_auc_ci"] = {name: ci.get(f"auc:{name}") for name in classes}
     out["n_boot"], out["ci_level"], out["seed"] = int(n_boot), CI_LEVEL, int(seed)
+    out["ci_resampling"] = _resampling(groups)
     return jsonable(out)
 
 

@@ -33,6 +33,7 @@ def evaluate_predictions(
     n_boot: int = 1000,
     seed: int = 0,
     label_thresholds: dict[str, float | None] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Evaluate softmax ``probs`` (N, C) against class indices; class 0 is "normal".
 
@@ -43,7 +44,8 @@ def evaluate_predictions(
     With 3+ classes the class-level metrics are added (and ``macro_auc`` at top level).
     ``meta`` may hold model, model_version, data, split, date, task_description and
     threshold_method (how the threshold was chosen). When ``out_dir`` is given, writes
-    metrics.json, the PNG plots and report.html there. Returns a JSON-serialisable dict.
+    metrics.json, the PNG plots and report.html there. ``groups`` (one patient id per image)
+    makes the bootstrap CIs resample whole patients. Returns a JSON-serialisable dict.
     """
     if np.asarray(y_true_idx).ndim == 2:
         return evaluate_multilabel(task_name, list(classes), y_true_idx, probs, threshold, out_dir, meta,
@@ -51,7 +53,7 @@ def evaluate_predictions(
     y, p = _checked(y_true_idx, probs, classes)
     y_bin = triage_target(y).astype(np.int64)
     score = triage_score(p)
-    binary = binary_metrics(y_bin, score, threshold, n_boot=n_boot, seed=seed)
+    binary = binary_metrics(y_bin, score, threshold, n_boot=n_boot, seed=seed, groups=groups)
     positive_name = classes[1] if len(classes) == 2 else "abnormal"
     result: dict[str, Any] = {
         "task": task_name,
@@ -63,9 +65,10 @@ def evaluate_predictions(
         "threshold_method": meta.get("threshold_method", "given"),
         **{k: binary[k] for k in _HEADLINE},
         "roc_auc_ci": binary["ci"]["roc_auc"],
+        "ci_resampling": binary["ci_resampling"],
     }
     if len(classes) > 2:
-        result.update(_class_level(y, p, classes, n_boot, seed))
+        result.update(_class_level(y, p, classes, n_boot, seed, groups))
     else:
         result.update(_decision_report(y_bin, score, threshold, classes[0], positive_name))
     result.update(
@@ -97,9 +100,10 @@ def _checked(y_true_idx: np.ndarray, probs: np.ndarray, classes: list[str]) -> t
     return y, p
 
 
-def _class_level(y: np.ndarray, p: np.ndarray, classes: list[str], n_boot: int, seed: int) -> dict[str, Any]:
+def _class_level(y: np.ndarray, p: np.ndarray, classes: list[str], n_boot: int, seed: int,
+                 groups: np.ndarray | None = None) -> dict[str, Any]:
     """Entries of a 3+ class model: macro AUC with its CI, the class-level metrics and their report."""
-    multi = multiclass_metrics(y, p, classes, n_boot=n_boot, seed=seed)
+    multi = multiclass_metrics(y, p, classes, n_boot=n_boot, seed=seed, groups=groups)
     return {"macro_auc": multi["macro_auc"], "macro_auc_ci": multi["ci"]["macro_auc"], "multiclass": multi,
             "classification_report": multi["classification_report"],
             "classification_report_kind": "arg-max class per image"}
