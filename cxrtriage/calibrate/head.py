@@ -84,8 +84,12 @@ def cross_fitted(probs: np.ndarray, embedding: np.ndarray, y: np.ndarray, strata
     patient-wise folds, stratified by ``strata``): the scores the operating point and temperature
     are fitted on, so they are not the head's own training scores."""
     out = np.empty_like(np.asarray(probs, np.float64))
+    # patients numbered by first appearance: the folds depend on the films' order, not on how the
+    # patients happen to be named (a CSV's names, a service's pseudonyms)
+    order = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    codes = np.array([order[g] for g in groups])
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fit_idx, held in splitter.split(embedding, strata, groups):
+    for fit_idx, held in splitter.split(embedding, strata, codes):
         head = fit_site_head(probs[fit_idx], embedding[fit_idx], y[fit_idx], l2)
         out[held] = head.apply(probs[held], embedding[held])
     return out
