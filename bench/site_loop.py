@@ -5,9 +5,9 @@ fitted straight from the half's CSV (what ``bench/pediatric.py`` does) on the sa
 
     python bench/site_loop.py [--splits 3] [--target-sensitivity 0.96] [--no-head]
 
-The two columns differ only where the fit depends on how patients are named: the service keys
-them by a pseudonym of the DICOM Patient ID, the CSV by the Kermany name, so the cross-fitting
-folds fall differently.
+The two columns should agree: the service keys patients by a pseudonym of the DICOM Patient ID,
+the CSV by the Kermany name, and the site head's cross-fitting folds number patients by first
+appearance, so the same films in the same order give the same fit whatever the names.
 
 The films go in as DICOM (Patient ID = the Kermany patient), as a PACS would send them, so the
 service's pseudonymous patient reference keeps the calibration patient-wise. The halvings are
