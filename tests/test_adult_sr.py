@@ -181,7 +181,7 @@ def test_nih_films_through_pacs_listen(adult, tmp_path):
         lst.stop()
     srs = _srs(tmp_path / "out")
     assert len(srs) == 2
-    for ds, path in zip(sent, chosen):
+    for ds in sent:
         sr = next(s for s in srs if s.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
                   .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID)
         pred = adult.predict_bytes(_bytes(ds), heatmap=False)
