@@ -78,7 +78,8 @@ class Router(Predictor):
     def describe(self) -> dict:
         """What a status page shows: the routing and each model."""
         return {**self.model_ref, "routed": "by DICOM patient age, else by the models' quality gates",
-                "models": {population: e.describe() for population, e in self.engines.items()}}
+                "models": {population: e.describe() for population, e in self.engines.items()},
+                "films_without_age": self.looks["films"], "second_looks": self.looks["second_looks"]}
 
     def predict_radiographs(self, rgs: Sequence[Radiograph], decode_ms: Sequence[float] | None = None,
                             heatmap: bool = True) -> list[Prediction]:
