@@ -55,11 +55,14 @@ def check_sr(sr: pydicom.Dataset, pred, spec, src_uid: str) -> None:
 
     sr = _roundtrip(sr)
     report = hd.sr.MeasurementReport.from_sequence(hd.sr.Comprehensive3DSR.from_dataset(sr).content)
-    groups = report.get_image_measurement_groups()
-    assert len(groups) == 1 + len(spec.classes)
-    assert groups[0].tracking_identifier == "AI triage: any finding"
-    assert groups[0].finding_type.meaning == "Clinical finding"
-    for g, c in zip(groups[1:], spec.classes):
+    # the triage group carries a SCOORD point (a planar ROI group) when the result had a heatmap
+    planar, image = report.get_planar_roi_measurement_groups(), report.get_image_measurement_groups()
+    assert len(planar) <= 1
+    triage, per_finding = (planar[0], image) if planar else (image[0], image[1:])
+    assert len(per_finding) == len(spec.classes)
+    assert triage.tracking_identifier == "AI triage: any finding"
+    assert triage.finding_type.meaning == "Clinical finding"
+    for g, c in zip(per_finding, spec.classes):
         assert g.tracking_identifier == f"AI finding: {c}"
         assert g.finding_type == FINDING_CODES[c]
         assert g.source_images[0].referenced_sop_instance_uid == src_uid

@@ -60,12 +60,21 @@ def test_scored_results_are_valid_dicom(triage_engine, dx_bytes):
     assert sc.pixel_array.std() > 5
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
-    # highdicom can parse it back as a TID 1500 Measurement Report with one image-level group.
+    # highdicom parses it back as a TID 1500 Measurement Report with one planar ROI group whose
+    # region is a SCOORD point on the source image, where the heatmap peaks (so any viewer can place it).
     report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
-    groups = hd.sr.MeasurementReport.from_sequence(report).get_image_measurement_groups()
-    assert len(groups) == 1 and groups[0].source_images[0].referenced_sop_instance_uid == src.SOPInstanceUID
+    groups = hd.sr.MeasurementReport.from_sequence(report).get_planar_roi_measurement_groups()
+    assert len(groups) == 1
+    region = groups[0].roi
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POINT
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     summary = read_result_sr(sr)
-    expected = triage_engine.predict_bytes(dx_bytes, heatmap=False)
+    expected = triage_engine.predict_bytes(dx_bytes, heatmap=True)
+    col, row = summary.point
+    assert (col, row) == pytest.approx(tuple(region.value[0]))
+    heat = expected.heatmap
+    cell = int(row * heat.shape[0] / src.Rows), int(col * heat.shape[1] / src.Columns)
+    assert heat[cell] == pytest.approx(heat.max())
     assert summary.probability == pytest.approx(expected.score, abs=1e-6)
     assert summary.threshold == pytest.approx(expected.threshold, abs=1e-6)
     assert summary.finding == ("present" if expected.score >= expected.threshold else "absent")

@@ -12,7 +12,9 @@ For each triaged radiograph two objects go back into the source study:
   group is the model's finding (pneumonia); for a multi-label model it is "any finding" (the lead
   finding's probability and threshold), followed by one group per finding with the finding's
   own code (SNOMED CT where one exists), its probability, its threshold and present/absent as the
-  result's label lists it.
+  result's label lists it. When the result has a heatmap, the triage group is a TID 1410 planar
+  ROI group instead, whose region is a SCOORD point on the source image where the heatmap peaks,
+  so any viewer can place the finding.
 
 A refused input (lateral view, blank image, out of distribution, unreadable pixels) gets
 only the SR: the finding is "indeterminate", there is no probability, and the reason is
@@ -205,25 +207,47 @@ def _device_context(pred: Prediction) -> hd.sr.ObservationContext:
 
 def _group(src: Dataset, key: str, tracking: str, finding: hd.sr.CodedConcept, value: hd.sr.CodedConcept,
            algorithm: hd.sr.AlgorithmIdentification, probability: float | None = None,
-           threshold: float | None = None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """One TID 1501 measurement group: a finding, present/absent/indeterminate, probability and threshold."""
+           threshold: float | None = None, point: tuple[float, float] | None = None,
+           ) -> hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One measurement group: a finding, present/absent/indeterminate, probability and threshold.
+    TID 1501 (image-level) without ``point``; with it, TID 1410 whose region is a SCOORD POINT at
+    ``point`` (column, row) on the source image, so any viewer can place the finding."""
     measurements = []
     if probability is not None:
         measurements.append(hd.sr.Measurement(name=PROBABILITY, value=float(probability), unit=NO_UNITS))
     if threshold is not None:
         measurements.append(hd.sr.Measurement(name=THRESHOLD, value=float(threshold), unit=NO_UNITS))
+    tracking_id = hd.sr.TrackingIdentifier(
+        uid=derived_uid(str(src.SOPInstanceUID), key, "tracking",
+                        *(() if tracking.startswith(TRIAGE_TRACKING) else (tracking,))),
+        identifier=tracking)
+    evaluation = hd.sr.QualitativeEvaluation(finding, value)
+    if point is not None:
+        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=np.array([point]),
+                                   source_image=hd.sr.SourceImageForRegion(src.SOPClassUID, src.SOPInstanceUID))
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking_id, referenced_region=region, finding_type=finding, algorithm_id=algorithm,
+            measurements=measurements or None, qualitative_evaluations=[evaluation])
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(str(src.SOPInstanceUID), key, "tracking",
-                            *(() if tracking.startswith(TRIAGE_TRACKING) else (tracking,))),
-            identifier=tracking),
+        tracking_identifier=tracking_id,
         finding_type=finding,
         algorithm_id=algorithm,
         measurements=measurements or None,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(finding, value)],
+        qualitative_evaluations=[evaluation],
         source_images=[hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=src.SOPClassUID, referenced_sop_instance_uid=src.SOPInstanceUID)],
     )
+
+
+def heatmap_peak(src: Dataset, heatmap: np.ndarray | None) -> tuple[float, float] | None:
+    """Where the model looked most, as (column, row) on the source image (pixel centres, 1-based
+    as a SCOORD's image coordinates); None without a heatmap or image size."""
+    rows, cols = int(src.get("Rows") or 0), int(src.get("Columns") or 0)
+    if heatmap is None or not rows or not cols or not np.size(heatmap):
+        return None
+    h = np.asarray(heatmap, dtype=float)
+    i, j = np.unravel_index(int(np.argmax(h)), h.shape)
+    return float((j + 0.5) * cols / h.shape[1]), float((i + 0.5) * rows / h.shape[0])
 
 
 def is_multilabel(pred: Prediction) -> bool:
@@ -285,7 +309,7 @@ def build_sr(src: Dataset, pred: Prediction, reason: str | None = None, fast: bo
     if pred.ok and pred.score is not None:
         # the prediction's own call (its label), never decided again here
         groups = [_group(src, key, TRIAGE_TRACKING + what, finding, PRESENT if pred.flagged else ABSENT,
-                         algorithm, pred.score, threshold)]
+                         algorithm, pred.score, threshold, heatmap_peak(src, pred.heatmap))]
         if multi:
             groups += _finding_groups(src, pred, key, algorithm, label_thresholds)
             texts.append(f"{_LEAD_PREFIX}{pred.finding}")
@@ -459,6 +483,7 @@ class ResultSummary:
     model_name: str | None = None
     model_version: str | None = None
     texts: list[str] = field(default_factory=list)
+    point: tuple[float, float] | None = None  # (column, row) of the triage group's SCOORD: where it looked most
     triage: str | None = None
     lead_finding: str | None = None
     findings: dict[str, FindingResult] = field(default_factory=dict)
@@ -515,6 +540,8 @@ def _read_texts(ds: Dataset, out: ResultSummary) -> None:
                     out.refused, out.reason = True, text[len(_REFUSED_PREFIX):]
                 elif text.startswith(_ROUTED_PREFIX):
                     out.routed_by = text[len(_ROUTED_PREFIX):].split(" ", 1)[0]
+        elif vt == "SCOORD" and out.point is None and len(item.get("GraphicData") or ()) >= 2:
+            out.point = (float(item.GraphicData[0]), float(item.GraphicData[1]))
         elif vt == "IMAGE" and item.get("ReferencedSOPSequence"):
             uid = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
             if uid not in out.source_sop_instance_uids:

@@ -1,10 +1,13 @@
 /** OHIF configuration: Orthanc's DICOMweb on this origin (cxr-triage). */
 
 function pinImageLevelFinding({ measurement, SeriesInstanceUID }) {
+  // Labels every triage measurement with its coded findings and comments; a group without a
+  // SCOORD (an image-level finding) is also pinned near the corner of the image it refers to.
   try {
-    if (!measurement || (measurement.coords && measurement.coords.length) || !window.services) {
+    if (!measurement || !window.services) {
       return measurement;
     }
+    const located = measurement.coords && measurement.coords.length;
     const seq = s => (s == null ? [] : Array.isArray(s) ? s : [s]);
     const code = s => seq(s)[0] || {};
     const dss = window.services.displaySetService.getActiveDisplaySets();
@@ -22,13 +25,6 @@ function pinImageLevelFinding({ measurement, SeriesInstanceUID }) {
     findGroup(sr.instance.ContentSequence);
     if (!group) return measurement;
     const inGroup = seq(group.ContentSequence);
-    const source = inGroup.find(c => c.ValueType === 'IMAGE' && code(c.ConceptNameCodeSequence).CodeValue === '121112');
-    const ref = source && code(source.ReferencedSOPSequence);
-    if (!ref || !ref.ReferencedSOPInstanceUID) return measurement;
-    let rows = 0, cols = 0;
-    dss.forEach(ds => seq(ds.instances).forEach(i => {
-      if (i.SOPInstanceUID === ref.ReferencedSOPInstanceUID) { rows = i.Rows; cols = i.Columns; }
-    }));
     const skip = ['121071', '111001', '121058', '112039', '112040'];
     const labels = [];
     inGroup.filter(c => c.ValueType === 'CODE' && !skip.includes(code(c.ConceptNameCodeSequence).CodeValue))
@@ -40,6 +36,14 @@ function pinImageLevelFinding({ measurement, SeriesInstanceUID }) {
       .map(c => String(c.TextValue || '').match(/^([^:]{1,40}): (.{1,80})$/)).filter(Boolean)
       .forEach(m => labels.push({ label: m[1], value: m[2] }));
     measurement.labels = labels;
+    if (located) return measurement;
+    const source = inGroup.find(c => c.ValueType === 'IMAGE' && code(c.ConceptNameCodeSequence).CodeValue === '121112');
+    const ref = source && code(source.ReferencedSOPSequence);
+    if (!ref || !ref.ReferencedSOPInstanceUID) return measurement;
+    let rows = 0, cols = 0;
+    dss.forEach(ds => seq(ds.instances).forEach(i => {
+      if (i.SOPInstanceUID === ref.ReferencedSOPInstanceUID) { rows = i.Rows; cols = i.Columns; }
+    }));
     measurement.coords = [{
       ValueType: 'SCOORD', GraphicType: 'POINT',
       GraphicData: [Math.max(1, Math.round((cols || 100) * 0.06)), Math.max(1, Math.round((rows || 100) * 0.06))],
@@ -61,7 +65,7 @@ window.config = {
   customizationService: {
     // No onboarding tour over the first study a reader opens.
     'ohif.tours': { $set: [] },
-    // Image-level TID 1500 findings (no SCOORD), as AI results are: pin them to their source image.
+    // TID 1500 triage findings: labelled with their coded findings; image-level ones pinned to their image.
     onBeforeSRAddMeasurement: { $set: pinImageLevelFinding },
   },
   showStudyList: true,
