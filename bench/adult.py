@@ -59,6 +59,8 @@ RECIPES = [
     Recipe("ens lite0-320+448+1+2 smooth 0.2", (L0, L0_448, L1, L2), smooth=0.2),
     Recipe("ens lite0-320+448+1+2 smooth 0.1 C=0.01", (L0, L0_448, L1, L2), smooth=0.1, C=0.01),
     Recipe("ens lite0-320+448+1+2 smooth 0.1 balanced", (L0, L0_448, L1, L2), smooth=0.1, class_weight="balanced"),
+    Recipe("ens lite0+1+2 smooth 0.1", (L0, L1, L2), smooth=0.1),
+    Recipe("ens lite0-320+2-320 smooth 0.1", (L0, L2), smooth=0.1),
     Recipe("ens lite0-320+448+1+2+2-448 smooth 0.1", (L0, L0_448, L1, L2, "lite2_probe@448"), smooth=0.1),
 ]
 

@@ -105,6 +105,7 @@ def build(manifest: Path, out: Path, data: Path, trunks: list[str], C: float, sm
         provenance={
             "label_thresholds_method": f"per finding: the lowest threshold with specificity >= {specificity} "
                                       f"on the {len(val)} val films of {manifest.name}",
+            "members": [{"arch": parse_trunk(t)[0], "image_size": parse_trunk(t)[1]} for t in trunks],
             "cxr_triage_version": __version__,
             "training": {"recipe": {"trunks": trunks, "C": C, "label_smoothing": smooth,
                                     "head": "one logistic regression per finding on standardised frozen features"},
