@@ -127,3 +127,26 @@ def test_one_look_settles_clear_films_and_agrees_with_the_full_look(samples_dir)
         assert p.model["name"] == best.model["name"]
         assert p.score == pytest.approx(best.score)
     assert router.looks["films"] == len(rgs) and router.looks["second_looks"] < len(rgs)
+
+
+def test_the_pediatric_domain_check_tells_children_from_adults(samples_dir):
+    """The pediatric model reports how adult a film looks (from its own embedding): low for the
+    sample children's films; the router settles those with one look."""
+    from cxrtriage.infer import Engine
+
+    engine = Engine("cxr-pneumonia")
+    assert engine.domain is not None and engine.domain.other == "adult"
+    preds = engine.predict_files(sorted(samples_dir.glob("*.jpeg")))
+    assert all(p.gate["p_adult"] < 0.05 for p in preds), [p.gate.get("p_adult") for p in preds]
+
+
+@pytest.mark.skipif(not NIH.is_dir(), reason="needs ../shared/data/nih-cxr14 (adult NIH films)")
+def test_adult_films_look_adult_to_the_pediatric_domain_check():
+    from cxrtriage.infer import Engine
+
+    from cxrtriage.io import read_radiograph
+
+    engine = Engine("cxr-pneumonia")
+    films = [read_radiograph(f) for f in sorted((NIH / "images").glob("*.jpg"))[-40:]]
+    p_adult = engine.domain.p_other(engine.run_arrays(engine.prepare(films).images)["embedding"])
+    assert np.all(p_adult > 0.5), p_adult

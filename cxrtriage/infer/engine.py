@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from cxrtriage.contract import ModelSpec, Prediction, Prepared, Priority
 from cxrtriage.infer.bundle import load_spec, resolve_model
+from cxrtriage.infer.domain import DomainCheck, domain_path
 from cxrtriage.infer.gate import FeatureGate, gate_path, pixel_refusal, view_refusal
 from cxrtriage.infer.pipeline import Predictor
 from cxrtriage.io import Radiograph
@@ -58,6 +59,9 @@ class Engine(Predictor):
         gp = gate_path(self.onnx_path)
         if gate and gp.exists() and "embedding" in self.spec.outputs:
             self.feature_gate = FeatureGate.load(gp)
+        dp = domain_path(self.onnx_path)
+        self.domain: DomainCheck | None = (DomainCheck.load(dp) if gate and dp.exists()
+                                           and "embedding" in self.spec.outputs else None)
         self.use_gate = gate
 
     @property
@@ -134,6 +138,7 @@ class Engine(Predictor):
         """The gate's distance test, then the model's decision, for each scored film."""
         gate = self.feature_gate
         dist = gate.distance(out["embedding"]) if gate is not None else None
+        other = self.domain.p_other(out["embedding"]) if self.domain is not None else None
         for k, p in enumerate(preds):
             measured = {} if gate is None or dist is None else {"distance": float(dist[k]),
                                                                  "threshold": gate.threshold}
@@ -143,6 +148,8 @@ class Engine(Predictor):
                 continue
             self._fill(p, out["probs"][k], out["cam"][k] if heatmap and "cam" in out else None)
             p.gate = {"accepted": True, **measured}
+            if other is not None:  # how much the film looks like the other population (the router reads it)
+                p.gate[f"p_{self.domain.other}"] = round(float(other[k]), 6)  # type: ignore[union-attr]
 
     def _fill(self, p: Prediction, probs: np.ndarray, cam: np.ndarray | None) -> None:
         call = self.spec.decide(probs)

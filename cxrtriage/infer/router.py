@@ -28,7 +28,10 @@ from cxrtriage.io import Radiograph
 #: films of the other population (bench/routing.py): the pediatric gate's ratio on adult NIH and
 #: COVID-19 films is above 0.84 (1st percentile), the adult gate's on pediatric films above 1.1, so
 #: a film under these ratios is one the other model would not have won.
-DECISIVE_RATIO = {"pediatric": 0.78, "adult": 0.80}
+DECISIVE_RATIO = {"pediatric": 0.82, "adult": 0.80}
+#: A film a model's gate accepted (ratio <= 1) without that margin is still settled by the one look
+#: when the model's domain check (cxrtriage.infer.domain) gives the other population less than this.
+DECISIVE_OTHER = 0.05
 RECENT = 64  # winners remembered to choose which model looks first
 
 
@@ -123,7 +126,7 @@ class Router(Predictor):
                 break
             for i, p in zip(todo, self._run(self.engines[population], rgs, todo, decode_ms, heatmap)):
                 seen[i][population] = p
-                if p.ok and _ratio(p) <= DECISIVE_RATIO.get(population, 0.0):
+                if p.ok and _decisive(p, population):
                     out[i] = _routed(p, "gate")
             todo = [i for i in todo if i not in out]
         for i in idx:
@@ -154,6 +157,15 @@ class Router(Predictor):
         refused.gate = {"accepted": False, "reason": "no bundled model can judge this film: " + "; ".join(reasons),
                         "by_model": by_model}
         return _routed(refused, "gate")
+
+
+def _decisive(p: Prediction, population: str) -> bool:
+    """Whether one model's acceptance settles the route: well inside its gate, or inside it and
+    looking nothing like the other population."""
+    if _ratio(p) <= DECISIVE_RATIO.get(population, 0.0):
+        return True
+    other = next((v for k, v in p.gate.items() if k.startswith("p_") and k[2:] in POPULATIONS), None)
+    return other is not None and float(other) < DECISIVE_OTHER
 
 
 def _ratio(p: Prediction) -> float:
