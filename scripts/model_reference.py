@@ -3,6 +3,10 @@ quality-gate distances of their own validation films (the patient-wise 20% of Ke
 their training left out), stored beside each model as ``<name>.reference.npz``.
 
     python scripts/model_reference.py [--data ../shared/data/kermany-224] [--model cxr-pneumonia ...]
+    python scripts/model_reference.py --model cxr-adult14 --manifest runs/nih-split.csv
+
+(the adult model's split: ``cxr data split ../shared/data/nih-cxr14/labels.csv --source csv --task
+nih14 -o runs/nih-split.csv --seed 0``, as its card says; its ``val`` rows are the reference films.)
 
 The service compares what a site sends against it (``/api/v1/monitor``); ``cxr calibrate``
 writes a calibrated model's own reference from its sample.
@@ -28,12 +32,20 @@ def validation_films(data: Path, name: str) -> list[str]:
     return [s.path for s in films if s.split == "val"]
 
 
-def write_reference(name: str, data: Path) -> Path:
+def manifest_films(manifest: Path) -> list[str]:
+    """The ``val`` rows of a split manifest (path,label,patient_id,split)."""
+    from cxrtriage.data import read_manifest
+
+    return [s.path for s in read_manifest(manifest) if s.split == "val"]
+
+
+def write_reference(name: str, data: Path, manifest: Path | None = None) -> Path:
     engine = Engine(name)
-    paths = validation_films(data, name)
-    preds = engine.predict_files(paths, batch_size=64)
-    ref = reference_from_predictions(preds, f"validation films of {name} (Kermany train, patient-wise 20%)",
-                                     engine.spec.version)
+    paths = manifest_films(manifest) if manifest else validation_films(data, name)
+    preds = engine.predict_files(paths, batch_size=16)
+    what = (f"validation films of {name} ({manifest.name}, split val)" if manifest
+            else f"validation films of {name} (Kermany train, patient-wise 20%)")
+    ref = reference_from_predictions(preds, what, engine.spec.version)
     out = ref.save(reference_path(engine.onnx_path))
     print(f"{name}: {ref.n} films, refused {ref.refused_rate:.3%} -> {out}")
     return out
@@ -43,7 +55,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kermany-224")
     ap.add_argument("--model", action="append", help="bundled model name (default: the pediatric ones)")
+    ap.add_argument("--manifest", type=Path, default=None, help="a split manifest whose val rows are the films")
     args = ap.parse_args()
+    if args.manifest is not None:
+        for name in args.model or []:
+            write_reference(name, args.data, args.manifest)
+        return 0
     if not (args.data / "train").is_dir():
         print(f"no Kermany train/ folder under {args.data}", file=sys.stderr)
         return 2
