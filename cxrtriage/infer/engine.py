@@ -48,10 +48,11 @@ class Engine(Predictor):
         threads = threads or int(os.environ.get("CXR_THREADS", 0)) or (os.cpu_count() or 1)
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        # Idle intra-op threads sleep instead of spinning: a server's request threads, decoders and a
-        # second model's session share the cores, and spinning threads took them (bench/infer.py,
-        # bench/revisions.py). CXR_ORT_SPINNING=1 brings spinning back for a machine that runs nothing else.
-        if os.environ.get("CXR_ORT_SPINNING", "0") != "1":
+        # CXR_ORT_SPINNING=0: idle intra-op threads sleep instead of spinning. The service sets it (its
+        # request threads, decoders and a second model share the cores; spinning threads took them:
+        # half the throughput on a busy machine); alone on a quiet machine spinning saves about a
+        # millisecond per film, so it stays ONNX Runtime's default elsewhere.
+        if os.environ.get("CXR_ORT_SPINNING", "1") == "0":
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = threads
         self.session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])

@@ -14,7 +14,8 @@ Environment variables (all optional):
 ``CXR_MAX_UPLOAD_BYTES``    largest request body accepted (default 64 MiB); 413 beyond
 ``CXR_CORS_ORIGINS``        comma-separated origins allowed by CORS (default: none, CORS closed)
 ``CXR_THREADS``             ONNX Runtime threads (default: half the cores)
-``CXR_ORT_SPINNING``        1: ONNX Runtime's idle threads spin (default: they sleep, leaving the cores to the rest)
+``CXR_ORT_SPINNING``        1: ONNX Runtime's idle threads spin (the service's default is 0: they sleep and
+                            leave the cores to the request threads)
 ``CXR_WORKER_BATCH``        most studies scored in one batch (default 16)
 ``CXR_MAX_PIXELS``          largest image accepted, in pixels, checked from the file's header before it is
                             decoded (default 60000000; real CR/DX radiographs are under 20 Mpx); 413 beyond

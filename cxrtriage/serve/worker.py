@@ -128,6 +128,7 @@ class Worker:
 
     # -- the loop --------------------------------------------------------------
     def _run(self) -> None:
+        os.environ.setdefault("CXR_ORT_SPINNING", "0")  # the engine's idle threads leave the cores to the rest
         try:
             self.engine = self._load_model()
         except Exception as exc:  # noqa: BLE001 - a missing or broken model: readyz reports it
