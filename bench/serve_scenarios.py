@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
-from serve_load import MAX_SECONDS, ROOT, SAMPLES, SHARED, Payloads, _r, free_port, peak_rss_mib, percentile
+from serve_common import MAX_SECONDS, ROOT, SAMPLES, SHARED, Payloads, _r, free_port, peak_rss_mib, percentile
 
 
 class Server:

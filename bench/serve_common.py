@@ -1,0 +1,95 @@
+"""What ``bench/serve_load.py`` and its hostile scenarios (``bench/serve_scenarios.py``) share:
+where the films are, the server's memory, free ports, percentiles and the upload bodies."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT / ".." / "shared" / "data" / "kermany-224" / "train"
+SAMPLES = ROOT / "cxrtriage" / "assets" / "samples"
+MAX_SECONDS = 600
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """High-water mark of the process's resident memory (VmHWM)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    k = (len(v) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+class Payloads:
+    """Unique upload bodies made from real radiographs."""
+
+    def __init__(self, source: Path, limit: int, dicom_fraction: float):
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg"))
+        if not files:
+            raise SystemExit(f"no JPEG radiographs under {source}")
+        step = max(1, len(files) // limit)
+        self.jpegs = [p.read_bytes() for p in files[::step][:limit]]
+        self.dicom = None
+        if dicom_fraction > 0:
+            import pydicom
+
+            dcm = sorted(SAMPLES.glob("*.dcm"))
+            if dcm:
+                self.dicom = pydicom.dcmread(dcm[0])
+        self.dicom_every = int(round(1 / dicom_fraction)) if dicom_fraction > 0 and self.dicom else 0
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> tuple[str, bytes, str]:
+        with self._lock:
+            n = self._n
+            self._n += 1
+        if self.dicom_every and n % self.dicom_every == 0:
+            from pydicom.uid import generate_uid
+
+            with self._lock:
+                ds = self.dicom
+                ds.SOPInstanceUID = generate_uid()
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                buf = io.BytesIO()
+                ds.save_as(buf, enforce_file_format=True)
+            return f"bench-{n}.dcm", buf.getvalue(), "application/dicom"
+        data = self.jpegs[n % len(self.jpegs)]
+        text = f"cxr-bench {n} {time.time_ns()}".encode()
+        unique = data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
+        return f"bench-{n}.jpeg", unique, "image/jpeg"
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
