@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from serve_fixtures import ROOT, LiveServer, samples  # noqa: F401
@@ -160,3 +161,34 @@ def test_api_docs_render_offline(browser, server, page_path, ready, operation):
         page.close()
     assert outside == [], f"the docs page asked the internet for {outside}"
     assert not errors, errors
+
+
+def test_a_viewer_token_sees_the_worklist_but_is_offered_no_change(browser, samples, tmp_path):
+    """With a read-only token the page shows studies and results but no upload, analysis, delete
+    or read buttons (the API would answer 403), and says it is read-only."""
+    from playwright.sync_api import expect
+
+    viewer = "ui-viewer-token"
+    srv = LiveServer(tmp_path / "data", token=TOKEN, env={"CXR_VIEWER_TOKEN": viewer}).wait_ready()
+    try:
+        with open(samples["raster"][0], "rb") as fh:
+            r = httpx.post(f"{srv.url}/api/v1/studies?wait=30", files={"files": (samples["raster"][0].name, fh)},
+                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert r.status_code in (200, 201), r.text
+        info = httpx.get(f"{srv.url}/api/v1/info", headers={"Authorization": f"Bearer {viewer}"}).json()
+        assert info["access"] == {"token": "viewer", "can_write": False}
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(srv.url)
+        page.fill("#token-input", viewer)
+        page.click("#token-dialog button[type=submit]")
+        expect(page.locator("#status-text")).to_have_text("ready", timeout=15000)
+        expect(page.locator("#read-only-chip")).to_be_visible()
+        expect(page.locator("#dropzone")).to_be_hidden()
+        row = page.locator("#worklist-body tr", has_text=samples["raster"][0].name)
+        expect(row).to_be_visible(timeout=15000)
+        row.click()
+        expect(page.locator("#analyze")).to_be_hidden()
+        expect(page.locator("#delete")).to_be_hidden()
+        page.close()
+    finally:
+        srv.stop()

@@ -421,9 +421,10 @@ async def open_pacs_study(request: Request, study_uid: StudyUid) -> Any:
     return JSONResponse(body, status_code=201 if any(s["created"] for s in studies) else 200)
 
 
-@router.get("/info", summary="Model, version, limits and the disclaimer")
+@router.get("/info", summary="Model, version, limits, the disclaimer and what the caller's token may do")
 def info(request: Request) -> dict[str, Any]:
-    return svc(request).info()
+    return {**svc(request).info(), "access": {"token": request.scope.get("cxr.token"),
+                                              "can_write": request.scope.get("cxr.role", "write") == "write"}}
 
 
 # -- operations ----------------------------------------------------------------------------

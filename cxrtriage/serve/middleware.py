@@ -110,7 +110,7 @@ class TokenMiddleware:
         method = scope.get("method", "GET")
         write = method in WRITE_METHODS
         if not self.tokens:
-            scope["cxr.token"] = None
+            scope["cxr.token"], scope["cxr.role"] = None, "write"
             return await (self._audited(scope, receive, send, "-") if write else self.app(scope, receive, send))
         path = scope.get("path", "")
         if method == "OPTIONS" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
@@ -123,7 +123,7 @@ class TokenMiddleware:
                 send, 401,
                 error_body(401, "unauthorized", f"API token {why}: send it as 'Authorization: Bearer <token>'"),
                 [(b"www-authenticate", b'Bearer realm="cxr-triage"')])
-        scope["cxr.token"] = token.name
+        scope["cxr.token"], scope["cxr.role"] = token.name, token.role
         if write and not token.can_write:
             audit.info("refused token=%s role=%s %s %s -> 403", token.name, token.role, method, _route_of(scope))
             return await send_json(send, 403, error_body(

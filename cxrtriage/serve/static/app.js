@@ -142,6 +142,10 @@
         chip.hidden = false;
       }
       setPacsConfigured(!!(body.pacs && body.pacs.configured), body.pacs && body.pacs.url);
+      // a read-only (viewer) token: no upload, analysis, delete or read; the page says so
+      const readOnly = !!(body.access && body.access.can_write === false);
+      document.body.classList.toggle("read-only", readOnly);
+      $("read-only-chip").hidden = !readOnly;
     } catch (_) { /* shown by the status dot */ }
   }
 

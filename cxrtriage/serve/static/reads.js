@@ -129,6 +129,7 @@
 
   document.addEventListener("keydown", (e) => {
     if (!study || e.ctrlKey || e.metaKey || e.altKey || e.target.closest("input, select, textarea, dialog")) return;
+    if (document.body.classList.contains("read-only")) return;
     if (e.key === "a" || e.key === "A") {
       e.preventDefault();
       save({ agree: true });
