@@ -204,3 +204,20 @@ def test_a_finding_with_few_validation_positives_gets_no_threshold_of_its_own():
     p = np.clip(y * 0.3 + rng.random((200, 2)) * 0.7, 0, 1)
     thr = label_thresholds(y, p, ["Effusion", "Pneumothorax"])
     assert thr["Pneumothorax"] is None and thr["Effusion"] is not None
+
+
+def test_multilabel_cis_resample_patients_when_given():
+    """Five copies of each patient's film do not narrow the mean-AUC interval when patients are resampled."""
+    from cxrtriage.evaluate.multilabel import multilabel_metrics
+
+    rng = np.random.default_rng(5)
+    y = (rng.random((60, 3)) < 0.4).astype(int)
+    p = np.clip(0.3 + 0.3 * y + rng.normal(0, 0.2, y.shape), 0, 1)
+    ids = np.array([f"p{i}" for i in range(60)])
+    width = lambda m: m["mean_auc_ci"][1] - m["mean_auc_ci"][0]  # noqa: E731
+    one = multilabel_metrics(y, p, ["a", "b", "c"], n_boot=1000, groups=ids)
+    y5, p5, ids5 = np.repeat(y, 5, axis=0), np.repeat(p, 5, axis=0), np.repeat(ids, 5)
+    by_patient = multilabel_metrics(y5, p5, ["a", "b", "c"], n_boot=1000, groups=ids5)
+    by_image = multilabel_metrics(y5, p5, ["a", "b", "c"], n_boot=1000)
+    assert width(by_patient) == pytest.approx(width(one), rel=0.25)
+    assert width(by_image) < 0.6 * width(by_patient)

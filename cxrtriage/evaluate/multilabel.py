@@ -120,10 +120,11 @@ def specificity_thresholds(targets: np.ndarray, probs: np.ndarray, labels: list[
 
 def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, labels: list[str],
                        thresholds: dict[str, float | None] | None = None, n_boot: int = 1000,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, groups: np.ndarray | None = None) -> dict[str, Any]:
     """Per-label AUC (95% bootstrap CI, images resampled within the label's classes), PR AUC,
     sensitivity/specificity/PPV at the label's threshold, and the mean AUC over scored labels
-    (CI from resampling images within strata of their rarest finding)."""
+    (CI from resampling images within strata of their rarest finding). ``groups`` (one patient id
+    per image): every CI resamples whole patients instead."""
     y, p = _check(targets, probs, labels)
     n = len(y)
     thresholds = thresholds or {}
@@ -142,7 +143,7 @@ def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, labels: list[str]
                          pr_auc=_opt(average_precision_score(yj, pj)))
             strata = [np.flatnonzero(yj == 1), np.flatnonzero(yj == 0)]
             ci = _bootstrap(strata, n, n_boot, seed + j,
-                            lambda w, yj=yj, pj=pj: {"auc": weighted_roc_auc(w, yj, pj)})
+                            lambda w, yj=yj, pj=pj: {"auc": weighted_roc_auc(w, yj, pj)}, groups)
             entry["roc_auc_ci"] = ci.get("auc")
         thr = entry["threshold"]
         if thr is not None:
@@ -165,7 +166,7 @@ def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, labels: list[str]
         def stats(w: np.ndarray) -> dict[str, np.ndarray]:
             return {"mean": np.mean([weighted_roc_auc(w, y[:, j], p[:, j]) for j in defined], axis=0)}
 
-        mean_ci = _bootstrap(strata, n, n_boot, seed, stats).get("mean")
+        mean_ci = _bootstrap(strata, n, n_boot, seed, stats, groups).get("mean")
     return jsonable({
         "labels": list(labels),
         "n": n,
@@ -214,7 +215,7 @@ def label_auc_plot(result: dict[str, Any], path: Path | str, title: str = "ROC A
 def evaluate_multilabel(task_name: str, labels: list[str], targets: np.ndarray, probs: np.ndarray,
                         threshold: float, out_dir: Path | None, meta: dict[str, Any],
                         thresholds: dict[str, float | None] | None = None, n_boot: int = 1000,
-                        seed: int = 0) -> dict[str, Any]:
+                        seed: int = 0, groups: np.ndarray | None = None) -> dict[str, Any]:
     """The multi-label counterpart of :func:`cxrtriage.evaluate.evaluate_predictions`.
 
     Triage: ``max`` over finding probabilities against "any finding" at ``threshold``;
@@ -224,8 +225,8 @@ def evaluate_multilabel(task_name: str, labels: list[str], targets: np.ndarray, 
     y, p = _check(targets, probs, labels)
     any_pos = triage_target(y, Kind.MULTILABEL).astype(np.int64)
     score = triage_score(p, Kind.MULTILABEL)
-    binary = binary_metrics(any_pos, score, threshold, n_boot=n_boot, seed=seed)
-    ml = multilabel_metrics(y, p, labels, thresholds, n_boot=n_boot, seed=seed)
+    binary = binary_metrics(any_pos, score, threshold, n_boot=n_boot, seed=seed, groups=groups)
+    ml = multilabel_metrics(y, p, labels, thresholds, n_boot=n_boot, seed=seed, groups=groups)
     thr = np.array([np.inf if (thresholds or {}).get(c) is None else thresholds[c] for c in labels])
     report = classification_report(y, flagged(p, thr[None, :]).astype(int), labels=list(range(len(labels))),
                                    target_names=list(labels), output_dict=True, zero_division=np.nan)
@@ -235,7 +236,7 @@ def evaluate_multilabel(task_name: str, labels: list[str], targets: np.ndarray, 
         "threshold_method": meta.get("threshold_method", "given"),
         **{k: binary[k] for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc",
                                   "pr_auc", "brier", "ece")},
-        "roc_auc_ci": binary["ci"]["roc_auc"],
+        "roc_auc_ci": binary["ci"]["roc_auc"], "ci_resampling": binary["ci_resampling"],
         "mean_auc": ml["mean_auc"], "mean_auc_ci": ml["mean_auc_ci"],
         "multilabel": ml,
         "classification_report": report,

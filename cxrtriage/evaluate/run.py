@@ -49,7 +49,7 @@ def evaluate_predictions(
     """
     if np.asarray(y_true_idx).ndim == 2:
         return evaluate_multilabel(task_name, list(classes), y_true_idx, probs, threshold, out_dir, meta,
-                                   label_thresholds, n_boot=n_boot, seed=seed)
+                                   label_thresholds, n_boot=n_boot, seed=seed, groups=groups)
     y, p = _checked(y_true_idx, probs, classes)
     y_bin = triage_target(y).astype(np.int64)
     score = triage_score(p)
