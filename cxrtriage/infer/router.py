@@ -6,9 +6,11 @@ smallest relative to its threshold wins. A film no model accepts is refused with
 reason. Every result names its model and why (``model["routed_by"]``: age or gate).
 
 Routing looks once where it can: the model that judged most of the recent films scores a film
-first, and when its gate distance is well inside its threshold (:data:`DECISIVE_RATIO`) no other
-model could have won, so no other runs. Only films near a gate's edge run through every model
-(``python bench/routing.py`` prints how often, and that the decisions equal a full look).
+first, and when its gate distance is well inside its threshold (:data:`DECISIVE_RATIO`), or its
+gate accepts the film and its domain check says the film looks nothing like the other population
+(:data:`DECISIVE_OTHER`), no other model could have won, so no other runs. Only films near a
+gate's edge run through every model (``python bench/routing.py`` prints how often, and that the
+decisions equal a full look).
 """
 
 from __future__ import annotations
