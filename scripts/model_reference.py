@@ -2,10 +2,10 @@
 quality-gate distances of their own validation films (the patient-wise 20% of Kermany ``train/``
 their training left out), stored beside each model as ``<name>.reference.npz``.
 
-    python scripts/model_reference.py [--data ../shared/data/kermany-224] [--model cxr-pneumonia ...]
+    python scripts/model_reference.py --data KERMANY_ROOT [--model cxr-pneumonia ...]
     python scripts/model_reference.py --model cxr-adult14 --manifest runs/nih-split.csv
 
-(the adult model's split: ``cxr data split ../shared/data/nih-cxr14/labels.csv --source csv --task
+(the adult model's split: ``cxr data split NIH_ROOT/labels.csv --source csv --task
 nih14 -o runs/nih-split.csv --seed 0``, as its card says; its ``val`` rows are the reference films.)
 
 The service compares what a site sends against it (``/api/v1/monitor``); ``cxr calibrate``
@@ -53,7 +53,7 @@ def write_reference(name: str, data: Path, manifest: Path | None = None) -> Path
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "kermany-224")
+    ap.add_argument("--data", type=Path, default=None, help="Kermany root (train/ with class folders)")
     ap.add_argument("--model", action="append", help="bundled model name (default: the pediatric ones)")
     ap.add_argument("--manifest", type=Path, default=None, help="a split manifest whose val rows are the films")
     args = ap.parse_args()
@@ -61,7 +61,7 @@ def main() -> int:
         for name in args.model or []:
             write_reference(name, args.data, args.manifest)
         return 0
-    if not (args.data / "train").is_dir():
+    if args.data is None or not (args.data / "train").is_dir():
         print(f"no Kermany train/ folder under {args.data}", file=sys.stderr)
         return 2
     names = args.model or [n for n in bundled_models() if load_spec(n).population == "pediatric"]

@@ -2,7 +2,9 @@
 read from the pediatric network's own embedding, so the router can settle a film the pediatric
 gate accepted without a margin (see ``cxrtriage/infer/domain.py``).
 
-    python scripts/routing_domain.py [--shared ../shared/data] [--write]
+    python scripts/routing_domain.py --data DATA_ROOT [--write]
+
+(``DATA_ROOT`` holds ``kermany-224/``, ``nih-cxr14/``, ``covid-multisource/`` and ``covid-hannover/``.)
 
 Fitted on films of one patient-wise half of each adult collection (NIH ChestX-ray14,
 covid-multisource, covid-hannover) against Kermany ``train/`` films; checked on films it never
@@ -38,14 +40,14 @@ def _half(patient: str) -> int:
     return hashlib.sha256(patient.encode()).digest()[0] % 2
 
 
-def adult_films(shared: Path) -> dict[str, dict[int, list[Path]]]:
+def adult_films(data: Path) -> dict[str, dict[int, list[Path]]]:
     """Each adult collection's films, split into two patient-wise halves."""
     out: dict[str, dict[int, list[Path]]] = {}
-    nih = sorted((shared / "nih-cxr14" / "images").glob("*.jpg"))
+    nih = sorted((data / "nih-cxr14" / "images").glob("*.jpg"))
     out["nih-cxr14"] = {h: [f for f in nih if _half(f.stem.split("_")[0]) == h] for h in (0, 1)}
     for name in ("covid-multisource", "covid-hannover"):
-        rows = list(csv.DictReader((shared / name / "labels.csv").open()))
-        out[name] = {h: [shared / name / r["path"] for r in rows if _half(r["patient_id"]) == h] for h in (0, 1)}
+        rows = list(csv.DictReader((data / name / "labels.csv").open()))
+        out[name] = {h: [data / name / r["path"] for r in rows if _half(r["patient_id"]) == h] for h in (0, 1)}
     return out
 
 
@@ -59,22 +61,22 @@ def embeddings(engine: Engine, files: list[Path]) -> np.ndarray:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, required=True, help="the folder holding the four collections")
     ap.add_argument("--model", default="cxr-pneumonia")
     ap.add_argument("--pediatric-films", type=int, default=1200, help="Kermany train/ films to fit on")
     ap.add_argument("--write", action="store_true", help="store the fit beside the model")
     args = ap.parse_args()
     engine = Engine(args.model, gate=False)
-    kermany = sorted((args.shared / "kermany-224" / "train").glob("*/*.jpeg"))
+    kermany = sorted((args.data / "kermany-224" / "train").glob("*/*.jpeg"))
     kermany = random.Random(0).sample(kermany, min(args.pediatric_films, len(kermany)))
-    adults = adult_films(args.shared)
+    adults = adult_films(args.data)
     fit_adult = [f for halves in adults.values() for f in halves[0]]
     x = np.concatenate([embeddings(engine, kermany), embeddings(engine, fit_adult)])
     y = np.r_[np.zeros(len(kermany)), np.ones(len(fit_adult))]
     scaler = StandardScaler().fit(x)
     clf = LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced").fit(scaler.transform(x), y)
     check = DomainCheck(scaler.mean_, scaler.scale_, clf.coef_[0], float(clf.intercept_[0]), "adult")
-    held = {"kermany test-dev (pediatric)": sorted((args.shared / "kermany-224" / "test-dev").glob("*/*.jpeg")),
+    held = {"kermany test-dev (pediatric)": sorted((args.data / "kermany-224" / "test-dev").glob("*/*.jpeg")),
             **{f"{name} other half (adult)": halves[1] for name, halves in adults.items()}}
     print(f"fitted on {len(kermany)} Kermany train/ films and {len(fit_adult)} adult films (one patient-wise half)")
     for name, files in held.items():

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, required=True,
+                    help="the folder holding nih-cxr14/ (and covid-multisource/, covid-hannover/ for the gate)")
     ap.add_argument("--trunks", default=",".join(DEFAULT_TRUNKS))
     ap.add_argument("--C", type=float, default=0.003)
     ap.add_argument("--smooth", type=float, default=0.1)

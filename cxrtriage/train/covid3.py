@@ -8,7 +8,9 @@ split.csv, best.pt), so the usual export writes the graph with its heatmap (``ca
 sidecar and the quality gate; the sidecar is named ``cxr-covid3`` and states no population, so
 routing by age never picks it: it scores a film only when asked (``--model``).
 
-    python -m cxrtriage.train.covid3 --data ../shared/data --out runs/covid3
+    python -m cxrtriage.train.covid3 --data DATA_ROOT --out runs/covid3
+
+(``DATA_ROOT`` holds ``covid-multisource/``, ``covid-hannover/`` and ``nih-cxr14/``.)
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def build_covid3(films: list[Film], out: str | Path, arch: str = "lite0_probe", 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--data", type=Path, required=True,
+                    help="the folder holding covid-multisource/, covid-hannover/ and nih-cxr14/")
     ap.add_argument("--out", type=Path, default=Path("runs/covid3"))
     ap.add_argument("--arch", default="lite0_probe")
     ap.add_argument("--size", type=int, default=320)
