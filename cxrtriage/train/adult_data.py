@@ -51,7 +51,8 @@ def _rows(csv_path: Path) -> list[dict[str, str]]:
 
 
 def adult_films(data_root: str | Path, extra: bool = True, adults_only: bool = False) -> AdultFilms:
-    """The films under ``data_root`` (the folder holding the collections): NIH, plus the COVID-19 collections when ``extra``.
+    """The films under ``data_root`` (the folder holding the collections): NIH, plus the COVID-19
+    collections when ``extra``.
     ``adults_only`` drops NIH films of patients under 18 (the router sends those elsewhere)."""
     root = Path(data_root)
     task = get_task("nih14")
