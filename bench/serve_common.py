@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "data" / "kermany-224" / "train"
@@ -93,3 +97,20 @@ class Payloads:
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float, exited: Callable[[], str]) -> None:
+    """Poll ``url``/readyz until the server answers 200; ``SystemExit`` when it exits (with the
+    text ``exited()`` gives) or is not ready within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}){exited()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"server not ready after {timeout_s:g} s")
+        time.sleep(0.1)

@@ -66,6 +66,7 @@ from serve_common import (  # noqa: E402
     peak_rss_mib,
     percentile,
     rss_mib,
+    wait_ready,
 )
 
 from testkit.bombs import bomb_files  # noqa: E402
@@ -195,18 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     rss: list[tuple[float, float]] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited ({proc.returncode}); see {data_dir}/server.log")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server not ready after 60 s")
-            time.sleep(0.1)
+        wait_ready(proc, url, 60, lambda: f"; see {data_dir}/server.log")
         rss_idle = rss_mib(proc.pid)
         bombs = bomb_files() if a.bombs else {}
         bomb_counts: dict[str, int] = {}

@@ -15,7 +15,18 @@ import time
 from pathlib import Path
 
 import httpx
-from serve_common import MAX_SECONDS, ROOT, SAMPLES, SHARED, Payloads, _r, free_port, peak_rss_mib, percentile
+from serve_common import (
+    MAX_SECONDS,
+    ROOT,
+    SAMPLES,
+    SHARED,
+    Payloads,
+    _r,
+    free_port,
+    peak_rss_mib,
+    percentile,
+    wait_ready,
+)
 
 
 class Server:
@@ -45,18 +56,7 @@ class Server:
              "--data-dir", str(self.data / "data"), "--no-samples", "--no-access-log", "--log-level", "warning",
              *(["--model", a.model] if a.model else [])], cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=limit_files)
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited ({self.proc.returncode}):\n{self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server not ready after 90 s")
-            time.sleep(0.1)
+        wait_ready(self.proc, self.url, 90, lambda: ":\n" + self.log_path.read_text()[-2000:])
         self.hwm0 = peak_rss_mib(self.proc.pid)
 
     def queue(self) -> int | None:
