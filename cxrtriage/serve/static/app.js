@@ -864,4 +864,7 @@
   clearSelection();
   boot();
   setInterval(checkReady, 10000);
+  // What the page's other scripts (reads.js) share with this one: one element builder, one API
+  // call (token and 401 handling) and one message box.
+  window.cxrPage = { el, apiJson, message };
 })();

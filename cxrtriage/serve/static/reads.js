@@ -11,30 +11,10 @@
   let findings = [];
   let busy = false;
 
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
+  const { el, apiJson, message } = window.cxrPage;  // app.js, loaded first
 
-  async function call(path, opts = {}) {
-    const headers = new Headers(opts.headers || {});
-    const token = sessionStorage.getItem("cxr-token");
-    if (token) headers.set("Authorization", "Bearer " + token);
-    const res = await fetch(path, { ...opts, headers });
-    let body = null;
-    try { body = await res.json(); } catch (_) { body = null; }
-    if (!res.ok) throw new Error((body && body.message) || `request failed (${res.status})`);
-    return body;
-  }
-
-  function say(kind, text) {
-    const box = $("messages");
-    if (!box) return;
-    const m = el("div", `msg ${kind}`, text);
-    box.prepend(m);
-    setTimeout(() => m.remove(), kind === "err" ? 12000 : 5000);
+  async function call(path, opts) {
+    return (await apiJson(path, opts)).body;
   }
 
   function render(h) {
@@ -110,10 +90,10 @@
         body: JSON.stringify({ ...body, source: "viewer" }),
       });
       if (study && study.id === id) render(h);
-      say("ok", `read stored: ${h.current.label}`);
+      message("ok", `read stored: ${h.current.label}`);
       document.dispatchEvent(new CustomEvent("cxr:refresh"));
     } catch (e) {
-      say("err", `the read was not stored: ${e.message}`);
+      message("err", `the read was not stored: ${e.message}`);
     } finally {
       busy = false;
     }
