@@ -18,25 +18,24 @@ SHARED = ROOT / ".." / "shared" / "data" / "kermany-224" / "train"
 SAMPLES = ROOT / "cxrtriage" / "assets" / "samples"
 MAX_SECONDS = 600
 
-def rss_mib(pid: int) -> float | None:
+def _status_mib(pid: int, key: str) -> float | None:
+    """One memory line of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``) in MiB; None if unreadable."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def rss_mib(pid: int) -> float | None:
+    return _status_mib(pid, "VmRSS")
 
 
 def peak_rss_mib(pid: int) -> float | None:
     """High-water mark of the process's resident memory (VmHWM)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return _status_mib(pid, "VmHWM")
 
 
 def free_port() -> int:
