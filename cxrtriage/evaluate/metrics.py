@@ -133,12 +133,19 @@ def _group_weights(groups: np.ndarray, n_boot: int, seed: int) -> Iterator[np.nd
     done = 0
     while done < n_boot:
         b = min(_CHUNK, n_boot - done)
-        drawn = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=b).astype(float)
-        yield drawn[:, codes]
+        drawn = np.stack([np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups) for _ in range(b)])
+        yield drawn[:, codes].astype(float)
         done += b
 
 
-def _percentile_ci(reps: np.ndarray) -> list[float] | None:
+def patient_weights(patients: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) image weights of a cluster bootstrap that draws whole patients with replacement
+    (one patient id per image), for statistics computed from weights (``weighted_roc_auc``)."""
+    chunks = list(_group_weights(patients, n_boot, seed))
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(patients)))
+
+
+def percentile_ci(reps: np.ndarray) -> list[float] | None:
     finite = reps[np.isfinite(reps)]
     if finite.size == 0:
         return None
@@ -167,7 +174,7 @@ def _bootstrap(
     for w in draws:
         for name, values in stats(w).items():
             parts.setdefault(name, []).append(np.asarray(values, dtype=float))
-    return {name: _percentile_ci(np.concatenate(chunks)) for name, chunks in parts.items()}
+    return {name: percentile_ci(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
 # ---------------------------------------------------------- weighted (vectorised) metrics

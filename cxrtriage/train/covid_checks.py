@@ -31,7 +31,7 @@ from cxrtriage.contract.preprocess import apply_intensity, to_model_input
 from cxrtriage.data import load_cached
 from cxrtriage.data.covid_sources import Film
 from cxrtriage.data.tasks import get_task
-from cxrtriage.evaluate.metrics import weighted_roc_auc
+from cxrtriage.evaluate.metrics import patient_weights, percentile_ci, weighted_roc_auc
 from cxrtriage.io import read_radiograph
 
 CLASSES = get_task("covid3").classes  # ("normal", "covid19", "other_pneumonia")
@@ -222,13 +222,7 @@ def patient_auc(is_pos: np.ndarray, score: np.ndarray, patients: Sequence[str], 
     auc = float(roc_auc_score(y, s))
     if n_boot <= 0:
         return auc, None
-    _, pid = np.unique(np.asarray(patients), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, pid.max() + 1, pid.max() + 1), minlength=pid.max() + 1)
-                       for _ in range(n_boot)])
-    reps = weighted_roc_auc(counts[:, pid].astype(float), y, s)
-    reps = reps[np.isfinite(reps)]
-    return auc, [float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))]
+    return auc, percentile_ci(weighted_roc_auc(patient_weights(np.asarray(patients), n_boot, seed), y, s))
 
 
 # ------------------------------------------------------------------ evaluations

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrtriage.evaluate.metrics import weighted_roc_auc
+from cxrtriage.evaluate.metrics import patient_weights, percentile_ci, weighted_roc_auc
 
 
 def _rates(w: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, np.ndarray]:
@@ -31,11 +31,6 @@ def _rates(w: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, 
         return {"sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp), "ppv": tp / (tp + fp)}
 
 
-def _ci(reps: np.ndarray) -> list[float] | None:
-    reps = reps[np.isfinite(reps)]
-    return [float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))] if reps.size else None
-
-
 def three_class_report(y: np.ndarray, probs: np.ndarray, patients: Sequence[str], classes: Sequence[str],
                        n_boot: int = 1000, seed: int = 0) -> dict:
     """The report of class indices ``y`` (N,) against probabilities (N, C); CIs resample ``patients``."""
@@ -45,11 +40,8 @@ def three_class_report(y: np.ndarray, probs: np.ndarray, patients: Sequence[str]
     if len(y) == 0:
         raise ValueError("no films")
     pred = p.argmax(1)
-    _, pid = np.unique(np.asarray(patients), return_inverse=True)
-    n_pat = pid.max() + 1
-    rng = np.random.default_rng(seed)
-    w_boot = np.stack([np.bincount(rng.integers(0, n_pat, n_pat), minlength=n_pat)[pid] for _ in range(n_boot)]
-                      ).astype(float) if n_boot > 0 else np.zeros((0, len(y)))
+    n_pat = len(np.unique(np.asarray(patients)))
+    w_boot = patient_weights(np.asarray(patients), n_boot, seed)
     ones = np.ones((1, len(y)))
     out: dict = {"n": int(len(y)), "patients": int(n_pat), "classes": list(classes),
                  "confusion_matrix": [[int(((y == i) & (pred == j)).sum()) for j in range(len(classes))]
@@ -59,18 +51,18 @@ def three_class_report(y: np.ndarray, probs: np.ndarray, patients: Sequence[str]
     for k, name in enumerate(classes):
         point = {m: float(v[0]) for m, v in _rates(ones, y, pred, k).items()}
         reps = _rates(w_boot, y, pred, k) if n_boot > 0 else {}
-        row = {m: point[m] for m in point} | {f"{m}_ci": _ci(reps[m]) if reps else None for m in point}
+        row = {m: point[m] for m in point} | {f"{m}_ci": percentile_ci(reps[m]) if reps else None for m in point}
         row["n"] = int((y == k).sum())
         if 0 < row["n"] < len(y):
             row["auc"] = float(weighted_roc_auc(ones, (y == k).astype(int), p[:, k])[0])
             r = weighted_roc_auc(w_boot, (y == k).astype(int), p[:, k]) if n_boot > 0 else np.zeros(0)
-            row["auc_ci"] = _ci(r)
+            row["auc_ci"] = percentile_ci(r)
             aucs.append(row["auc"])
             auc_reps.append(r)
         out["per_class"][name] = row
     present = len(aucs) == len(classes)
     out["macro_auc"] = float(np.mean(aucs)) if present else None
-    out["macro_auc_ci"] = _ci(np.mean(auc_reps, axis=0)) if present and n_boot > 0 else None
+    out["macro_auc_ci"] = percentile_ci(np.mean(auc_reps, axis=0)) if present and n_boot > 0 else None
     return out
 
 
