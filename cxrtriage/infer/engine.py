@@ -139,7 +139,8 @@ class Engine(Predictor):
         """The gate's distance test, then the model's decision, for each scored film."""
         gate = self.feature_gate
         dist = gate.distance(out["embedding"]) if gate is not None else None
-        other = self.domain.p_other(out["embedding"]) if self.domain is not None else None
+        domain = self.domain
+        other = domain.p_other(out["embedding"]) if domain is not None else None
         for k, p in enumerate(preds):
             measured = {} if gate is None or dist is None else {"distance": float(dist[k]),
                                                                  "threshold": gate.threshold}
@@ -149,8 +150,8 @@ class Engine(Predictor):
                 continue
             self._fill(p, out["probs"][k], out["cam"][k] if heatmap and "cam" in out else None)
             p.gate = {"accepted": True, **measured}
-            if other is not None:  # how much the film looks like the other population (the router reads it)
-                p.gate[f"p_{self.domain.other}"] = round(float(other[k]), 6)  # type: ignore[union-attr]
+            if domain is not None and other is not None:  # how much it looks like the other population
+                p.gate[f"p_{domain.other}"] = round(float(other[k]), 6)  # (the router reads it)
 
     def _fill(self, p: Prediction, probs: np.ndarray, cam: np.ndarray | None) -> None:
         call = self.spec.decide(probs)
